@@ -1,2 +1,6 @@
 //! ferroce's RoCEv2 transport: the sans-IO engine and the packet I/O that drives it.
+#![warn(missing_docs)]
+
+pub mod engine;
+
 pub use ferroce_wire as wire;
