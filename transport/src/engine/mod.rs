@@ -81,3 +81,12 @@ pub struct DatagramMeta {
     /// ECN bits.
     pub ecn: Ecn,
 }
+
+/// A UDP payload with where it goes: what the engine hands to I/O (and the simulator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Addresses, source port and ECN.
+    pub meta: DatagramMeta,
+    /// The UDP payload: BTH to ICRC.
+    pub payload: Vec<u8>,
+}
