@@ -60,6 +60,7 @@ pub mod bth;
 pub mod cnp;
 pub mod deth;
 pub mod icrc;
+pub mod ident;
 pub mod ieth;
 pub mod imm;
 pub mod opcode;
