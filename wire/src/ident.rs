@@ -73,12 +73,12 @@ fn zero_payload_icrc(udp_payload_len: usize, ident: u16, flags_frag: u16) -> u32
 impl IdentSolver {
     /// A solver for datagrams whose UDP payload (BTH to ICRC) is `udp_payload_len` long.
     pub fn new(udp_payload_len: usize) -> Result<IdentSolver> {
-        if udp_payload_len < crate::bth::HEADER_LEN + ICRC_LEN || udp_payload_len > 0xffff - 28 {
+        if !(crate::bth::HEADER_LEN + ICRC_LEN..=0xffff - 28).contains(&udp_payload_len) {
             return Err(Error::Truncated);
         }
         let base = zero_payload_icrc(udp_payload_len, 0, 0);
         let mut rows = [Row::default(); UNKNOWNS];
-        let mut rank = 0;
+        // Every unknown adds one independent row, so row `unknown` is the new one.
         for unknown in 0..UNKNOWNS {
             let (ident, flags) = if unknown < 16 {
                 (1u16 << unknown, 0)
@@ -88,7 +88,7 @@ impl IdentSolver {
             let mut vector = zero_payload_icrc(udp_payload_len, ident, flags) ^ base;
             let mut unknowns = 1u32 << unknown;
             // Reduce by the rows so far, then keep it as a new row (Gauss–Jordan).
-            for row in &rows[..rank] {
+            for row in &rows[..unknown] {
                 if vector & row.pivot != 0 {
                     vector ^= row.vector;
                     unknowns ^= row.unknowns;
@@ -99,7 +99,7 @@ impl IdentSolver {
                 return Err(Error::Malformed);
             }
             let pivot = 1u32 << vector.trailing_zeros();
-            for row in &mut rows[..rank] {
+            for row in &mut rows[..unknown] {
                 if row.vector & pivot != 0 {
                     row.vector ^= vector;
                     row.unknowns ^= unknowns;
