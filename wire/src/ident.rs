@@ -105,12 +105,11 @@ impl IdentSolver {
                     row.unknowns ^= unknowns;
                 }
             }
-            rows[rank] = Row {
+            rows[unknown] = Row {
                 pivot,
                 vector,
                 unknowns,
             };
-            rank += 1;
         }
         Ok(IdentSolver {
             udp_payload_len,
