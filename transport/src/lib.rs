@@ -2,5 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod io;
 
 pub use ferroce_wire as wire;
