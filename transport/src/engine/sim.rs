@@ -29,6 +29,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ferroce_wire::opcode::Operation;
+use ferroce_wire::{packet, AckSyndrome, NakCode, Psn, Qpn};
+
 use super::{Datagram, DatagramMeta, Ecn, Time};
 
 /// Anything the simulator can drive: the engine, or a toy node in the simulator's own
@@ -174,6 +177,125 @@ pub struct NetworkStats {
     pub unroutable: u64,
     /// Timeouts delivered to nodes.
     pub timeouts: u64,
+}
+
+/// What the nodes put on the wire, read as RoCEv2: counted on every datagram a node
+/// sends (before the link drops, duplicates or corrupts it), so it measures the
+/// protocol's behaviour, not the network's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoceStats {
+    /// Request packets (SEND, WRITE, READ request, atomics) of any transport.
+    pub requests: u64,
+    /// Request packets whose PSN is not after the highest PSN already sent on the same
+    /// flow (source, destination, destination QP): go-back-N and timeout resends.
+    /// A READ request resumed mid-message is counted as new.
+    pub retransmissions: u64,
+    /// READ response and atomic acknowledge packets.
+    pub responses: u64,
+    /// Responses whose PSN is not after the highest already sent on the flow:
+    /// replays for duplicate READ or atomic requests.
+    pub replayed_responses: u64,
+    /// Positive ACKs (RC Acknowledge with an ACK syndrome).
+    pub acks: u64,
+    /// RNR NAKs.
+    pub rnr_naks: u64,
+    /// PSN sequence error NAKs.
+    pub psn_sequence_naks: u64,
+    /// Invalid request NAKs.
+    pub invalid_request_naks: u64,
+    /// Remote access error NAKs.
+    pub remote_access_naks: u64,
+    /// Remote operational error NAKs.
+    pub remote_operational_naks: u64,
+    /// NAKs with any other code.
+    pub other_naks: u64,
+    /// Congestion notification packets.
+    pub cnps: u64,
+    /// Datagrams that do not parse as RoCEv2.
+    pub unparsable: u64,
+}
+
+impl RoceStats {
+    /// Every NAK, RNR included.
+    pub fn naks(&self) -> u64 {
+        self.rnr_naks
+            + self.psn_sequence_naks
+            + self.invalid_request_naks
+            + self.remote_access_naks
+            + self.remote_operational_naks
+            + self.other_naks
+    }
+}
+
+/// Counts [`RoceStats`], remembering the highest PSN of each flow.
+#[derive(Debug, Default)]
+struct RoceTap {
+    stats: RoceStats,
+    /// (source, destination, destination QP, is a response) → highest PSN sent.
+    highest: HashMap<(IpAddr, IpAddr, Qpn, bool), Psn>,
+}
+
+impl RoceTap {
+    fn observe(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        let Ok(parsed) = packet::parse(payload) else {
+            self.stats.unparsable += 1;
+            return;
+        };
+        let bth = parsed.repr.bth;
+        let Some(info) = bth.opcode.info() else {
+            self.stats.unparsable += 1;
+            return;
+        };
+        let response = match info.operation {
+            Operation::Send
+            | Operation::Write
+            | Operation::ReadRequest
+            | Operation::CompareSwap
+            | Operation::FetchAdd => {
+                self.stats.requests += 1;
+                false
+            }
+            Operation::ReadResponse | Operation::AtomicAcknowledge => {
+                self.stats.responses += 1;
+                true
+            }
+            Operation::Acknowledge => {
+                match parsed.repr.aeth.map(|aeth| aeth.syndrome) {
+                    Some(AckSyndrome::Ack { .. }) => self.stats.acks += 1,
+                    Some(AckSyndrome::RnrNak { .. }) => self.stats.rnr_naks += 1,
+                    Some(AckSyndrome::Nak(code)) => match code {
+                        NakCode::PsnSequenceError => self.stats.psn_sequence_naks += 1,
+                        NakCode::InvalidRequest => self.stats.invalid_request_naks += 1,
+                        NakCode::RemoteAccessError => self.stats.remote_access_naks += 1,
+                        NakCode::RemoteOperationalError => self.stats.remote_operational_naks += 1,
+                        NakCode::InvalidRdRequest | NakCode::Reserved(_) => {
+                            self.stats.other_naks += 1
+                        }
+                    },
+                    None => self.stats.unparsable += 1,
+                }
+                return;
+            }
+            Operation::Cnp => {
+                self.stats.cnps += 1;
+                return;
+            }
+        };
+        let key = (meta.src, meta.dst, bth.dest_qp, response);
+        match self.highest.get_mut(&key) {
+            Some(highest) if !bth.psn.is_after(*highest) => {
+                if response {
+                    self.stats.replayed_responses += 1;
+                } else {
+                    self.stats.retransmissions += 1;
+                }
+            }
+            Some(highest) => *highest = bth.psn,
+            None => {
+                self.highest.insert(key, bth.psn);
+            }
+        }
+    }
 }
 
 /// One thing that happened, recorded when tracing is on ([`Network::set_tracing`]).
@@ -341,6 +463,7 @@ pub struct Network<N> {
     unroutable: u64,
     timeouts: u64,
     trace: Option<Vec<TraceEvent>>,
+    roce: RoceTap,
 }
 
 impl<N: Node> Network<N> {
@@ -364,6 +487,7 @@ impl<N: Node> Network<N> {
             unroutable: 0,
             timeouts: 0,
             trace: None,
+            roce: RoceTap::default(),
         }
     }
 
@@ -502,6 +626,11 @@ impl<N: Node> Network<N> {
             unroutable: self.unroutable,
             timeouts: self.timeouts,
         }
+    }
+
+    /// What the nodes sent, read as RoCEv2 (see [`RoceStats`]).
+    pub fn roce_stats(&self) -> RoceStats {
+        self.roce.stats
     }
 
     /// Datagrams scheduled for delivery and not yet delivered.
@@ -653,6 +782,7 @@ impl<N: Node> Network<N> {
     fn send(&mut self, from: usize, datagram: Datagram) {
         let Datagram { mut meta, payload } = datagram;
         let len = payload.len();
+        self.roce.observe(&meta, &payload);
         let Some(to) = self.route(meta.dst) else {
             self.unroutable += 1;
             self.record(TraceKind::Send {
@@ -1339,6 +1469,80 @@ mod tests {
         assert_eq!(rng.below(0), 0);
         assert!(!rng.chance(0.0));
         assert!(rng.chance(1.0));
+    }
+
+    #[test]
+    fn roce_tap_counts_retransmissions_and_naks() {
+        use ferroce_wire::{aeth, bth, reth, OpCode};
+        fn roce(opcode: OpCode, psn: u32, syndrome: Option<AckSyndrome>) -> Vec<u8> {
+            let mut repr = packet::Repr::new(bth::Repr {
+                opcode,
+                solicited: false,
+                migreq: false,
+                pad_count: 0,
+                pkey: 0xffff,
+                fecn: false,
+                becn: false,
+                dest_qp: Qpn::new(0x11),
+                ack_req: true,
+                psn: Psn::new(psn),
+            });
+            if opcode == OpCode::RcWriteOnly {
+                repr.reth = Some(reth::Repr {
+                    virtual_address: 0,
+                    rkey: ferroce_wire::Rkey(1),
+                    dma_length: 4,
+                });
+            }
+            repr.aeth = syndrome.map(|syndrome| aeth::Repr { syndrome, msn: 1 });
+            let payload = if opcode == OpCode::RcWriteOnly { 4 } else { 0 };
+            let mut bytes = vec![0u8; packet::buffer_len(&repr, payload).unwrap()];
+            repr.emit(&mut bytes).unwrap();
+            bytes
+        }
+        #[derive(Debug)]
+        struct Script(Vec<Vec<u8>>);
+        impl Node for Script {
+            fn handle_datagram(&mut self, _: Time, _: DatagramMeta, _: &[u8]) {}
+            fn poll_transmit(&mut self, _: Time) -> Option<Datagram> {
+                (!self.0.is_empty()).then(|| Datagram {
+                    meta: meta(address(1), address(2)),
+                    payload: self.0.remove(0),
+                })
+            }
+            fn poll_timeout(&self) -> Option<Time> {
+                None
+            }
+            fn handle_timeout(&mut self, _: Time) {}
+        }
+        let write = |psn| roce(OpCode::RcWriteOnly, psn, None);
+        let ack = |syndrome| roce(OpCode::RcAcknowledge, 3, Some(syndrome));
+        let script = vec![
+            write(0xff_fffe),
+            write(0xff_ffff),
+            write(0),
+            write(0xff_ffff),
+            write(0),
+            write(1),
+            ack(AckSyndrome::Ack { credits: 0x1f }),
+            ack(AckSyndrome::RnrNak { timer: 12 }),
+            ack(AckSyndrome::Nak(NakCode::PsnSequenceError)),
+            ack(AckSyndrome::Nak(NakCode::RemoteAccessError)),
+            vec![1, 2, 3],
+        ];
+        let mut network: Network<Box<dyn Node>> = Network::new(1, LinkConfig::default());
+        network.add_node(Box::new(Script(script)), [address(1)]);
+        network.add_node(Box::new(Counter::default()), [address(2)]);
+        network.run_until_idle(Time::from_nanos(1_000_000));
+        let stats = network.roce_stats();
+        assert_eq!(stats.requests, 6);
+        assert_eq!(stats.retransmissions, 2, "PSNs wrap at 2^24");
+        assert_eq!(stats.acks, 1);
+        assert_eq!(stats.rnr_naks, 1);
+        assert_eq!(stats.psn_sequence_naks, 1);
+        assert_eq!(stats.remote_access_naks, 1);
+        assert_eq!(stats.naks(), 3);
+        assert_eq!(stats.unparsable, 1);
     }
 
     const FIRST_OUTPUTS_OF_SEED_ZERO: [u64; 3] = [
