@@ -25,7 +25,8 @@ pub const MAX_DATAGRAM: usize = 4096 + 256;
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
 
-const CMSG_SPACE: usize = 128;
+/// Control-message space per datagram: packet info and TOS/traffic class.
+pub(super) const CMSG_SPACE: usize = 128;
 
 /// A received datagram: where it came from and went to, and its UDP payload.
 #[derive(Debug, Clone, Copy)]
@@ -79,45 +80,87 @@ fn ecn_from_tos(tos: u8) -> Ecn {
     }
 }
 
+/// Opens the RoCEv2 socket every driver uses: unconnected, DF forced (so IPv4 ident 0),
+/// destination address and ECN reported with each datagram, non-blocking, bound to `addr`.
+pub(super) fn bind_socket(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let fd = socket.as_raw_fd();
+    if addr.is_ipv4() {
+        set_int_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )?;
+        set_int_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        set_int_option(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)?;
+    } else {
+        socket.set_only_v6(true)?;
+        set_int_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )?;
+        set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
+    }
+    socket.set_nonblocking(true)?;
+    // Bursts of MTU-sized packets: give the kernel room to queue them.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.bind(&SockAddr::from(addr))?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+    Ok((socket, local))
+}
+
+/// Reads the destination address and ECN bits from the control messages of a received
+/// `msghdr` (`msg_control`/`msg_controllen` describe what the kernel wrote);
+/// `default_dst` stands in when no packet-info message came.
+pub(super) fn parse_control(header: &libc::msghdr, default_dst: IpAddr) -> (IpAddr, Ecn) {
+    let mut dst = default_dst;
+    let mut ecn = Ecn::NotEct;
+    // SAFETY: `header` describes a control buffer the kernel filled; the CMSG_* macros
+    // walk it within `msg_controllen`, and each payload is read unaligned at the type
+    // its (level, type) pair guarantees.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+                    dst = IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                }
+                (libc::IPPROTO_IP, libc::IP_TOS) => ecn = ecn_from_tos(*data),
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info: libc::in6_pktinfo = std::ptr::read_unaligned(data.cast());
+                    dst = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                    let tclass: libc::c_int = std::ptr::read_unaligned(data.cast());
+                    ecn = ecn_from_tos(tclass as u8);
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    (dst, ecn)
+}
+
 impl UdpDriver {
     /// Binds `addr` (the GID's address and, normally, port 4791).
     pub fn bind(addr: SocketAddr) -> io::Result<UdpDriver> {
-        let domain = if addr.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        let fd = socket.as_raw_fd();
-        if addr.is_ipv4() {
-            set_int_option(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )?;
-            set_int_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
-            set_int_option(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)?;
-        } else {
-            socket.set_only_v6(true)?;
-            set_int_option(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )?;
-            set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-            set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
-        }
-        socket.set_nonblocking(true)?;
-        // Bursts of MTU-sized packets: give the kernel room to queue them.
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        let _ = socket.set_send_buffer_size(8 << 20);
-        socket.bind(&SockAddr::from(addr))?;
-        let local = socket
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+        let (socket, local) = bind_socket(addr)?;
         Ok(UdpDriver {
             socket,
             local,
@@ -185,7 +228,7 @@ impl UdpDriver {
             let src = unsafe { SockAddr::new(names[i].assume_init(), header.msg_hdr.msg_namelen) }
                 .as_socket();
             let Some(src) = src else { continue };
-            let (dst, ecn) = self.parse_control(&header.msg_hdr);
+            let (dst, ecn) = parse_control(&header.msg_hdr, self.local.ip());
             let meta = DatagramMeta {
                 src: src.ip(),
                 dst,
@@ -206,37 +249,25 @@ impl UdpDriver {
         Ok(n)
     }
 
-    /// Reads the destination address and ECN bits from the control messages.
-    fn parse_control(&self, header: &libc::msghdr) -> (IpAddr, Ecn) {
-        let mut dst = self.local.ip();
-        let mut ecn = Ecn::NotEct;
-        // SAFETY: `header` was filled by recvmmsg; the CMSG_* macros walk its control
-        // buffer within `msg_controllen`, and each payload is read unaligned at its
-        // declared type, which the (level, type) pair guarantees.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(header);
-            while !cmsg.is_null() {
-                let data = libc::CMSG_DATA(cmsg);
-                match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
-                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                        let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
-                        dst = IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
-                    }
-                    (libc::IPPROTO_IP, libc::IP_TOS) => ecn = ecn_from_tos(*data),
-                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                        let info: libc::in6_pktinfo = std::ptr::read_unaligned(data.cast());
-                        dst = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
-                    }
-                    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
-                        let tclass: libc::c_int = std::ptr::read_unaligned(data.cast());
-                        ecn = ecn_from_tos(tclass as u8);
-                    }
-                    _ => {}
-                }
-                cmsg = libc::CMSG_NXTHDR(header, cmsg);
+    /// Blocks until a datagram may be read or `timeout` passes.
+    pub fn wait(&mut self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        let mut fds = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.map_or(-1, |t| {
+            t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+        });
+        // SAFETY: one valid pollfd, alive for the call.
+        let rc = unsafe { libc::poll(&mut fds, 1, millis) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
             }
         }
-        (dst, ecn)
+        Ok(())
     }
 
     /// Sends datagrams to port 4791 of their destinations. Returns how many the kernel

@@ -1,0 +1,384 @@
+//! The io_uring packet driver: one multishot `RecvMsg` feeding from a ring of provided
+//! buffers, and `SendMsg`s batched into one `io_uring_enter`.
+//!
+//! The socket is the same as the portable driver's ([`super::socket::bind_socket`]).
+//! The driver owns every buffer named by a submitted entry until that entry's completion
+//! arrives; `Drop` cancels the receive and drains the ring before freeing anything.
+#![allow(unsafe_code)]
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, IoUring};
+use socket2::{SockAddr, Socket};
+
+use super::socket::{bind_socket, parse_control, Received, CMSG_SPACE, MAX_DATAGRAM};
+use crate::engine::{Datagram, DatagramMeta};
+
+/// Provided receive buffers (a power of two).
+const RECV_BUFFERS: u16 = 256;
+/// Buffer group id of the receive buffers.
+const BUFFER_GROUP: u16 = 0;
+/// `user_data` of the multishot receive; sends use their slot index.
+const RECV_TOKEN: u64 = u64::MAX;
+const CANCEL_TOKEN: u64 = u64::MAX - 1;
+const NAME_SPACE: usize = mem::size_of::<libc::sockaddr_storage>();
+/// Each provided buffer holds `io_uring_recvmsg_out`, the name, the control messages and
+/// the payload.
+const BUFFER_LEN: usize = 16 + NAME_SPACE + CMSG_SPACE + MAX_DATAGRAM;
+
+/// The ring of provided buffers the kernel picks receive buffers from.
+struct BufferRing {
+    entries: NonNull<BufRingEntry>,
+    layout: Layout,
+    memory: Vec<u8>,
+    tail: u16,
+}
+
+impl BufferRing {
+    fn new() -> io::Result<BufferRing> {
+        let layout =
+            Layout::from_size_align(RECV_BUFFERS as usize * mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| io::Error::other("buffer ring layout"))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let entries = NonNull::new(ptr.cast::<BufRingEntry>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let mut ring = BufferRing {
+            entries,
+            layout,
+            memory: vec![0u8; BUFFER_LEN * RECV_BUFFERS as usize],
+            tail: 0,
+        };
+        for bid in 0..RECV_BUFFERS {
+            ring.push(bid);
+        }
+        Ok(ring)
+    }
+
+    /// Hands buffer `bid` (back) to the kernel.
+    fn push(&mut self, bid: u16) {
+        let index = (self.tail & (RECV_BUFFERS - 1)) as usize;
+        let addr = self.memory[bid as usize * BUFFER_LEN..].as_mut_ptr() as u64;
+        // SAFETY: `index` < RECV_BUFFERS, inside the allocation; the kernel does not read
+        // an entry until the tail below moves past it.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
+        entry.set_addr(addr);
+        entry.set_len(BUFFER_LEN as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail lives in the first entry's reserved field, which the kernel
+        // reads concurrently: publish it with a release store so the entry is seen first.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * BUFFER_LEN;
+        &self.memory[start..start + len.min(BUFFER_LEN)]
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the driver unregistered the ring
+        // (or never registered it) before dropping it.
+        unsafe { alloc::dealloc(self.entries.as_ptr().cast(), self.layout) }
+    }
+}
+
+/// A send in flight: everything its `SendMsg` entry points at.
+struct PendingSend {
+    payload: Vec<u8>,
+    name: SockAddr,
+    iov: libc::iovec,
+    header: libc::msghdr,
+}
+
+/// The io_uring driver.
+pub struct UringDriver {
+    ring: IoUring,
+    socket: Socket,
+    local: SocketAddr,
+    buffers: BufferRing,
+    /// The template of the multishot receive: only the name and control lengths matter,
+    /// and the kernel reads it while the receive is armed, so it lives in a Box.
+    recv_header: Box<libc::msghdr>,
+    recv_armed: bool,
+    sends: Vec<Option<Box<PendingSend>>>,
+    free_sends: Vec<usize>,
+}
+
+// SAFETY: the raw pointers inside (buffer ring, msghdrs) point only into memory this
+// driver owns; nothing is shared with another thread, so moving the whole driver is fine.
+unsafe impl Send for UringDriver {}
+
+impl std::fmt::Debug for UringDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringDriver")
+            .field("local", &self.local)
+            .field("recv_armed", &self.recv_armed)
+            .finish()
+    }
+}
+
+impl UringDriver {
+    /// Opens a ring and binds the RoCEv2 socket. Fails where io_uring is missing or
+    /// refused (old kernel, `kernel.io_uring_disabled`, seccomp): use the socket driver.
+    pub fn bind(addr: SocketAddr) -> io::Result<UringDriver> {
+        let ring = IoUring::new(1024)?;
+        let (socket, local) = bind_socket(addr)?;
+        let buffers = BufferRing::new()?;
+        // SAFETY: the entries stay allocated until after the ring is unregistered in Drop.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.entries.as_ptr() as u64,
+                RECV_BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        // SAFETY: msghdr is plain data; zero is a valid value.
+        let mut recv_header: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+        recv_header.msg_namelen = NAME_SPACE as libc::socklen_t;
+        recv_header.msg_controllen = CMSG_SPACE;
+        Ok(UringDriver {
+            ring,
+            socket,
+            local,
+            buffers,
+            recv_header,
+            recv_armed: false,
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every buffer the entry names is owned by `self` until its completion.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_recv(&mut self) -> io::Result<()> {
+        if !self.recv_armed {
+            let entry = opcode::RecvMsgMulti::new(
+                Fd(self.socket.as_raw_fd()),
+                &*self.recv_header,
+                BUFFER_GROUP,
+            )
+            .build()
+            .user_data(RECV_TOKEN);
+            self.push(&entry)?;
+            self.recv_armed = true;
+        }
+        Ok(())
+    }
+
+    /// Hands every datagram that has arrived to `each`, without blocking; also retires
+    /// finished sends. Returns how many datagrams arrived.
+    pub fn recv_batch(&mut self, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
+        self.arm_recv()?;
+        self.ring.submit()?;
+        let mut received = 0;
+        let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
+        for cqe in completions {
+            match cqe.user_data() {
+                RECV_TOKEN => {
+                    if !cqueue::more(cqe.flags()) {
+                        self.recv_armed = false;
+                    }
+                    let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                        // No buffer: an error such as ENOBUFS (all buffers busy). Re-arm.
+                        if cqe.result() < 0 && cqe.result() != -libc::ENOBUFS {
+                            tracing::warn!(error = %io::Error::from_raw_os_error(-cqe.result()), "multishot recvmsg failed");
+                        }
+                        continue;
+                    };
+                    let len = usize::try_from(cqe.result()).unwrap_or(0);
+                    if let Ok(out) =
+                        RecvMsgOut::parse(self.buffers.buffer(bid, len), &self.recv_header)
+                    {
+                        if let Some(meta) = self.meta_of(&out) {
+                            received += 1;
+                            each(Received {
+                                meta,
+                                payload: out.payload_data(),
+                                truncated: out.is_payload_truncated(),
+                            });
+                        }
+                    }
+                    self.buffers.push(bid);
+                }
+                CANCEL_TOKEN => {}
+                slot => {
+                    let slot = slot as usize;
+                    if cqe.result() < 0 {
+                        tracing::debug!(error = %io::Error::from_raw_os_error(-cqe.result()), "send failed; RoCE will retransmit");
+                    }
+                    if let Some(done) = self.sends.get_mut(slot) {
+                        *done = None;
+                        self.free_sends.push(slot);
+                    }
+                }
+            }
+        }
+        if !self.recv_armed {
+            self.arm_recv()?;
+            self.ring.submit()?;
+        }
+        Ok(received)
+    }
+
+    fn meta_of(&self, out: &RecvMsgOut<'_>) -> Option<DatagramMeta> {
+        let name = out.name_data();
+        let mut storage: libc::sockaddr_storage =
+            // SAFETY: sockaddr_storage is plain data; zero is valid.
+            unsafe { mem::zeroed() };
+        let len = name.len().min(NAME_SPACE);
+        // SAFETY: copying at most size_of::<sockaddr_storage>() bytes into it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        // SAFETY: `len` bytes of a socket address the kernel wrote.
+        let src = unsafe { SockAddr::new(storage, len as libc::socklen_t) }.as_socket()?;
+        let control = out.control_data();
+        // SAFETY: msghdr is plain data; zero is valid.
+        let mut header: libc::msghdr = unsafe { mem::zeroed() };
+        header.msg_control = control.as_ptr() as *mut _;
+        header.msg_controllen = control.len();
+        let (dst, ecn) = parse_control(&header, self.local.ip());
+        Some(DatagramMeta {
+            src: src.ip(),
+            dst,
+            src_port: src.port(),
+            ecn,
+        })
+    }
+
+    /// Queues datagrams to port 4791 of their destinations and submits them in one
+    /// system call. Returns how many were queued.
+    pub fn send_batch(&mut self, datagrams: &[Datagram]) -> io::Result<usize> {
+        for d in datagrams {
+            let name = SockAddr::from(SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT));
+            // SAFETY: msghdr is plain data; zero is valid.
+            let header: libc::msghdr = unsafe { mem::zeroed() };
+            let mut pending = Box::new(PendingSend {
+                payload: d.payload.clone(),
+                name,
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                header,
+            });
+            pending.iov = libc::iovec {
+                iov_base: pending.payload.as_mut_ptr().cast(),
+                iov_len: pending.payload.len(),
+            };
+            pending.header.msg_name = pending.name.as_ptr() as *mut _;
+            pending.header.msg_namelen = pending.name.len();
+            pending.header.msg_iov = &mut pending.iov;
+            pending.header.msg_iovlen = 1;
+            let slot = match self.free_sends.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.sends.push(None);
+                    self.sends.len() - 1
+                }
+            };
+            let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &pending.header)
+                .build()
+                .user_data(slot as u64);
+            // The Box keeps the msghdr, iovec, name and payload at fixed addresses.
+            self.sends[slot] = Some(pending);
+            self.push(&entry)?;
+        }
+        self.ring.submit()?;
+        Ok(datagrams.len())
+    }
+
+    /// Blocks until a completion arrives (a datagram, a finished send) or `timeout` passes.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.arm_recv()?;
+        let result = match timeout {
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETIME)
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Cancel the receive and wait until the kernel has let go of every buffer.
+        if self.recv_armed {
+            let cancel = opcode::AsyncCancel::new(RECV_TOKEN)
+                .build()
+                .user_data(CANCEL_TOKEN);
+            if self.push(&cancel).is_ok() {
+                for _ in 0..100 {
+                    let _ = self.ring.submit_and_wait(1);
+                    for cqe in self.ring.completion() {
+                        if cqe.user_data() == RECV_TOKEN && !cqueue::more(cqe.flags()) {
+                            self.recv_armed = false;
+                        }
+                    }
+                    if !self.recv_armed {
+                        break;
+                    }
+                }
+            }
+        }
+        // Sends in flight still point into `self.sends`: wait for them too.
+        let mut in_flight = self.sends.iter().filter(|s| s.is_some()).count();
+        let mut rounds = 0;
+        while in_flight > 0 && rounds < 100 {
+            let _ = self.ring.submit_and_wait(1);
+            for cqe in self.ring.completion() {
+                if let Some(slot) = self.sends.get_mut(cqe.user_data() as usize) {
+                    if slot.take().is_some() {
+                        in_flight -= 1;
+                    }
+                }
+            }
+            rounds += 1;
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+    }
+}
