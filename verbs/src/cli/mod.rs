@@ -1,0 +1,31 @@
+//! The `ferroce` command line. One module per subcommand; each has an `Args` struct
+//! (clap-derived) and a `run(&Args) -> ExitCode`.
+
+use std::process::ExitCode;
+
+pub mod decode;
+
+/// ferroce: a software RoCEv2 stack and its tools.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ferroce", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Decode and check every RoCEv2 packet of a pcap/pcapng capture.
+    Decode(decode::Args),
+}
+
+impl Command {
+    /// Runs the subcommand and returns the process exit status.
+    pub fn run(&self) -> ExitCode {
+        match self {
+            Command::Decode(args) => decode::run(args),
+        }
+    }
+}
