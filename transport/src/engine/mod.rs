@@ -3,8 +3,26 @@
 //! [`Time`] argument, datagrams come in through `handle_datagram` and go out through
 //! `poll_transmit`.
 
+pub mod cq;
+pub mod error;
+pub mod memory;
+pub mod namespace;
+pub mod qp;
 pub mod sim;
+pub mod srq;
+pub mod timer;
 
+pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
+pub use error::{Result, VerbsError};
+pub use memory::{AccessFlags, Lkey, MemoryAccess, MemoryRegion, ProtectionDomain};
+pub use namespace::NamespaceId;
+pub use qp::{
+    AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
+    SendWr, Sge, UdDestination,
+};
+pub use srq::{SharedReceiveQueueId, SrqAttr};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::{Add, Sub};
@@ -38,7 +56,10 @@ impl Time {
 impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, d: Duration) -> Time {
-        Time(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        Time(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 }
 
@@ -51,7 +72,12 @@ impl Sub<Time> for Time {
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
+        write!(
+            f,
+            "{}.{:09}s",
+            self.0 / 1_000_000_000,
+            self.0 % 1_000_000_000
+        )
     }
 }
 
@@ -89,4 +115,894 @@ pub struct Datagram {
     pub meta: DatagramMeta,
     /// The UDP payload: BTH to ICRC.
     pub payload: Vec<u8>,
+}
+
+/// Limits of a namespace's resources (each namespace is a virtual device), reported by
+/// [`Engine::query_device`] and enforced with [`VerbsError::LimitExceeded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// QPs per namespace.
+    pub max_qp: u32,
+    /// Work requests per send or receive queue.
+    pub max_qp_wr: u32,
+    /// SGEs per work request.
+    pub max_sge: u32,
+    /// CQs per namespace.
+    pub max_cq: u32,
+    /// Entries per CQ.
+    pub max_cqe: u32,
+    /// MRs per namespace.
+    pub max_mr: u32,
+    /// Bytes per MR.
+    pub max_mr_size: u64,
+    /// PDs per namespace.
+    pub max_pd: u32,
+    /// SRQs per namespace.
+    pub max_srq: u32,
+    /// Work requests per SRQ.
+    pub max_srq_wr: u32,
+    /// SGEs per SRQ work request.
+    pub max_srq_sge: u32,
+    /// Inline bytes per send WR.
+    pub max_inline_data: u32,
+    /// `max_dest_rd_atomic` at most (responder resources per QP).
+    pub max_qp_rd_atom: u8,
+    /// `max_rd_atomic` at most (outstanding READ/atomics per QP as requester).
+    pub max_qp_init_rd_atom: u8,
+}
+
+impl Default for DeviceLimits {
+    /// rxe's limits (`rxe_param.h`), with MRs capped at 1 GiB because the engine owns
+    /// their bytes.
+    fn default() -> DeviceLimits {
+        DeviceLimits {
+            max_qp: 0x1_0000,
+            max_qp_wr: 0x4000,
+            max_sge: 32,
+            max_cq: 0x4000,
+            max_cqe: 0x7fff,
+            max_mr: 0x4000,
+            max_mr_size: 1 << 30,
+            max_pd: 0x7ff0,
+            max_srq: 0x4000,
+            max_srq_wr: 0x4000,
+            max_srq_sge: 27,
+            max_inline_data: 400,
+            max_qp_rd_atom: 128,
+            max_qp_init_rd_atom: 128,
+        }
+    }
+}
+
+/// What `query_device` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAttributes {
+    /// Resource limits (per namespace).
+    pub limits: DeviceLimits,
+    /// The port's active MTU (UD messages at most this long).
+    pub active_mtu: PathMtu,
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Resource limits.
+    pub limits: DeviceLimits,
+    /// The port's active MTU (rxe: netdev MTU − 80 rounded down; 1500 gives 1024).
+    pub active_mtu: PathMtu,
+    /// GIDs (IP addresses) of the default namespace.
+    pub default_gids: Vec<IpAddr>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            limits: DeviceLimits::default(),
+            active_mtu: PathMtu::Mtu1024,
+            default_gids: Vec::new(),
+        }
+    }
+}
+
+/// Asynchronous events (`ibv_async_event`), per namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncEvent {
+    /// An SRQ fell below its armed limit.
+    SrqLimitReached(SharedReceiveQueueId),
+    /// A QP entered the error state on its own (retry exhaustion, a NAK, a local error).
+    QpFatal(ferroce_wire::Qpn),
+    /// A completion was lost because the CQ was full.
+    CqOverflow(CompletionQueueId),
+}
+
+/// NAKs by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NakCounters {
+    /// PSN sequence error.
+    pub psn_sequence: u64,
+    /// Receiver not ready.
+    pub rnr: u64,
+    /// Invalid request.
+    pub invalid_request: u64,
+    /// Remote access error.
+    pub remote_access: u64,
+    /// Remote operational error.
+    pub remote_operational: u64,
+    /// Invalid RD request or reserved codes.
+    pub other: u64,
+}
+
+impl NakCounters {
+    pub(crate) fn count(&mut self, code: ferroce_wire::NakCode) {
+        use ferroce_wire::NakCode::*;
+        match code {
+            PsnSequenceError => self.psn_sequence += 1,
+            InvalidRequest => self.invalid_request += 1,
+            RemoteAccessError => self.remote_access += 1,
+            RemoteOperationalError => self.remote_operational += 1,
+            InvalidRdRequest | Reserved(_) => self.other += 1,
+        }
+    }
+}
+
+/// Packets dropped, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounters {
+    /// Not a RoCEv2 packet the parser accepts.
+    pub malformed: u64,
+    /// No namespace owns the destination address.
+    pub unknown_address: u64,
+    /// No such QP in the namespace.
+    pub unknown_qp: u64,
+    /// The opcode's transport is not the QP's.
+    pub wrong_transport: u64,
+    /// The QP's state does not accept the packet.
+    pub wrong_state: u64,
+    /// The source is not the connected QP's peer.
+    pub address_mismatch: u64,
+    /// UD Q_Key mismatch.
+    pub qkey_mismatch: u64,
+    /// UD (or UC) with no receive WR posted.
+    pub no_receive_buffer: u64,
+    /// PSN ahead of the expected one.
+    pub out_of_sequence: u64,
+    /// A response that matches no outstanding request.
+    pub unexpected_response: u64,
+    /// A response already processed.
+    pub duplicate_response: u64,
+    /// A duplicate READ/atomic with no matching responder resource.
+    pub duplicate_not_replayed: u64,
+    /// UC requests refused (UC sends no NAK).
+    pub refused: u64,
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Datagrams handed to `handle_datagram`.
+    pub packets_in: u64,
+    /// Datagrams returned by `poll_transmit`.
+    pub packets_out: u64,
+    /// UDP payload bytes in.
+    pub bytes_in: u64,
+    /// UDP payload bytes out.
+    pub bytes_out: u64,
+    /// Request packets sent again (go-back-N).
+    pub retransmits: u64,
+    /// Retransmit timer expiries with work outstanding.
+    pub timeouts: u64,
+    /// Duplicate requests seen by responders.
+    pub duplicates: u64,
+    /// Bad ICRC.
+    pub icrc_errors: u64,
+    /// CNPs received.
+    pub cnps_received: u64,
+    /// Packets with ECN CE received.
+    pub ecn_ce_received: u64,
+    /// Completions lost to full CQs.
+    pub completion_queue_overflows: u64,
+    /// NAKs sent by responders.
+    pub naks_sent: NakCounters,
+    /// NAKs received by requesters.
+    pub naks_received: NakCounters,
+    /// Drops by reason.
+    pub drops: DropCounters,
+}
+
+/// A small seeded generator (SplitMix64): keys and addresses depend only on the seed.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address (RoCEv2 GIDs for IPv4 are mapped).
+fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+/// The ICRC envelope of a datagram between two addresses (IPv4: ident 0 and DF, as the
+/// I/O layer's unconnected PMTUDISC_DO socket makes the kernel send).
+fn envelope(src: IpAddr, dst: IpAddr, src_port: u16) -> Option<ferroce_wire::icrc::Envelope> {
+    use ferroce_wire::icrc::Envelope;
+    match (canonical(src), canonical(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(Envelope::ipv4(s, d, 0, src_port)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(Envelope::ipv6(s, d, src_port)),
+        _ => None,
+    }
+}
+
+use ferroce_wire::Qpn;
+use namespace::Namespace;
+use qp::{Context, QueuePair};
+
+/// The sans-IO RoCEv2 engine: namespaces of verbs resources, driven by datagrams and
+/// time. Same seed and same inputs give the same outputs.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    rng: SplitMix64,
+    namespaces: BTreeMap<NamespaceId, Namespace>,
+    routes: BTreeMap<IpAddr, NamespaceId>,
+    counters: Counters,
+    /// QPs that may have something to send, round-robin.
+    active: VecDeque<(NamespaceId, Qpn)>,
+    active_set: BTreeSet<(NamespaceId, Qpn)>,
+}
+
+macro_rules! context {
+    ($ns:expr, $counters:expr, $now:expr) => {
+        Context {
+            now: $now,
+            memory: &mut $ns.memory,
+            cqs: &mut $ns.cqs,
+            srqs: &mut $ns.srqs,
+            events: &mut $ns.events,
+            counters: $counters,
+            gids: &$ns.gids,
+        }
+    };
+}
+
+impl Engine {
+    /// An engine with the default namespace holding `config.default_gids`.
+    pub fn new(config: EngineConfig, seed: u64) -> Engine {
+        let mut engine = Engine {
+            rng: SplitMix64(seed),
+            namespaces: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            counters: Counters::default(),
+            active: VecDeque::new(),
+            active_set: BTreeSet::new(),
+            config,
+        };
+        let gids = engine.config.default_gids.clone();
+        // A fresh engine has no routes, so only duplicate GIDs in the config can clash;
+        // then the default namespace gets the first of each.
+        let mut unique = Vec::new();
+        for gid in gids {
+            if !unique
+                .iter()
+                .any(|g: &IpAddr| canonical(*g) == canonical(gid))
+            {
+                unique.push(gid);
+            }
+        }
+        let _ = engine.create_namespace(NamespaceId::DEFAULT, &unique);
+        engine
+    }
+
+    /// Limits and port attributes.
+    pub fn query_device(&self) -> DeviceAttributes {
+        DeviceAttributes {
+            limits: self.config.limits,
+            active_mtu: self.config.active_mtu,
+        }
+    }
+
+    /// Counters since creation.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Creates a namespace owning `gids`; each address belongs to one namespace only.
+    pub fn create_namespace(&mut self, id: NamespaceId, gids: &[IpAddr]) -> Result<()> {
+        if self.namespaces.contains_key(&id) {
+            return Err(VerbsError::AlreadyExists("namespace"));
+        }
+        for gid in gids {
+            if self.routes.contains_key(&canonical(*gid)) {
+                return Err(VerbsError::AlreadyExists("GID owned by another namespace"));
+            }
+        }
+        let gids: Vec<IpAddr> = gids.iter().map(|g| canonical(*g)).collect();
+        for gid in &gids {
+            self.routes.insert(*gid, id);
+        }
+        self.namespaces.insert(id, Namespace::new(gids));
+        Ok(())
+    }
+
+    /// Adds a GID to a namespace.
+    pub fn add_gid(&mut self, ns: NamespaceId, gid: IpAddr) -> Result<()> {
+        let gid = canonical(gid);
+        if self.routes.contains_key(&gid) {
+            return Err(VerbsError::AlreadyExists("GID owned by a namespace"));
+        }
+        self.ns_mut(ns)?.gids.push(gid);
+        self.routes.insert(gid, ns);
+        Ok(())
+    }
+
+    /// Removes a namespace and everything in it.
+    pub fn destroy_namespace(&mut self, ns: NamespaceId) -> Result<()> {
+        let removed = self
+            .namespaces
+            .remove(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))?;
+        for gid in removed.gids {
+            self.routes.remove(&gid);
+        }
+        self.active_set.retain(|(n, _)| *n != ns);
+        self.active.retain(|(n, _)| *n != ns);
+        Ok(())
+    }
+
+    /// The GIDs of a namespace.
+    pub fn gids(&self, ns: NamespaceId) -> Result<&[IpAddr]> {
+        Ok(&self.ns(ns)?.gids)
+    }
+
+    fn ns(&self, ns: NamespaceId) -> Result<&Namespace> {
+        self.namespaces
+            .get(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))
+    }
+
+    fn ns_mut(&mut self, ns: NamespaceId) -> Result<&mut Namespace> {
+        self.namespaces
+            .get_mut(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))
+    }
+
+    fn schedule(&mut self, ns: NamespaceId, qpn: Qpn) {
+        if self.active_set.insert((ns, qpn)) {
+            self.active.push_back((ns, qpn));
+        }
+    }
+
+    /// Allocates a protection domain.
+    pub fn alloc_pd(&mut self, ns: NamespaceId) -> Result<ProtectionDomain> {
+        let limit = self.config.limits.max_pd as usize;
+        let space = self.ns_mut(ns)?;
+        if space.pds.len() >= limit {
+            return Err(VerbsError::LimitExceeded("max_pd"));
+        }
+        let pd = space.allocate_pd();
+        space.pds.insert(pd);
+        Ok(pd)
+    }
+
+    /// Frees a PD no MR, SRQ or QP uses.
+    pub fn dealloc_pd(&mut self, ns: NamespaceId, pd: ProtectionDomain) -> Result<()> {
+        let space = self.ns_mut(ns)?;
+        if !space.pds.contains(&pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if space.memory.uses_pd(pd)
+            || space.qps.values().any(|q| q.pd == pd)
+            || space.srqs.values().any(|s| s.pd == pd)
+        {
+            return Err(VerbsError::Busy("PD in use"));
+        }
+        space.pds.remove(&pd);
+        Ok(())
+    }
+
+    /// Registers a zeroed region of `length` bytes owned by the engine.
+    pub fn reg_mr(
+        &mut self,
+        ns: NamespaceId,
+        pd: ProtectionDomain,
+        length: u64,
+        access: AccessFlags,
+    ) -> Result<MemoryRegion> {
+        let limits = self.config.limits;
+        if length > limits.max_mr_size {
+            return Err(VerbsError::LimitExceeded("max_mr_size"));
+        }
+        // ibverbs: remote write and atomics need local write.
+        let needs_local = AccessFlags::REMOTE_WRITE.bits() | AccessFlags::REMOTE_ATOMIC.bits();
+        if access.bits() & needs_local != 0 && !access.contains(AccessFlags::LOCAL_WRITE) {
+            return Err(VerbsError::InvalidArgument(
+                "REMOTE_WRITE/REMOTE_ATOMIC need LOCAL_WRITE",
+            ));
+        }
+        let key_byte = self.rng.next() as u8;
+        let addr_bits = self.rng.next() as u32;
+        let space = self.ns_mut(ns)?;
+        if !space.pds.contains(&pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if space.memory.len() >= limits.max_mr as usize {
+            return Err(VerbsError::LimitExceeded("max_mr"));
+        }
+        space
+            .memory
+            .register(pd, length, access, key_byte, addr_bits)
+            .map_err(|_| VerbsError::LimitExceeded("MR table"))
+    }
+
+    /// Deregisters a region: every later access with its keys fails.
+    pub fn dereg_mr(&mut self, ns: NamespaceId, lkey: Lkey) -> Result<()> {
+        self.ns_mut(ns)?
+            .memory
+            .deregister(lkey)
+            .map(|_| ())
+            .ok_or(VerbsError::NotFound("MR"))
+    }
+
+    /// The owner writes into its region (like an application filling its buffer).
+    pub fn mr_write(&mut self, ns: NamespaceId, lkey: Lkey, addr: u64, data: &[u8]) -> Result<()> {
+        let range = self
+            .ns_mut(ns)?
+            .memory
+            .owner_range(lkey, addr, data.len())
+            .map_err(|_| VerbsError::AccessDenied("lkey or range"))?;
+        range.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The owner reads from its region.
+    pub fn mr_read(
+        &mut self,
+        ns: NamespaceId,
+        lkey: Lkey,
+        addr: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let range = self
+            .ns_mut(ns)?
+            .memory
+            .owner_range(lkey, addr, out.len())
+            .map_err(|_| VerbsError::AccessDenied("lkey or range"))?;
+        out.copy_from_slice(range);
+        Ok(())
+    }
+
+    /// Creates a CQ of `cqe` entries.
+    pub fn create_cq(&mut self, ns: NamespaceId, cqe: u32) -> Result<CompletionQueueId> {
+        let limits = self.config.limits;
+        if cqe == 0 || cqe > limits.max_cqe {
+            return Err(VerbsError::LimitExceeded("max_cqe"));
+        }
+        let space = self.ns_mut(ns)?;
+        if space.cqs.len() >= limits.max_cq as usize {
+            return Err(VerbsError::LimitExceeded("max_cq"));
+        }
+        let id = space.allocate_cq();
+        space.cqs.insert(id, cq::CompletionQueue::new(cqe as usize));
+        Ok(id)
+    }
+
+    /// Destroys a CQ no QP uses.
+    pub fn destroy_cq(&mut self, ns: NamespaceId, cq: CompletionQueueId) -> Result<()> {
+        let space = self.ns_mut(ns)?;
+        if !space.cqs.contains_key(&cq) {
+            return Err(VerbsError::NotFound("CQ"));
+        }
+        if space
+            .qps
+            .values()
+            .any(|q| q.send_cq == cq || q.recv_cq == cq)
+        {
+            return Err(VerbsError::Busy("CQ in use"));
+        }
+        space.cqs.remove(&cq);
+        Ok(())
+    }
+
+    /// Takes up to `max` completions, oldest first.
+    pub fn poll_cq(
+        &mut self,
+        ns: NamespaceId,
+        cq: CompletionQueueId,
+        max: usize,
+    ) -> Result<Vec<WorkCompletion>> {
+        Ok(self
+            .ns_mut(ns)?
+            .cqs
+            .get_mut(&cq)
+            .ok_or(VerbsError::NotFound("CQ"))?
+            .poll(max))
+    }
+
+    /// The next asynchronous event of a namespace.
+    pub fn poll_event(&mut self, ns: NamespaceId) -> Option<AsyncEvent> {
+        self.namespaces.get_mut(&ns)?.events.pop_front()
+    }
+
+    /// Creates an SRQ.
+    pub fn create_srq(
+        &mut self,
+        ns: NamespaceId,
+        pd: ProtectionDomain,
+        attr: SrqAttr,
+    ) -> Result<SharedReceiveQueueId> {
+        let limits = self.config.limits;
+        if attr.max_wr == 0 || attr.max_wr > limits.max_srq_wr {
+            return Err(VerbsError::LimitExceeded("max_srq_wr"));
+        }
+        if attr.max_sge > limits.max_srq_sge {
+            return Err(VerbsError::LimitExceeded("max_srq_sge"));
+        }
+        if attr.srq_limit > attr.max_wr {
+            return Err(VerbsError::InvalidArgument("srq_limit above max_wr"));
+        }
+        let space = self.ns_mut(ns)?;
+        if !space.pds.contains(&pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if space.srqs.len() >= limits.max_srq as usize {
+            return Err(VerbsError::LimitExceeded("max_srq"));
+        }
+        let id = space.allocate_srq();
+        space
+            .srqs
+            .insert(id, srq::SharedReceiveQueue::new(pd, attr));
+        Ok(id)
+    }
+
+    /// Arms (or disarms, with 0) an SRQ's limit.
+    pub fn modify_srq(
+        &mut self,
+        ns: NamespaceId,
+        srq: SharedReceiveQueueId,
+        srq_limit: u32,
+    ) -> Result<()> {
+        let queue = self
+            .ns_mut(ns)?
+            .srqs
+            .get_mut(&srq)
+            .ok_or(VerbsError::NotFound("SRQ"))?;
+        if srq_limit > queue.attr.max_wr {
+            return Err(VerbsError::InvalidArgument("srq_limit above max_wr"));
+        }
+        queue.attr.srq_limit = srq_limit;
+        Ok(())
+    }
+
+    /// SRQ attributes (`srq_limit` 0 once the limit event fired).
+    pub fn query_srq(&self, ns: NamespaceId, srq: SharedReceiveQueueId) -> Result<SrqAttr> {
+        Ok(self
+            .ns(ns)?
+            .srqs
+            .get(&srq)
+            .ok_or(VerbsError::NotFound("SRQ"))?
+            .attr())
+    }
+
+    /// Destroys an SRQ no QP uses.
+    pub fn destroy_srq(&mut self, ns: NamespaceId, srq: SharedReceiveQueueId) -> Result<()> {
+        let space = self.ns_mut(ns)?;
+        if !space.srqs.contains_key(&srq) {
+            return Err(VerbsError::NotFound("SRQ"));
+        }
+        if space.qps.values().any(|q| q.srq == Some(srq)) {
+            return Err(VerbsError::Busy("SRQ in use"));
+        }
+        space.srqs.remove(&srq);
+        Ok(())
+    }
+
+    /// Posts a receive WR to an SRQ.
+    pub fn post_srq_recv(
+        &mut self,
+        ns: NamespaceId,
+        srq: SharedReceiveQueueId,
+        wr: RecvWr,
+    ) -> Result<()> {
+        let queue = self
+            .ns_mut(ns)?
+            .srqs
+            .get_mut(&srq)
+            .ok_or(VerbsError::NotFound("SRQ"))?;
+        if queue.queue.len() >= queue.attr.max_wr as usize {
+            return Err(VerbsError::QueueFull);
+        }
+        if wr.sg_list.len() > queue.attr.max_sge as usize {
+            return Err(VerbsError::LimitExceeded("max_sge"));
+        }
+        queue.queue.push_back(wr);
+        Ok(())
+    }
+
+    /// Creates a QP in RESET; its QPN is allocated inside the namespace.
+    pub fn create_qp(&mut self, ns: NamespaceId, init: QpInitAttr) -> Result<Qpn> {
+        let limits = self.config.limits;
+        let cap = init.cap;
+        if cap.max_send_wr > limits.max_qp_wr || cap.max_recv_wr > limits.max_qp_wr {
+            return Err(VerbsError::LimitExceeded("max_qp_wr"));
+        }
+        if cap.max_send_sge > limits.max_sge || cap.max_recv_sge > limits.max_sge {
+            return Err(VerbsError::LimitExceeded("max_sge"));
+        }
+        if cap.max_inline_data > limits.max_inline_data {
+            return Err(VerbsError::LimitExceeded("max_inline_data"));
+        }
+        let ud_mtu = self.config.active_mtu.bytes();
+        let space = self.ns_mut(ns)?;
+        if space.qps.len() >= limits.max_qp as usize {
+            return Err(VerbsError::LimitExceeded("max_qp"));
+        }
+        if !space.pds.contains(&init.pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if !space.cqs.contains_key(&init.send_cq) || !space.cqs.contains_key(&init.recv_cq) {
+            return Err(VerbsError::NotFound("CQ"));
+        }
+        if let Some(srq) = init.srq {
+            if !space.srqs.contains_key(&srq) {
+                return Err(VerbsError::NotFound("SRQ"));
+            }
+        }
+        let qpn = space
+            .allocate_qpn()
+            .ok_or(VerbsError::LimitExceeded("QPN space"))?;
+        let mut qp = QueuePair::new(qpn, &init);
+        qp.req.ud_mtu = ud_mtu;
+        space.qps.insert(qpn, qp);
+        Ok(qpn)
+    }
+
+    /// Destroys a QP (its outstanding work is dropped without completions).
+    pub fn destroy_qp(&mut self, ns: NamespaceId, qpn: Qpn) -> Result<()> {
+        self.ns_mut(ns)?
+            .qps
+            .remove(&qpn)
+            .map(|_| ())
+            .ok_or(VerbsError::NotFound("QP"))
+    }
+
+    /// Moves a QP between states with the attributes the transition requires or allows.
+    pub fn modify_qp(&mut self, ns: NamespaceId, qpn: Qpn, attr: &QpAttr) -> Result<()> {
+        let limits = qp::ModifyLimits {
+            max_rd_atomic: self.config.limits.max_qp_init_rd_atom,
+            max_dest_rd_atomic: self.config.limits.max_qp_rd_atom,
+        };
+        let now = Time::ZERO;
+        let space = self
+            .namespaces
+            .get_mut(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))?;
+        let qp = space.qps.get_mut(&qpn).ok_or(VerbsError::NotFound("QP"))?;
+        let gids = space.gids.clone();
+        let resolve = |av: &AddressVector| -> Option<IpAddr> {
+            let remote = canonical(av.remote);
+            match av.local {
+                Some(local) => {
+                    let local = canonical(local);
+                    (gids.contains(&local) && local.is_ipv4() == remote.is_ipv4()).then_some(local)
+                }
+                None => gids
+                    .iter()
+                    .copied()
+                    .find(|g| g.is_ipv4() == remote.is_ipv4()),
+            }
+        };
+        let mut ctx = context!(space, &mut self.counters, now);
+        let mut attr = *attr;
+        if let Some(av) = &mut attr.av {
+            av.remote = canonical(av.remote);
+        }
+        qp.modify(&attr, limits, resolve, &mut ctx)?;
+        self.schedule(ns, qpn);
+        Ok(())
+    }
+
+    /// A QP's state and every attribute.
+    pub fn query_qp(&self, ns: NamespaceId, qpn: Qpn) -> Result<QpInfo> {
+        Ok(self
+            .ns(ns)?
+            .qps
+            .get(&qpn)
+            .ok_or(VerbsError::NotFound("QP"))?
+            .info())
+    }
+
+    /// Queues a send WR. Nothing is sent here: packets come out of `poll_transmit`.
+    pub fn post_send(&mut self, ns: NamespaceId, qpn: Qpn, wr: SendWr) -> Result<()> {
+        if wr.sg_list.len() > self.config.limits.max_sge as usize {
+            return Err(VerbsError::LimitExceeded("max_sge"));
+        }
+        let space = self
+            .namespaces
+            .get_mut(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))?;
+        let qp = space.qps.get_mut(&qpn).ok_or(VerbsError::NotFound("QP"))?;
+        let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+        qp.post_send(wr, &mut ctx)?;
+        self.schedule(ns, qpn);
+        Ok(())
+    }
+
+    /// Posts a receive WR to a QP's own receive queue.
+    pub fn post_recv(&mut self, ns: NamespaceId, qpn: Qpn, wr: RecvWr) -> Result<()> {
+        let space = self
+            .namespaces
+            .get_mut(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))?;
+        let qp = space.qps.get_mut(&qpn).ok_or(VerbsError::NotFound("QP"))?;
+        let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+        qp.post_recv(wr, &mut ctx)
+    }
+
+    /// A datagram arrived (the UDP payload from the BTH to the ICRC).
+    pub fn handle_datagram(&mut self, now: Time, meta: DatagramMeta, payload: &[u8]) {
+        use ferroce_wire::opcode::Operation;
+        use ferroce_wire::{icrc, packet, Transport};
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += payload.len() as u64;
+        let Ok(parsed) = packet::parse(payload) else {
+            self.counters.drops.malformed += 1;
+            return;
+        };
+        let Some(env) = envelope(meta.src, meta.dst, meta.src_port) else {
+            self.counters.drops.malformed += 1;
+            return;
+        };
+        if !matches!(icrc::verify(&env, payload), Ok(true)) {
+            self.counters.icrc_errors += 1;
+            return;
+        }
+        if meta.ecn == Ecn::Ce {
+            self.counters.ecn_ce_received += 1;
+        }
+        let Ok(info) = parsed.repr.info() else {
+            self.counters.drops.malformed += 1;
+            return;
+        };
+        if info.transport == Transport::Cnp {
+            // Recognised; congestion control comes later.
+            self.counters.cnps_received += 1;
+            return;
+        }
+        let Some(&ns) = self.routes.get(&canonical(meta.dst)) else {
+            self.counters.drops.unknown_address += 1;
+            return;
+        };
+        let Some(space) = self.namespaces.get_mut(&ns) else {
+            self.counters.drops.unknown_address += 1;
+            return;
+        };
+        let qpn = parsed.repr.bth.dest_qp;
+        let Some(qp) = space.qps.get_mut(&qpn) else {
+            self.counters.drops.unknown_qp += 1;
+            return;
+        };
+        let transport_ok = matches!(
+            (info.transport, qp.qp_type),
+            (Transport::Rc, QpType::Rc) | (Transport::Uc, QpType::Uc) | (Transport::Ud, QpType::Ud)
+        );
+        if !transport_ok {
+            self.counters.drops.wrong_transport += 1;
+            return;
+        }
+        if qp.qp_type != QpType::Ud {
+            // As rxe's check_addr: a connected QP only hears its peer.
+            let peer = qp.attr.av.map(|av| canonical(av.remote));
+            if peer != Some(canonical(meta.src)) || qp.local != Some(canonical(meta.dst)) {
+                self.counters.drops.address_mismatch += 1;
+                return;
+            }
+        }
+        let mut ctx = context!(space, &mut self.counters, now);
+        match info.operation {
+            Operation::Acknowledge | Operation::ReadResponse | Operation::AtomicAcknowledge => {
+                qp.handle_response(&parsed, &mut ctx);
+            }
+            _ => qp.handle_request(&meta, &parsed, &mut ctx),
+        }
+        self.schedule(ns, qpn);
+    }
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
+        for _ in 0..self.active.len() {
+            let (ns, qpn) = self.active.pop_front()?;
+            let Some(space) = self.namespaces.get_mut(&ns) else {
+                self.active_set.remove(&(ns, qpn));
+                continue;
+            };
+            let Some(qp) = space.qps.get_mut(&qpn) else {
+                self.active_set.remove(&(ns, qpn));
+                continue;
+            };
+            let src_port = qp.src_port;
+            let mut ctx = context!(space, &mut self.counters, now);
+            let Some(out) = qp.poll_transmit(&mut ctx) else {
+                self.active_set.remove(&(ns, qpn));
+                continue;
+            };
+            self.active.push_back((ns, qpn));
+            if let Some(datagram) = self.build(out, src_port) {
+                self.counters.packets_out += 1;
+                self.counters.bytes_out += datagram.payload.len() as u64;
+                return Some(datagram);
+            }
+        }
+        None
+    }
+
+    fn build(&mut self, out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
+        use ferroce_wire::packet;
+        let env = envelope(out.src, out.dst, src_port)?;
+        let len = packet::buffer_len(&out.repr, out.payload.len()).ok()?;
+        let mut bytes = vec![0u8; len];
+        packet::build(&out.repr, &out.payload, &env, &mut bytes).ok()?;
+        Some(Datagram {
+            meta: DatagramMeta {
+                src: canonical(out.src),
+                dst: canonical(out.dst),
+                src_port,
+                ecn: Ecn::NotEct,
+            },
+            payload: bytes,
+        })
+    }
+
+    /// When the engine next wants `handle_timeout`, if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.namespaces
+            .values()
+            .flat_map(|ns| ns.qps.values())
+            .filter_map(QueuePair::timeout)
+            .min()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let mut due = Vec::new();
+        for (&ns, space) in self.namespaces.iter_mut() {
+            for (&qpn, qp) in space.qps.iter_mut() {
+                if qp.timeout().is_some_and(|t| t <= now) {
+                    due.push((ns, qpn));
+                }
+            }
+        }
+        for (ns, qpn) in due {
+            if let Some(space) = self.namespaces.get_mut(&ns) {
+                if let Some(qp) = space.qps.get_mut(&qpn) {
+                    let mut ctx = context!(space, &mut self.counters, now);
+                    qp.handle_timeout(&mut ctx);
+                }
+            }
+            self.schedule(ns, qpn);
+        }
+    }
+}
+
+impl sim::Node for Engine {
+    fn handle_datagram(&mut self, now: Time, meta: DatagramMeta, payload: &[u8]) {
+        Engine::handle_datagram(self, now, meta, payload);
+    }
+
+    fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
+        Engine::poll_transmit(self, now)
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        Engine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        Engine::handle_timeout(self, now);
+    }
 }

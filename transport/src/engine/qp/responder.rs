@@ -1,0 +1,847 @@
+//! The responder: PSN checks, duplicate handling with the responder-resource ring
+//! (READ responses replayed, atomic results resent, never re-executed), NAKs, and
+//! coalesced ACKs carrying the MSN.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use ferroce_wire::opcode::Operation;
+use ferroce_wire::packet::Parsed;
+use ferroce_wire::{aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Position, Psn, Rkey};
+
+use super::super::cq::{WcOpcode, WcStatus};
+use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
+use super::super::{AsyncEvent, DatagramMeta};
+use super::requester::packets_for;
+use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr};
+
+/// Length of the GRH space at the start of a UD receive buffer.
+pub const GRH_LEN: usize = 40;
+
+/// A message being received across several packets.
+#[derive(Debug)]
+enum InProgress {
+    Send {
+        recv: RecvWr,
+        from_srq: bool,
+        offset: u32,
+    },
+    Write {
+        va: u64,
+        rkey: Rkey,
+        remaining: u32,
+        total: u32,
+    },
+}
+
+/// A responder resource: what a READ or atomic needs to be answered again.
+#[derive(Debug, Clone, Copy)]
+enum Resource {
+    Read {
+        first_psn: Psn,
+        last_psn: Psn,
+        va: u64,
+        rkey: Rkey,
+        length: u32,
+    },
+    Atomic {
+        psn: Psn,
+        original: u64,
+    },
+}
+
+/// Something the responder must send, in PSN order.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    Ack {
+        psn: Psn,
+        syndrome: AckSyndrome,
+        msn: u32,
+    },
+    Read {
+        psn: Psn,
+        va: u64,
+        rkey: Rkey,
+        remaining: u32,
+        first: bool,
+        msn: u32,
+    },
+    Atomic {
+        psn: Psn,
+        original: u64,
+        msn: u32,
+    },
+}
+
+/// Responder state of a QP.
+#[derive(Debug, Default)]
+pub(crate) struct Responder {
+    /// Expected PSN.
+    pub epsn: Psn,
+    /// Messages completed (24 bits on the wire).
+    msn: u32,
+    /// A PSN-sequence or RNR NAK was sent for the current gap: send no more.
+    nak_sent: bool,
+    /// UC: the rest of the current message is dropped.
+    uc_drop: bool,
+    in_progress: Option<InProgress>,
+    resources: Vec<Option<Resource>>,
+    resource_head: usize,
+    jobs: VecDeque<Job>,
+}
+
+/// How a request failed (class A/C errors of IBA 9.9.3).
+struct Refusal {
+    nak: NakCode,
+    recv_status: WcStatus,
+}
+
+fn refuse(nak: NakCode, recv_status: WcStatus) -> Refusal {
+    Refusal { nak, recv_status }
+}
+
+impl Responder {
+    pub fn resize_resources(&mut self, n: usize) {
+        self.resources = vec![None; n];
+        self.resource_head = 0;
+    }
+
+    pub fn take_in_progress_recv(&mut self) -> Option<RecvWr> {
+        match self.in_progress.take() {
+            Some(InProgress::Send { recv, .. }) => Some(recv),
+            _ => None,
+        }
+    }
+
+    pub fn keep_only_naks(&mut self) {
+        self.jobs
+            .retain(|j| matches!(j, Job::Ack { syndrome, .. } if !syndrome.is_ack()));
+    }
+
+    /// Queues an ACK, merging it into a queued ACK (coalescing).
+    fn push_ack(&mut self, psn: Psn) {
+        let msn = self.msn;
+        if let Some(Job::Ack {
+            psn: p,
+            syndrome,
+            msn: m,
+        }) = self.jobs.back_mut()
+        {
+            if syndrome.is_ack() {
+                *p = psn;
+                *m = msn;
+                return;
+            }
+        }
+        self.jobs.push_back(Job::Ack {
+            psn,
+            syndrome: AckSyndrome::Ack {
+                credits: aeth::CREDITS_INVALID,
+            },
+            msn,
+        });
+    }
+
+    fn push_nak(&mut self, psn: Psn, syndrome: AckSyndrome) {
+        let msn = self.msn;
+        self.jobs.push_back(Job::Ack { psn, syndrome, msn });
+    }
+
+    fn store_resource(&mut self, resource: Resource) {
+        if self.resources.is_empty() {
+            return;
+        }
+        // The oldest entry is overwritten, as in rxe.
+        self.resources[self.resource_head] = Some(resource);
+        self.resource_head = (self.resource_head + 1) % self.resources.len();
+    }
+
+    fn complete_message(&mut self) {
+        self.msn = (self.msn + 1) & 0x00ff_ffff;
+    }
+}
+
+impl QueuePair {
+    /// A request packet (SEND, WRITE, READ request, atomic) arrived.
+    pub(crate) fn handle_request(
+        &mut self,
+        meta: &DatagramMeta,
+        parsed: &Parsed<'_>,
+        ctx: &mut Context<'_>,
+    ) {
+        if !matches!(
+            self.state,
+            QpState::Rtr | QpState::Rts | QpState::Sqd | QpState::Sqe
+        ) {
+            ctx.counters.drops.wrong_state += 1;
+            return;
+        }
+        match self.qp_type {
+            QpType::Ud => self.handle_ud(meta, parsed, ctx),
+            QpType::Rc | QpType::Uc => self.handle_connected(parsed, ctx),
+        }
+    }
+
+    fn handle_connected(&mut self, parsed: &Parsed<'_>, ctx: &mut Context<'_>) {
+        let Ok(info) = parsed.repr.info() else {
+            return;
+        };
+        let psn = parsed.repr.bth.psn;
+        let rc = self.qp_type == QpType::Rc;
+        if rc {
+            let d = psn.diff(self.resp.epsn);
+            if d > 0 {
+                ctx.counters.drops.out_of_sequence += 1;
+                if !self.resp.nak_sent {
+                    self.resp.nak_sent = true;
+                    let epsn = self.resp.epsn;
+                    self.resp
+                        .push_nak(epsn, AckSyndrome::Nak(NakCode::PsnSequenceError));
+                    ctx.counters.naks_sent.psn_sequence += 1;
+                }
+                return;
+            }
+            if d < 0 {
+                ctx.counters.duplicates += 1;
+                self.handle_duplicate(parsed, info.operation, ctx);
+                return;
+            }
+            self.resp.nak_sent = false;
+        } else if psn != self.resp.epsn || self.resp.uc_drop {
+            // UC: a gap loses the message in progress; a new one may start anywhere.
+            if info.position.starts_message() {
+                self.abort_uc_message(ctx);
+                self.resp.uc_drop = false;
+            } else {
+                ctx.counters.drops.out_of_sequence += 1;
+                self.abort_uc_message(ctx);
+                self.resp.uc_drop = true;
+                self.resp.epsn = psn.next();
+                return;
+            }
+        }
+        match self.execute(parsed, info.operation, info.position, ctx) {
+            Ok(Some(advance)) => {
+                self.resp.epsn = psn.add(advance);
+                if rc
+                    && parsed.repr.bth.ack_req
+                    && matches!(info.operation, Operation::Send | Operation::Write)
+                {
+                    self.resp.push_ack(psn);
+                }
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                if rc {
+                    self.resp.push_nak(psn, AckSyndrome::Nak(refusal.nak));
+                    ctx.counters.naks_sent.count(refusal.nak);
+                    self.fail_receive(refusal.recv_status, ctx);
+                } else {
+                    ctx.counters.drops.refused += 1;
+                    self.abort_uc_message(ctx);
+                    self.resp.uc_drop = true;
+                    self.resp.epsn = psn.next();
+                }
+            }
+        }
+    }
+
+    /// UC: drops the message in progress; its receive WR goes back to be reused.
+    fn abort_uc_message(&mut self, ctx: &mut Context<'_>) {
+        if let Some(InProgress::Send { recv, from_srq, .. }) = self.resp.in_progress.take() {
+            if from_srq {
+                if let Some(srq) = self.srq.and_then(|id| ctx.srqs.get_mut(&id)) {
+                    srq.queue.push_front(recv);
+                }
+            } else {
+                self.rq.push_front(recv);
+            }
+        }
+    }
+
+    /// RC class A/C error: the receive in progress completes with `status`, the QP
+    /// goes to ERR and the rest is flushed.
+    fn fail_receive(&mut self, status: WcStatus, ctx: &mut Context<'_>) {
+        if let Some(recv) = self.resp.take_in_progress_recv() {
+            let wc = self.recv_completion(&recv, status, WcOpcode::Recv, 0);
+            ctx.push_completion(self.recv_cq, wc);
+        }
+        self.enter_error(ctx);
+    }
+
+    /// Takes a receive WR from the SRQ or the QP's receive queue.
+    fn take_recv(&mut self, ctx: &mut Context<'_>) -> Option<(RecvWr, bool)> {
+        match self.srq {
+            Some(id) => {
+                let srq = ctx.srqs.get_mut(&id)?;
+                let (wr, fired) = srq.take()?;
+                if fired {
+                    ctx.events.push_back(AsyncEvent::SrqLimitReached(id));
+                }
+                Some((wr, true))
+            }
+            None => self.rq.pop_front().map(|wr| (wr, false)),
+        }
+    }
+
+    fn rnr(&mut self, psn: Psn, ctx: &mut Context<'_>) {
+        let timer = self.attr.min_rnr_timer.unwrap_or(0);
+        if self.qp_type == QpType::Rc {
+            self.resp.nak_sent = true;
+            self.resp.push_nak(psn, AckSyndrome::RnrNak { timer });
+            ctx.counters.naks_sent.rnr += 1;
+        } else {
+            ctx.counters.drops.no_receive_buffer += 1;
+            self.resp.uc_drop = true;
+            self.resp.epsn = psn.next();
+        }
+    }
+
+    /// Runs a request in sequence. `Ok(Some(n))`: done, the expected PSN moves by `n`;
+    /// `Ok(None)`: not executed and not an error (RNR).
+    fn execute(
+        &mut self,
+        parsed: &Parsed<'_>,
+        operation: Operation,
+        position: Position,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<u32>, Refusal> {
+        let psn = parsed.repr.bth.psn;
+        let opcode = parsed.repr.bth.opcode;
+        let invalid = || refuse(NakCode::InvalidRequest, WcStatus::RemInvReqErr);
+        // Opcode sequence: a message in progress continues, or a new one starts.
+        let in_send = matches!(self.resp.in_progress, Some(InProgress::Send { .. }));
+        let in_write = matches!(self.resp.in_progress, Some(InProgress::Write { .. }));
+        let continues = matches!(position, Position::Middle | Position::Last);
+        let sequence_ok = match operation {
+            Operation::Send => in_send == continues && !in_write,
+            Operation::Write => in_write == continues && !in_send,
+            _ => !in_send && !in_write,
+        };
+        if !sequence_ok {
+            return Err(invalid());
+        }
+        let access = self.attr.access.unwrap_or_default();
+        let needed = match operation {
+            Operation::Write => Some(AccessFlags::REMOTE_WRITE),
+            Operation::ReadRequest => Some(AccessFlags::REMOTE_READ),
+            Operation::CompareSwap | Operation::FetchAdd => Some(AccessFlags::REMOTE_ATOMIC),
+            _ => None,
+        };
+        if needed.is_some_and(|n| !access.contains(n)) {
+            return Err(invalid());
+        }
+        let mtu = self.path_mtu();
+        if parsed.check_segment(mtu as usize).is_err() {
+            return Err(invalid());
+        }
+        match operation {
+            Operation::Send => {
+                if position.starts_message() {
+                    let Some((recv, from_srq)) = self.take_recv(ctx) else {
+                        self.rnr(psn, ctx);
+                        return Ok(None);
+                    };
+                    self.resp.in_progress = Some(InProgress::Send {
+                        recv,
+                        from_srq,
+                        offset: 0,
+                    });
+                }
+                let Some(InProgress::Send { recv, offset, .. }) = &mut self.resp.in_progress else {
+                    return Err(invalid());
+                };
+                let end = u64::from(*offset) + parsed.payload.len() as u64;
+                if end > sg_capacity(&recv.sg_list) {
+                    return Err(refuse(NakCode::InvalidRequest, WcStatus::LocLenErr));
+                }
+                if Self::scatter(self.pd, &recv.sg_list, *offset, parsed.payload, ctx.memory)
+                    .is_err()
+                {
+                    return Err(refuse(
+                        NakCode::RemoteOperationalError,
+                        WcStatus::LocProtErr,
+                    ));
+                }
+                *offset = end as u32;
+                if position.ends_message() {
+                    let mut invalidated = None;
+                    if let Some(ieth) = parsed.repr.ieth {
+                        if ctx
+                            .memory
+                            .invalidate(Key::Remote(ieth.rkey), self.pd)
+                            .is_err()
+                        {
+                            return Err(refuse(
+                                NakCode::RemoteOperationalError,
+                                WcStatus::RemOpErr,
+                            ));
+                        }
+                        invalidated = Some(ieth.rkey);
+                    }
+                    let Some(InProgress::Send { recv, offset, .. }) = self.resp.in_progress.take()
+                    else {
+                        return Err(invalid());
+                    };
+                    let mut wc =
+                        self.recv_completion(&recv, WcStatus::Success, WcOpcode::Recv, offset);
+                    wc.imm_data = parsed.repr.imm.map(|i| i.imm);
+                    wc.invalidated_rkey = invalidated;
+                    ctx.push_completion(self.recv_cq, wc);
+                    self.resp.complete_message();
+                }
+                Ok(Some(1))
+            }
+            Operation::Write => {
+                let with_imm = matches!(
+                    opcode,
+                    OpCode::RcWriteLastImm
+                        | OpCode::RcWriteOnlyImm
+                        | OpCode::UcWriteLastImm
+                        | OpCode::UcWriteOnlyImm
+                );
+                // The receive WR an immediate consumes is checked first: no buffer is RNR.
+                let recv = if with_imm {
+                    match self.take_recv(ctx) {
+                        Some(r) => Some(r),
+                        None => {
+                            self.rnr(psn, ctx);
+                            return Ok(None);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let result = self.execute_write(parsed, position, ctx);
+                match (result, recv) {
+                    (Err(e), Some((recv, from_srq))) => {
+                        // Give the receive back; it was not used.
+                        if from_srq {
+                            if let Some(srq) = self.srq.and_then(|id| ctx.srqs.get_mut(&id)) {
+                                srq.queue.push_front(recv);
+                            }
+                        } else {
+                            self.rq.push_front(recv);
+                        }
+                        Err(e)
+                    }
+                    (Err(e), None) => Err(e),
+                    (Ok(total), recv) => {
+                        if let (Some(total), Some((recv, _))) = (total, recv) {
+                            let mut wc = self.recv_completion(
+                                &recv,
+                                WcStatus::Success,
+                                WcOpcode::RecvRdmaWithImm,
+                                total,
+                            );
+                            wc.imm_data = parsed.repr.imm.map(|i| i.imm);
+                            ctx.push_completion(self.recv_cq, wc);
+                        }
+                        Ok(Some(1))
+                    }
+                }
+            }
+            Operation::ReadRequest => {
+                if self.resp.resources.is_empty() {
+                    return Err(invalid());
+                }
+                let reth = parsed.repr.reth.ok_or_else(invalid)?;
+                if reth.dma_length > 0 {
+                    ctx.memory
+                        .check(
+                            Key::Remote(reth.rkey),
+                            self.pd,
+                            reth.virtual_address,
+                            u64::from(reth.dma_length),
+                            AccessFlags::REMOTE_READ,
+                        )
+                        .map_err(|_| refuse(NakCode::RemoteAccessError, WcStatus::RemAccessErr))?;
+                }
+                let psns = packets_for(reth.dma_length, mtu);
+                self.resp.store_resource(Resource::Read {
+                    first_psn: psn,
+                    last_psn: psn.add(psns - 1),
+                    va: reth.virtual_address,
+                    rkey: reth.rkey,
+                    length: reth.dma_length,
+                });
+                self.resp.complete_message();
+                let msn = self.resp.msn;
+                self.resp.jobs.push_back(Job::Read {
+                    psn,
+                    va: reth.virtual_address,
+                    rkey: reth.rkey,
+                    remaining: reth.dma_length,
+                    first: true,
+                    msn,
+                });
+                Ok(Some(psns))
+            }
+            Operation::CompareSwap | Operation::FetchAdd => {
+                if self.resp.resources.is_empty() {
+                    return Err(invalid());
+                }
+                let eth = parsed.repr.atomic_eth.ok_or_else(invalid)?;
+                let op = if operation == Operation::CompareSwap {
+                    AtomicOp::CompareSwap {
+                        compare: eth.compare,
+                        swap: eth.swap_add,
+                    }
+                } else {
+                    AtomicOp::FetchAdd { add: eth.swap_add }
+                };
+                let original = ctx
+                    .memory
+                    .atomic(eth.rkey, self.pd, eth.virtual_address, op)
+                    .map_err(|e| match e {
+                        AccessError::Misaligned => invalid(),
+                        _ => refuse(NakCode::RemoteAccessError, WcStatus::RemAccessErr),
+                    })?;
+                self.resp.store_resource(Resource::Atomic { psn, original });
+                self.resp.complete_message();
+                let msn = self.resp.msn;
+                self.resp.jobs.push_back(Job::Atomic { psn, original, msn });
+                Ok(Some(1))
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    /// One WRITE packet; returns the message length when it was the last packet.
+    fn execute_write(
+        &mut self,
+        parsed: &Parsed<'_>,
+        position: Position,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<u32>, Refusal> {
+        let access_error = || refuse(NakCode::RemoteAccessError, WcStatus::RemAccessErr);
+        let invalid = || refuse(NakCode::InvalidRequest, WcStatus::RemInvReqErr);
+        if position.starts_message() {
+            let reth = parsed.repr.reth.ok_or_else(invalid)?;
+            if reth.dma_length > 0 {
+                ctx.memory
+                    .check(
+                        Key::Remote(reth.rkey),
+                        self.pd,
+                        reth.virtual_address,
+                        u64::from(reth.dma_length),
+                        AccessFlags::REMOTE_WRITE,
+                    )
+                    .map_err(|_| access_error())?;
+            }
+            self.resp.in_progress = Some(InProgress::Write {
+                va: reth.virtual_address,
+                rkey: reth.rkey,
+                remaining: reth.dma_length,
+                total: reth.dma_length,
+            });
+        }
+        let Some(InProgress::Write {
+            va,
+            rkey,
+            remaining,
+            total,
+        }) = &mut self.resp.in_progress
+        else {
+            return Err(invalid());
+        };
+        let n = parsed.payload.len() as u32;
+        if n > *remaining || (position.ends_message() && n != *remaining) {
+            return Err(invalid());
+        }
+        if n > 0 {
+            ctx.memory
+                .write(
+                    Key::Remote(*rkey),
+                    self.pd,
+                    *va,
+                    parsed.payload,
+                    AccessFlags::REMOTE_WRITE,
+                )
+                .map_err(|_| access_error())?;
+        }
+        *va += u64::from(n);
+        *remaining -= n;
+        let total = *total;
+        if position.ends_message() {
+            self.resp.in_progress = None;
+            self.resp.complete_message();
+            return Ok(Some(total));
+        }
+        Ok(None)
+    }
+
+    /// A request with a PSN already executed: re-ACK, replay a READ, resend an atomic's
+    /// saved result. Nothing is executed twice.
+    fn handle_duplicate(
+        &mut self,
+        parsed: &Parsed<'_>,
+        operation: Operation,
+        ctx: &mut Context<'_>,
+    ) {
+        let psn = parsed.repr.bth.psn;
+        let mtu = self.path_mtu();
+        match operation {
+            Operation::Send | Operation::Write => {
+                let last = self.resp.epsn.sub(1);
+                self.resp.push_ack(last);
+            }
+            Operation::ReadRequest => {
+                let Some(reth) = parsed.repr.reth else {
+                    return;
+                };
+                let found = self.resp.resources.iter().flatten().find_map(|r| match *r {
+                    Resource::Read {
+                        first_psn,
+                        last_psn,
+                        va,
+                        rkey,
+                        length,
+                    } if !psn.is_before(first_psn) && !psn.is_after(last_psn) => {
+                        Some((va, rkey, length))
+                    }
+                    _ => None,
+                });
+                let Some((va, rkey, length)) = found else {
+                    ctx.counters.drops.duplicate_not_replayed += 1;
+                    return;
+                };
+                let end = reth.virtual_address.checked_add(u64::from(reth.dma_length));
+                let inside = reth.rkey == rkey
+                    && reth.virtual_address >= va
+                    && end.is_some_and(|e| e <= va + u64::from(length));
+                if !inside {
+                    ctx.counters.drops.duplicate_not_replayed += 1;
+                    return;
+                }
+                let _ = mtu;
+                let msn = self.resp.msn;
+                self.resp.jobs.push_back(Job::Read {
+                    psn,
+                    va: reth.virtual_address,
+                    rkey,
+                    remaining: reth.dma_length,
+                    first: true,
+                    msn,
+                });
+            }
+            Operation::CompareSwap | Operation::FetchAdd => {
+                let found = self.resp.resources.iter().flatten().find_map(|r| match *r {
+                    Resource::Atomic { psn: p, original } if p == psn => Some(original),
+                    _ => None,
+                });
+                match found {
+                    Some(original) => {
+                        let msn = self.resp.msn;
+                        self.resp.jobs.push_back(Job::Atomic { psn, original, msn });
+                    }
+                    None => ctx.counters.drops.duplicate_not_replayed += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn response_bth(&self, opcode: OpCode, psn: Psn) -> bth::Repr {
+        bth::Repr {
+            opcode,
+            solicited: false,
+            migreq: true,
+            pad_count: 0,
+            pkey: bth::DEFAULT_PKEY,
+            fecn: false,
+            becn: false,
+            dest_qp: self.attr.dest_qpn.unwrap_or_default(),
+            ack_req: false,
+            psn,
+        }
+    }
+
+    /// The next response packet (ACK/NAK, READ response, atomic ACK), in order.
+    pub(crate) fn poll_response(&mut self, ctx: &mut Context<'_>) -> Option<Outgoing> {
+        if self.qp_type != QpType::Rc || self.state == QpState::Reset {
+            return None;
+        }
+        let src = self.local?;
+        let dst = self.attr.av?.remote;
+        let job = self.resp.jobs.pop_front()?;
+        let mtu = self.path_mtu();
+        let mut payload = Vec::new();
+        let repr = match job {
+            Job::Ack { psn, syndrome, msn } => {
+                let mut repr = packet::Repr::new(self.response_bth(OpCode::RcAcknowledge, psn));
+                repr.aeth = Some(aeth::Repr { syndrome, msn });
+                repr
+            }
+            Job::Atomic { psn, original, msn } => {
+                let mut repr =
+                    packet::Repr::new(self.response_bth(OpCode::RcAtomicAcknowledge, psn));
+                repr.aeth = Some(aeth::Repr {
+                    syndrome: AckSyndrome::Ack {
+                        credits: aeth::CREDITS_INVALID,
+                    },
+                    msn,
+                });
+                repr.atomic_ack_eth = Some(atomic::ack::Repr { original });
+                repr
+            }
+            Job::Read {
+                psn,
+                va,
+                rkey,
+                remaining,
+                first,
+                msn,
+            } => {
+                if self.state == QpState::Err {
+                    return None;
+                }
+                let n = remaining.min(mtu);
+                let last = n == remaining;
+                payload = vec![0; n as usize];
+                if n > 0
+                    && ctx
+                        .memory
+                        .read(
+                            Key::Remote(rkey),
+                            self.pd,
+                            va,
+                            &mut payload,
+                            AccessFlags::REMOTE_READ,
+                        )
+                        .is_err()
+                {
+                    // The region went away since the request was checked.
+                    let mut repr = packet::Repr::new(self.response_bth(OpCode::RcAcknowledge, psn));
+                    repr.aeth = Some(aeth::Repr {
+                        syndrome: AckSyndrome::Nak(NakCode::RemoteAccessError),
+                        msn,
+                    });
+                    ctx.counters.naks_sent.remote_access += 1;
+                    return Some(Outgoing {
+                        repr,
+                        payload: Vec::new(),
+                        src,
+                        dst,
+                    });
+                }
+                let opcode = match (first, last) {
+                    (true, true) => OpCode::RcReadResponseOnly,
+                    (true, false) => OpCode::RcReadResponseFirst,
+                    (false, true) => OpCode::RcReadResponseLast,
+                    (false, false) => OpCode::RcReadResponseMiddle,
+                };
+                let mut repr = packet::Repr::new(self.response_bth(opcode, psn));
+                if first || last {
+                    repr.aeth = Some(aeth::Repr {
+                        syndrome: AckSyndrome::Ack {
+                            credits: aeth::CREDITS_INVALID,
+                        },
+                        msn,
+                    });
+                }
+                if !last {
+                    self.resp.jobs.push_front(Job::Read {
+                        psn: psn.next(),
+                        va: va + u64::from(n),
+                        rkey,
+                        remaining: remaining - n,
+                        first: false,
+                        msn,
+                    });
+                }
+                repr
+            }
+        };
+        Some(Outgoing {
+            repr,
+            payload,
+            src,
+            dst,
+        })
+    }
+
+    /// A UD SEND: Q_Key check, a receive WR with 40 bytes of GRH space, no ACK.
+    fn handle_ud(&mut self, meta: &DatagramMeta, parsed: &Parsed<'_>, ctx: &mut Context<'_>) {
+        let Some(deth) = parsed.repr.deth else {
+            return;
+        };
+        if deth.qkey != self.attr.qkey.unwrap_or(0) {
+            ctx.counters.drops.qkey_mismatch += 1;
+            return;
+        }
+        let Some((recv, _)) = self.take_recv(ctx) else {
+            ctx.counters.drops.no_receive_buffer += 1;
+            return;
+        };
+        let total = GRH_LEN + parsed.payload.len();
+        let mut wc = self.recv_completion(&recv, WcStatus::Success, WcOpcode::Recv, total as u32);
+        wc.src_qp = deth.src_qp;
+        wc.grh = true;
+        wc.imm_data = parsed.repr.imm.map(|i| i.imm);
+        if total as u64 > sg_capacity(&recv.sg_list) {
+            wc.status = WcStatus::LocLenErr;
+            wc.byte_len = 0;
+        } else {
+            let mut bytes = Vec::with_capacity(total);
+            let udp_payload_len =
+                packet::buffer_len(&parsed.repr, parsed.payload.len()).unwrap_or(0);
+            bytes.extend_from_slice(&grh_bytes(meta, udp_payload_len));
+            bytes.extend_from_slice(parsed.payload);
+            if Self::scatter(self.pd, &recv.sg_list, 0, &bytes, ctx.memory).is_err() {
+                wc.status = WcStatus::LocProtErr;
+                wc.byte_len = 0;
+            }
+        }
+        ctx.push_completion(self.recv_cq, wc);
+    }
+}
+
+/// The 40 bytes rxe puts before a UD payload: for IPv4 the IPv4 header in the last 20
+/// bytes (the first 20 are zero), for IPv6 the IPv6 header.
+fn grh_bytes(meta: &DatagramMeta, udp_payload_len: usize) -> [u8; GRH_LEN] {
+    let mut grh = [0u8; GRH_LEN];
+    // rxe copies the received header; ours is rebuilt from what the datagram had.
+    let udp_len = 8 + udp_payload_len;
+    let ecn = match meta.ecn {
+        super::super::Ecn::NotEct => 0,
+        super::super::Ecn::Ect1 => 1,
+        super::super::Ecn::Ect0 => 2,
+        super::super::Ecn::Ce => 3,
+    };
+    match (meta.src, meta.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let ip = &mut grh[20..];
+            ip[0] = 0x45;
+            ip[1] = ecn;
+            ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+            ip[6] = 0x40; // DF
+            ip[8] = 64;
+            ip[9] = 17;
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            let mut sum = 0u32;
+            for pair in ip.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        (src, dst) => {
+            let to_v6 = |a: IpAddr| match a {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            grh[0] = 0x60 | (ecn >> 4);
+            grh[1] = ecn << 4;
+            grh[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            grh[6] = 17;
+            grh[7] = 64;
+            grh[8..24].copy_from_slice(&to_v6(src).octets());
+            grh[24..40].copy_from_slice(&to_v6(dst).octets());
+        }
+    }
+    grh
+}
