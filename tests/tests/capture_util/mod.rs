@@ -183,3 +183,97 @@ pub fn add_vlan_tags(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
     out.extend_from_slice(&frame[12..]);
     out
 }
+
+/// An Ethernet frame around an IPv4/UDP datagram (DF set, TTL 64, UDP checksum 0).
+pub fn ipv4_frame(envelope: &ferroce_wire::icrc::Envelope, tos: u8, udp_payload: &[u8]) -> Vec<u8> {
+    let ferroce_wire::icrc::IpFields::V4 {
+        src,
+        dst,
+        ident,
+        flags_frag,
+    } = envelope.ip
+    else {
+        panic!("an IPv4 envelope");
+    };
+    let udp_len = 8 + udp_payload.len();
+    let mut ip = vec![0x45, tos];
+    ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&ident.to_be_bytes());
+    ip.extend_from_slice(&flags_frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = ethernet_header(0x0800);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp_header(envelope, udp_len));
+    frame.extend_from_slice(udp_payload);
+    frame
+}
+
+/// An Ethernet frame around an IPv6/UDP datagram (hop limit 64, UDP checksum 0).
+pub fn ipv6_frame(
+    envelope: &ferroce_wire::icrc::Envelope,
+    traffic_class: u8,
+    udp_payload: &[u8],
+) -> Vec<u8> {
+    let ferroce_wire::icrc::IpFields::V6 { src, dst } = envelope.ip else {
+        panic!("an IPv6 envelope");
+    };
+    let udp_len = 8 + udp_payload.len();
+    let mut frame = ethernet_header(0x86dd);
+    let first_word = (6u32 << 28) | (u32::from(traffic_class) << 20) | 0x12345;
+    frame.extend_from_slice(&first_word.to_be_bytes());
+    frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    frame.extend_from_slice(&[17, 64]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(&udp_header(envelope, udp_len));
+    frame.extend_from_slice(udp_payload);
+    frame
+}
+
+fn ethernet_header(ethertype: u16) -> Vec<u8> {
+    let mut header = vec![0x52, 0x54, 0, 0x77, 0, 0x0c, 0x52, 0x54, 0, 0x77, 0, 0x0b];
+    header.extend_from_slice(&ethertype.to_be_bytes());
+    header
+}
+
+fn udp_header(envelope: &ferroce_wire::icrc::Envelope, udp_len: usize) -> Vec<u8> {
+    let mut udp = envelope.src_port.to_be_bytes().to_vec();
+    udp.extend_from_slice(&envelope.dst_port.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp
+}
+
+/// A whole RoCEv2 UDP payload (headers, payload, pad, ICRC) for `envelope`.
+pub fn roce_packet(
+    repr: &ferroce_wire::packet::Repr,
+    payload: &[u8],
+    envelope: &ferroce_wire::icrc::Envelope,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; payload.len() + 128];
+    let len = ferroce_wire::packet::build(repr, payload, envelope, &mut buf).expect("build");
+    buf.truncate(len);
+    buf
+}
+
+/// Records one microsecond apart.
+pub fn records_of(frames: Vec<Vec<u8>>) -> Vec<Record> {
+    frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| Record {
+            timestamp: Duration::new(1_700_000_000, 1000 * i as u32),
+            original_len: data.len() as u32,
+            data,
+        })
+        .collect()
+}
