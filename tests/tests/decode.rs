@@ -96,6 +96,22 @@ fn cm_handshake_on_qp1_names_its_mads() {
         assert!(line.contains("UD Send Only qp=0x000001"), "{line}");
         assert!(line.contains("qkey=0x80010000"), "{line}");
     }
+    // rping's service (RDMA_PS_TCP | port 7174), QPs and starting PSNs: each side's
+    // starting PSN is the first PSN its peer then sends with.
+    assert!(
+        out.contains("CM ConnectRequest tid=0x29d3c4e8f comm_id=0x8f4e3c9d service_id=0x1061c06 qpn=0x000011 start_psn=0xc17b7c"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CM ConnectReply tid=0x29d3c4e8f comm_id=0x166a6efc remote_comm_id=0x8f4e3c9d qpn=0x000011 start_psn=0xde5aaa"),
+        "{out}"
+    );
+    assert!(
+        out.contains("10.77.0.11:54015 -> 10.77.0.12:4791 RC Send Only qp=0x000011 psn=0xde5aaa")
+    );
+    assert!(out.contains(
+        "10.77.0.12:54015 -> 10.77.0.11:4791 RC RDMA Read Request qp=0x000011 psn=0xc17b7c"
+    ));
     assert_eq!(summary.cm_attributes.values().sum::<u64>(), 5);
     assert_eq!(summary.cm_attributes.get(&0x10), Some(&1));
 }

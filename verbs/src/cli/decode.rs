@@ -494,6 +494,83 @@ struct Mad {
     status: u16,
     transaction_id: u64,
     attribute: u16,
+    /// What a CM message says about the connection, when it is long enough to say it.
+    cm: Option<CmFields>,
+}
+
+/// The connection identifiers of a CM message (IBA 12.6; offsets after the MAD header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct CmFields {
+    local_comm_id: u32,
+    /// Zero in a REQ, which has none yet.
+    remote_comm_id: u32,
+    /// REQ: service ID (RDMA CM: 0x0106_0000 | port).
+    service_id: Option<u64>,
+    /// REQ and REP: the sender's QPN and starting PSN.
+    qpn: Option<u32>,
+    starting_psn: Option<u32>,
+}
+
+const CM_REQUEST: u16 = 0x10;
+const CM_REPLY: u16 = 0x13;
+
+impl CmFields {
+    fn parse(attribute: u16, data: &[u8]) -> Option<CmFields> {
+        let u32_at = |at: usize| -> Option<u32> {
+            let b = data.get(at..at + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let u24_at = |at: usize| u32_at(at).map(|v| v >> 8);
+        let mut fields = CmFields {
+            local_comm_id: u32_at(0)?,
+            ..CmFields::default()
+        };
+        match attribute {
+            CM_REQUEST => {
+                let high = u64::from(u32_at(8)?);
+                let low = u64::from(u32_at(12)?);
+                fields.service_id = Some(high << 32 | low);
+                fields.qpn = Some(u24_at(32)?);
+                fields.starting_psn = Some(u24_at(44)?);
+            }
+            CM_REPLY => {
+                fields.remote_comm_id = u32_at(4)?;
+                fields.qpn = Some(u24_at(12)?);
+                fields.starting_psn = Some(u24_at(20)?);
+            }
+            _ => fields.remote_comm_id = u32_at(4)?,
+        }
+        Some(fields)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "local_comm_id": self.local_comm_id,
+            "remote_comm_id": self.remote_comm_id,
+            "service_id": self.service_id,
+            "qpn": self.qpn,
+            "starting_psn": self.starting_psn,
+        })
+    }
+}
+
+impl fmt::Display for CmFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "comm_id={:#010x}", self.local_comm_id)?;
+        if self.remote_comm_id != 0 {
+            write!(f, " remote_comm_id={:#010x}", self.remote_comm_id)?;
+        }
+        if let Some(service_id) = self.service_id {
+            write!(f, " service_id={service_id:#x}")?;
+        }
+        if let Some(qpn) = self.qpn {
+            write!(f, " qpn={}", Qpn::new(qpn))?;
+        }
+        if let Some(psn) = self.starting_psn {
+            write!(f, " start_psn={}", ferroce_wire::Psn::new(psn))?;
+        }
+        Ok(())
+    }
 }
 
 impl Mad {
@@ -501,6 +578,12 @@ impl Mad {
         let h = payload.get(..MAD_HEADER_LEN)?;
         let mut tid = [0u8; 8];
         tid.copy_from_slice(&h[8..16]);
+        let attribute = u16::from_be_bytes([h[16], h[17]]);
+        let cm = if h[1] == MAD_CLASS_CM {
+            CmFields::parse(attribute, &payload[MAD_HEADER_LEN..])
+        } else {
+            None
+        };
         Some(Mad {
             base_version: h[0],
             class: h[1],
@@ -508,7 +591,8 @@ impl Mad {
             method: h[3],
             status: u16::from_be_bytes([h[4], h[5]]),
             transaction_id: u64::from_be_bytes(tid),
-            attribute: u16::from_be_bytes([h[16], h[17]]),
+            attribute,
+            cm,
         })
     }
 
@@ -524,6 +608,9 @@ impl Mad {
         });
         if self.class == MAD_CLASS_CM {
             object["cm"] = json!(CmAttribute(self.attribute).to_string());
+        }
+        if let Some(cm) = &self.cm {
+            object["cm_fields"] = cm.json();
         }
         object
     }
@@ -543,6 +630,9 @@ impl fmt::Display for Mad {
         write!(f, " tid={:#x}", self.transaction_id)?;
         if self.status != 0 {
             write!(f, " status={:#06x}", self.status)?;
+        }
+        if let Some(cm) = &self.cm {
+            write!(f, " {cm}")?;
         }
         Ok(())
     }
