@@ -158,7 +158,7 @@ impl fmt::Display for FrameError {
                 "{header} needs {needed} bytes, frame has {available} left"
             ),
             FrameError::IpVersion(v) => {
-                write!(f, "IP version {v} where the link layer says otherwise")
+                write!(f, "unexpected IP version {v}")
             }
             FrameError::Ipv4HeaderLength(len) => write!(f, "IPv4 header length {len} < 20"),
             FrameError::Ipv4TotalLength { total, header } => write!(
