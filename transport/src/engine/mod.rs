@@ -183,6 +183,17 @@ pub struct DeviceAttributes {
     pub active_mtu: PathMtu,
 }
 
+/// Which UDP source port outgoing packets carry (the ICRC covers it, so it must be the
+/// port the datagram really leaves from). Receivers accept any source port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourcePortPolicy {
+    /// rxe's flow entropy: `0xC000 | (hash_32(qpn, 14) & 0x3fff)` per QP.
+    #[default]
+    PerQp,
+    /// One port for everything (a socket bound to port 4791 sends from 4791).
+    Fixed(u16),
+}
+
 /// Engine configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -192,6 +203,8 @@ pub struct EngineConfig {
     pub active_mtu: PathMtu,
     /// GIDs (IP addresses) of the default namespace.
     pub default_gids: Vec<IpAddr>,
+    /// UDP source port of outgoing packets.
+    pub udp_src_port: SourcePortPolicy,
 }
 
 impl Default for EngineConfig {
@@ -200,6 +213,7 @@ impl Default for EngineConfig {
             limits: DeviceLimits::default(),
             active_mtu: PathMtu::Mtu1024,
             default_gids: Vec::new(),
+            udp_src_port: SourcePortPolicy::PerQp,
         }
     }
 }
@@ -311,10 +325,18 @@ pub struct Counters {
 
 /// A small seeded generator (SplitMix64): keys and addresses depend only on the seed.
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// A generator for namespace `id` of an engine seeded with `seed`: each namespace
+    /// draws its own sequence, so identical commands in two namespaces give identical
+    /// identifiers (keys included), as namespaces promise.
+    pub(crate) fn for_namespace(seed: u64, id: NamespaceId) -> SplitMix64 {
+        let mut mix = SplitMix64(seed ^ u64::from(id.0).wrapping_mul(0xd6e8_feb8_6659_fd93));
+        SplitMix64(mix.next())
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -348,7 +370,7 @@ use qp::{Context, QueuePair};
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    rng: SplitMix64,
+    seed: u64,
     namespaces: BTreeMap<NamespaceId, Namespace>,
     routes: BTreeMap<IpAddr, NamespaceId>,
     counters: Counters,
@@ -375,7 +397,7 @@ impl Engine {
     /// An engine with the default namespace holding `config.default_gids`.
     pub fn new(config: EngineConfig, seed: u64) -> Engine {
         let mut engine = Engine {
-            rng: SplitMix64(seed),
+            seed,
             namespaces: BTreeMap::new(),
             routes: BTreeMap::new(),
             counters: Counters::default(),
@@ -426,7 +448,8 @@ impl Engine {
         for gid in &gids {
             self.routes.insert(*gid, id);
         }
-        self.namespaces.insert(id, Namespace::new(gids));
+        let rng = SplitMix64::for_namespace(self.seed, id);
+        self.namespaces.insert(id, Namespace::new(gids, rng));
         Ok(())
     }
 
@@ -525,8 +548,6 @@ impl Engine {
                 "REMOTE_WRITE/REMOTE_ATOMIC need LOCAL_WRITE",
             ));
         }
-        let key_byte = self.rng.next() as u8;
-        let addr_bits = self.rng.next() as u32;
         let space = self.ns_mut(ns)?;
         if !space.pds.contains(&pd) {
             return Err(VerbsError::NotFound("PD"));
@@ -534,6 +555,8 @@ impl Engine {
         if space.memory.len() >= limits.max_mr as usize {
             return Err(VerbsError::LimitExceeded("max_mr"));
         }
+        let key_byte = space.rng.next() as u8;
+        let addr_bits = space.rng.next() as u32;
         space
             .memory
             .register(pd, length, access, key_byte, addr_bits)
@@ -738,6 +761,7 @@ impl Engine {
             return Err(VerbsError::LimitExceeded("max_inline_data"));
         }
         let ud_mtu = self.config.active_mtu.bytes();
+        let port_policy = self.config.udp_src_port;
         let space = self.ns_mut(ns)?;
         if space.qps.len() >= limits.max_qp as usize {
             return Err(VerbsError::LimitExceeded("max_qp"));
@@ -758,6 +782,9 @@ impl Engine {
             .ok_or(VerbsError::LimitExceeded("QPN space"))?;
         let mut qp = QueuePair::new(qpn, &init);
         qp.req.ud_mtu = ud_mtu;
+        if let SourcePortPolicy::Fixed(port) = port_policy {
+            qp.src_port = port;
+        }
         space.qps.insert(qpn, qp);
         Ok(qpn)
     }

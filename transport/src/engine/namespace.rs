@@ -12,7 +12,7 @@ use super::cq::{CompletionQueue, CompletionQueueId};
 use super::memory::{MemoryTable, ProtectionDomain};
 use super::qp::QueuePair;
 use super::srq::{SharedReceiveQueue, SharedReceiveQueueId};
-use super::AsyncEvent;
+use super::{AsyncEvent, SplitMix64};
 
 /// Names a namespace inside an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,6 +42,8 @@ pub(crate) struct Namespace {
     pub srqs: BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
     pub qps: BTreeMap<Qpn, QueuePair>,
     pub events: VecDeque<AsyncEvent>,
+    /// Key bytes and MR addresses.
+    pub rng: SplitMix64,
     next_pd: u32,
     next_cq: u32,
     next_srq: u32,
@@ -49,9 +51,10 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(gids: Vec<IpAddr>) -> Namespace {
+    pub fn new(gids: Vec<IpAddr>, rng: SplitMix64) -> Namespace {
         Namespace {
             gids,
+            rng,
             pds: BTreeSet::new(),
             memory: MemoryTable::default(),
             cqs: BTreeMap::new(),

@@ -1,0 +1,870 @@
+#![allow(clippy::unwrap_used)]
+//! RC end to end: two engines in memory doing SEND/WRITE/READ/atomics, loss recovery,
+//! every NAK, retry exhaustion and flush.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferroce_transport::engine::{QpState, SendOp, WcOpcode, WcStatus};
+use ferroce_transport::wire::{AckSyndrome, NakCode, OpCode, Psn, Rkey};
+
+#[test]
+fn send_multi_packet_message_arrives_whole() {
+    let mut pair = Pair::rc();
+    let data = pattern(3000, 7);
+    pair.a.write(0, &data);
+    pair.b.post_recv(77, 100, 4096);
+    pair.a
+        .post_send(send_wr(5, SendOp::Send, vec![pair.a.sge(0, 3000)]));
+    pair.run();
+    assert_eq!(pair.b.read(100, 3000), data);
+    let recv = pair.b.poll();
+    assert_eq!(recv.len(), 1);
+    let wc = &recv[0];
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode, wc.byte_len),
+        (77, WcStatus::Success, WcOpcode::Recv, 3000)
+    );
+    assert_eq!(wc.src_qp, pair.a.qpn);
+    assert_eq!(wc.qp_num, pair.b.qpn);
+    let send = pair.a.poll();
+    assert_eq!(send.len(), 1);
+    assert_eq!(
+        (send[0].wr_id, send[0].status, send[0].opcode),
+        (5, WcStatus::Success, WcOpcode::Send)
+    );
+    // 1024-byte MTU: First, Middle, Last; AckReq only on the last.
+    let ops: Vec<OpCode> = pair
+        .log
+        .iter()
+        .filter(|(d, _, _)| *d == Dir::AtoB)
+        .map(|(_, r, _)| r.bth.opcode)
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            OpCode::RcSendFirst,
+            OpCode::RcSendMiddle,
+            OpCode::RcSendLast
+        ]
+    );
+    assert_eq!(pair.count(Dir::AtoB, |r| r.bth.ack_req), 1);
+    assert_eq!(
+        pair.count(Dir::BtoA, |r| r.bth.opcode == OpCode::RcAcknowledge),
+        1
+    );
+    // PSNs start at the sq_psn and are consecutive.
+    let psns: Vec<u32> = pair
+        .log
+        .iter()
+        .filter(|(d, _, _)| *d == Dir::AtoB)
+        .map(|(_, r, _)| r.bth.psn.value())
+        .collect();
+    assert_eq!(psns, [0x100, 0x101, 0x102]);
+}
+
+#[test]
+fn send_with_immediate_and_gather_list() {
+    let mut pair = Pair::rc();
+    pair.a.write(0, b"hello ");
+    pair.a.write(500, b"world");
+    pair.b.post_recv(1, 0, 64);
+    let sges = vec![pair.a.sge(0, 6), pair.a.sge(500, 5)];
+    pair.a
+        .post_send(send_wr(2, SendOp::SendWithImm(0xdead_beef), sges));
+    pair.run();
+    assert_eq!(pair.b.read(0, 11), b"hello world");
+    let wc = pair.b.poll().remove(0);
+    assert_eq!(wc.imm_data, Some(0xdead_beef));
+    assert_eq!(wc.byte_len, 11);
+}
+
+#[test]
+fn inline_send() {
+    let mut pair = Pair::rc();
+    pair.b.post_recv(1, 0, 64);
+    let mut wr = send_wr(2, SendOp::Send, vec![]);
+    wr.inline_data = Some(b"inline!".to_vec());
+    pair.a.post_send(wr);
+    pair.run();
+    assert_eq!(pair.b.read(0, 7), b"inline!");
+    // Inline data over the QP's max_inline_data is refused.
+    let mut big = send_wr(3, SendOp::Send, vec![]);
+    big.inline_data = Some(vec![0; 257]);
+    assert!(pair.a.engine.post_send(NS, pair.a.qpn, big).is_err());
+}
+
+#[test]
+fn rdma_write_and_write_with_immediate() {
+    let mut pair = Pair::rc();
+    let data = pattern(5000, 3);
+    pair.a.write(0, &data);
+    let remote = pair.b.mr.addr + 1000;
+    let rkey = pair.b.mr.rkey;
+    pair.a.post_send(send_wr(
+        1,
+        SendOp::RdmaWrite {
+            remote_addr: remote,
+            rkey,
+        },
+        vec![pair.a.sge(0, 5000)],
+    ));
+    pair.run();
+    assert_eq!(pair.b.read(1000, 5000), data);
+    assert!(
+        pair.b.poll().is_empty(),
+        "a plain WRITE consumes no receive"
+    );
+    let wc = pair.a.poll().remove(0);
+    assert_eq!(
+        (wc.status, wc.opcode, wc.byte_len),
+        (WcStatus::Success, WcOpcode::RdmaWrite, 5000)
+    );
+
+    pair.b.post_recv(9, 0, 0);
+    pair.a.post_send(send_wr(
+        2,
+        SendOp::RdmaWriteWithImm {
+            remote_addr: remote,
+            rkey,
+            imm: 42,
+        },
+        vec![pair.a.sge(100, 2000)],
+    ));
+    pair.run();
+    let wc = pair.b.poll().remove(0);
+    assert_eq!(
+        (wc.wr_id, wc.opcode, wc.imm_data, wc.byte_len),
+        (9, WcOpcode::RecvRdmaWithImm, Some(42), 2000)
+    );
+    assert_eq!(pair.b.read(1000, 2000), data[100..2100]);
+}
+
+#[test]
+fn rdma_read_multi_packet() {
+    let mut pair = Pair::rc();
+    let data = pattern(4500, 11);
+    pair.b.write(2000, &data);
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr + 2000,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(
+        4,
+        op,
+        vec![pair.a.sge(0, 4000), pair.a.sge(8000, 500)],
+    ));
+    pair.run();
+    assert_eq!(pair.a.read(0, 4000), data[..4000]);
+    assert_eq!(pair.a.read(8000, 500), data[4000..]);
+    let wc = pair.a.poll().remove(0);
+    assert_eq!(
+        (wc.status, wc.opcode, wc.byte_len),
+        (WcStatus::Success, WcOpcode::RdmaRead, 4500)
+    );
+    // One request, five responses (First, 3 Middle, Last).
+    assert_eq!(pair.count(Dir::AtoB, |_| true), 1);
+    assert_eq!(
+        pair.count(Dir::BtoA, |r| r.bth.opcode == OpCode::RcReadResponseMiddle),
+        3
+    );
+}
+
+#[test]
+fn atomics_compare_swap_and_fetch_add() {
+    let mut pair = Pair::rc();
+    pair.b.write(64, &100u64.to_ne_bytes());
+    let rkey = pair.b.mr.rkey;
+    let addr = pair.b.mr.addr + 64;
+    pair.a.post_send(send_wr(
+        1,
+        SendOp::FetchAdd {
+            remote_addr: addr,
+            rkey,
+            add: 5,
+        },
+        vec![pair.a.sge(0, 8)],
+    ));
+    pair.a.post_send(send_wr(
+        2,
+        SendOp::CompareSwap {
+            remote_addr: addr,
+            rkey,
+            compare: 105,
+            swap: 7,
+        },
+        vec![pair.a.sge(8, 8)],
+    ));
+    pair.a.post_send(send_wr(
+        3,
+        SendOp::CompareSwap {
+            remote_addr: addr,
+            rkey,
+            compare: 1,
+            swap: 9,
+        },
+        vec![pair.a.sge(16, 8)],
+    ));
+    pair.run();
+    assert_eq!(pair.a.read(0, 8), 100u64.to_ne_bytes());
+    assert_eq!(pair.a.read(8, 8), 105u64.to_ne_bytes());
+    assert_eq!(pair.a.read(16, 8), 7u64.to_ne_bytes());
+    assert_eq!(pair.b.read(64, 8), 7u64.to_ne_bytes());
+    let wcs = pair.a.poll();
+    let got: Vec<_> = wcs.iter().map(|w| (w.wr_id, w.status, w.opcode)).collect();
+    assert_eq!(
+        got,
+        [
+            (1, WcStatus::Success, WcOpcode::FetchAdd),
+            (2, WcStatus::Success, WcOpcode::CompSwap),
+            (3, WcStatus::Success, WcOpcode::CompSwap)
+        ]
+    );
+}
+
+#[test]
+fn misaligned_atomic_is_an_invalid_request() {
+    let mut pair = Pair::rc();
+    let op = SendOp::FetchAdd {
+        remote_addr: pair.b.mr.addr + 4,
+        rkey: pair.b.mr.rkey,
+        add: 1,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemInvReqErr);
+    assert_eq!(pair.b.engine.counters().naks_sent.invalid_request, 1);
+    assert_eq!(pair.b.read(0, 16), [0; 16]);
+}
+
+#[test]
+fn many_messages_complete_in_order_with_ack_coalescing() {
+    let mut pair = Pair::rc();
+    for i in 0..200u64 {
+        pair.b.post_recv(i, i * 64, 64);
+    }
+    for i in 0..200u64 {
+        pair.a.write(i * 64, &[i as u8; 64]);
+        let mut wr = send_wr(i, SendOp::Send, vec![pair.a.sge(i * 64, 64)]);
+        wr.signaled = i % 10 == 9;
+        pair.a.post_send(wr);
+    }
+    pair.run();
+    let recv = pair.b.poll();
+    assert_eq!(recv.len(), 200);
+    assert!(recv.iter().enumerate().all(|(i, w)| w.wr_id == i as u64));
+    for i in 0..200u64 {
+        assert_eq!(pair.b.read(i * 64, 64), [i as u8; 64]);
+    }
+    // Only signaled sends complete (sq_sig_all is off).
+    let sent: Vec<u64> = pair.a.poll().iter().map(|w| w.wr_id).collect();
+    assert_eq!(sent, (0..20).map(|i| i * 10 + 9).collect::<Vec<_>>());
+    // At most 128 PSNs in flight: the window held the rest back.
+    assert!(pair.a.engine.counters().retransmits == 0);
+}
+
+#[test]
+fn ack_request_at_least_every_64_packets() {
+    let mut pair = Pair::new(
+        common::QP_RC,
+        Params {
+            mtu: ferroce_transport::engine::PathMtu::Mtu256,
+            ..Params::default()
+        },
+    );
+    let len = 256 * 150;
+    pair.b.post_recv(1, 0, len);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, len)]));
+    pair.run();
+    let acks: Vec<u32> = pair
+        .log
+        .iter()
+        .filter(|(d, r, _)| *d == Dir::AtoB && r.bth.ack_req)
+        .map(|(_, r, _)| r.bth.psn.value() - 0x100)
+        .collect();
+    assert_eq!(acks, [63, 127, 149]);
+    assert_eq!(pair.b.poll()[0].byte_len, len);
+}
+
+#[test]
+fn lost_packet_is_resent_after_the_retransmit_timer() {
+    let mut pair = Pair::rc();
+    // Drop the last packet of the message (the one with AckReq) the first time.
+    let mut dropped = false;
+    pair.filter = Box::new(move |dir, r, _| {
+        if dir == Dir::AtoB && r.bth.opcode == OpCode::RcSendLast && !dropped {
+            dropped = true;
+            return false;
+        }
+        true
+    });
+    let data = pattern(2048, 1);
+    pair.a.write(0, &data);
+    pair.b.post_recv(1, 0, 4096);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 2048)]));
+    pair.run();
+    assert_eq!(pair.b.read(0, 2048), data);
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+    let c = pair.a.engine.counters();
+    assert_eq!(c.timeouts, 1);
+    // Go-back-N from the oldest unacknowledged PSN: the First was never acknowledged.
+    assert_eq!(c.retransmits, 2);
+    // timeout 14: 4.096 µs × 2^14 = 67.1 ms.
+    assert!(pair.now.as_nanos() >= 4096 << 14);
+    assert_eq!(pair.b.engine.counters().duplicates, 1);
+}
+
+#[test]
+fn psn_sequence_nak_once_per_gap_then_go_back_n() {
+    let mut pair = Pair::rc();
+    let mut dropped = false;
+    pair.filter = Box::new(move |dir, r, _| {
+        if dir == Dir::AtoB && r.bth.psn == Psn::new(0x101) && !dropped {
+            dropped = true;
+            return false;
+        }
+        true
+    });
+    let data = pattern(6000, 9);
+    pair.a.write(0, &data);
+    pair.b.post_recv(1, 0, 8192);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 6000)]));
+    pair.run();
+    assert_eq!(pair.b.read(0, 6000), data);
+    let naks = pair.count(Dir::BtoA, |r| {
+        r.aeth
+            .is_some_and(|a| a.syndrome == AckSyndrome::Nak(NakCode::PsnSequenceError))
+    });
+    assert_eq!(
+        naks, 1,
+        "one NAK for the gap although 4 packets followed it"
+    );
+    assert_eq!(pair.b.engine.counters().naks_sent.psn_sequence, 1);
+    assert_eq!(pair.a.engine.counters().naks_received.psn_sequence, 1);
+    assert_eq!(
+        pair.a.engine.counters().timeouts,
+        0,
+        "recovered by the NAK, not the timer"
+    );
+    // The NAK names PSN 0x101 and implicitly acknowledges 0x100: resend starts at 0x101.
+    assert_eq!(pair.a.engine.counters().retransmits, 5);
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+}
+
+#[test]
+fn rnr_nak_backs_off_then_succeeds_once_a_receive_is_posted() {
+    let mut pair = Pair::rc();
+    pair.a.write(0, b"later");
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 5)]));
+    // No receive posted: a few RNR NAKs (timer code 1 = 10 µs) go by.
+    pair.run_for(Duration::from_micros(35));
+    let rnrs = pair.b.engine.counters().naks_sent.rnr;
+    assert!(rnrs >= 3, "{rnrs} RNR NAKs");
+    assert!(
+        pair.count(Dir::BtoA, |r| r
+            .aeth
+            .is_some_and(|a| a.syndrome == AckSyndrome::RnrNak { timer: 1 }))
+            >= 3
+    );
+    assert!(pair.a.poll().is_empty());
+    pair.b.post_recv(5, 0, 16);
+    pair.run();
+    assert_eq!(pair.b.read(0, 5), b"later");
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+}
+
+#[test]
+fn rnr_retry_exhaustion() {
+    let mut pair = Pair::new(
+        common::QP_RC,
+        Params {
+            rnr_retry: 2,
+            ..Params::default()
+        },
+    );
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 5)]));
+    pair.a
+        .post_send(send_wr(2, SendOp::Send, vec![pair.a.sge(0, 5)]));
+    pair.run();
+    let wcs = pair.a.poll();
+    let got: Vec<_> = wcs.iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(
+        got,
+        [(1, WcStatus::RnrRetryExcErr), (2, WcStatus::WrFlushErr)]
+    );
+    assert_eq!(pair.b.engine.counters().naks_sent.rnr, 3);
+    assert_eq!(pair.a.state(), QpState::Err);
+}
+
+#[test]
+fn retry_exhaustion_fails_the_first_and_flushes_the_rest_in_order() {
+    let mut pair = Pair::new(
+        common::QP_RC,
+        Params {
+            retry_cnt: 2,
+            timeout: 10,
+            ..Params::default()
+        },
+    );
+    pair.filter = Box::new(|dir, _, _| dir != Dir::AtoB);
+    pair.b.post_recv(1, 0, 64);
+    for i in 1..=3 {
+        pair.a
+            .post_send(send_wr(i, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    }
+    pair.a.post_recv(50, 0, 8);
+    pair.run();
+    let wcs = pair.a.poll();
+    let got: Vec<_> = wcs.iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(
+        got,
+        [
+            (1, WcStatus::RetryExcErr),
+            (2, WcStatus::WrFlushErr),
+            (3, WcStatus::WrFlushErr),
+            (50, WcStatus::WrFlushErr)
+        ]
+    );
+    assert_eq!(wcs[3].opcode, WcOpcode::Recv);
+    assert_eq!(pair.a.state(), QpState::Err);
+    // Initial send plus two retries, each after 4.096 µs × 2^10.
+    assert_eq!(pair.a.engine.counters().timeouts, 3);
+    assert_eq!(pair.now.as_nanos(), 3 * (4096 << 10));
+    // Work posted in ERR completes at once with a flush.
+    pair.a.post_send(send_wr(9, SendOp::Send, vec![]));
+    assert_eq!(pair.a.poll()[0].status, WcStatus::WrFlushErr);
+}
+
+#[test]
+fn remote_access_violation_leaves_responder_memory_untouched() {
+    let mut pair = Pair::rc();
+    pair.a.write(0, &[0xaa; 128]);
+    let bad = [
+        // Wrong key byte.
+        SendOp::RdmaWrite {
+            remote_addr: pair.b.mr.addr,
+            rkey: Rkey(pair.b.mr.rkey.0 ^ 1),
+        },
+        // Past the end of the region.
+        SendOp::RdmaWrite {
+            remote_addr: pair.b.mr.addr + MR_LEN - 64,
+            rkey: pair.b.mr.rkey,
+        },
+    ];
+    for op in bad {
+        let mut p = Pair::rc();
+        p.a.write(0, &[0xaa; 128]);
+        let op = match op {
+            SendOp::RdmaWrite { remote_addr, rkey } => SendOp::RdmaWrite {
+                remote_addr: remote_addr - pair.b.mr.addr + p.b.mr.addr,
+                rkey: Rkey(rkey.0 ^ pair.b.mr.rkey.0 ^ p.b.mr.rkey.0),
+            },
+            other => other,
+        };
+        p.a.post_send(send_wr(1, op, vec![p.a.sge(0, 128)]));
+        p.a.post_send(send_wr(2, SendOp::Send, vec![p.a.sge(0, 8)]));
+        p.run();
+        let got: Vec<_> = p.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+        assert_eq!(
+            got,
+            [(1, WcStatus::RemAccessErr), (2, WcStatus::WrFlushErr)]
+        );
+        assert_eq!(p.b.engine.counters().naks_sent.remote_access, 1);
+        assert_eq!(p.a.engine.counters().naks_received.remote_access, 1);
+        assert!(p.b.read(0, MR_LEN as usize).iter().all(|&b| b == 0));
+        assert_eq!(
+            p.b.state(),
+            QpState::Err,
+            "a class C error moves the responder to ERR"
+        );
+    }
+}
+
+#[test]
+fn read_without_remote_read_access_is_an_invalid_request() {
+    let params = Params {
+        qp_access: ferroce_transport::engine::AccessFlags::REMOTE_WRITE,
+        ..Params::default()
+    };
+    let mut pair = Pair::new(common::QP_RC, params);
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 64)]));
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemInvReqErr);
+    assert_eq!(pair.b.engine.counters().naks_sent.invalid_request, 1);
+}
+
+#[test]
+fn bad_receive_buffer_is_a_remote_operational_error() {
+    let mut pair = Pair::rc();
+    let mut sge = pair.b.sge(0, 64);
+    sge.lkey.0 ^= 0x80;
+    pair.b
+        .engine
+        .post_recv(
+            NS,
+            pair.b.qpn,
+            ferroce_transport::engine::RecvWr {
+                wr_id: 3,
+                sg_list: vec![sge],
+            },
+        )
+        .unwrap();
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemOpErr);
+    assert_eq!(pair.b.poll()[0].status, WcStatus::LocProtErr);
+    assert_eq!(pair.b.engine.counters().naks_sent.remote_operational, 1);
+}
+
+#[test]
+fn message_longer_than_the_receive_buffer() {
+    let mut pair = Pair::rc();
+    pair.b.post_recv(3, 0, 16);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 17)]));
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemInvReqErr);
+    let wc = pair.b.poll().remove(0);
+    assert_eq!((wc.wr_id, wc.status), (3, WcStatus::LocLenErr));
+}
+
+#[test]
+fn local_protection_error_on_a_bad_gather_key() {
+    let mut pair = Pair::rc();
+    let mut sge = pair.a.sge(0, 8);
+    sge.lkey.0 = sge.lkey.0.wrapping_add(1 << 8);
+    pair.a.post_send(send_wr(1, SendOp::Send, vec![sge]));
+    pair.a
+        .post_send(send_wr(2, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(1, WcStatus::LocProtErr), (2, WcStatus::WrFlushErr)]);
+    assert_eq!(pair.count(Dir::AtoB, |_| true), 0);
+}
+
+#[test]
+fn duplicate_read_is_replayed_from_the_resource_ring() {
+    let mut pair = Pair::rc();
+    let data = pattern(3000, 5);
+    pair.b.write(0, &data);
+    // Lose the READ response Middle once: the requester re-reads from that PSN.
+    let mut dropped = false;
+    pair.filter = Box::new(move |dir, r, _| {
+        if dir == Dir::BtoA && r.bth.opcode == OpCode::RcReadResponseMiddle && !dropped {
+            dropped = true;
+            return false;
+        }
+        true
+    });
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 3000)]));
+    pair.run();
+    assert_eq!(pair.a.read(0, 3000), data);
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+    assert_eq!(pair.b.engine.counters().duplicates, 1);
+    // The second request asks for the rest only: from PSN 0x101, 2000 bytes.
+    let requests: Vec<_> = pair
+        .log
+        .iter()
+        .filter(|(d, r, _)| *d == Dir::AtoB && r.bth.opcode == OpCode::RcReadRequest)
+        .map(|(_, r, _)| (r.bth.psn.value(), r.reth.map(|h| h.dma_length)))
+        .collect();
+    assert_eq!(requests, [(0x100, Some(3000)), (0x101, Some(1976))]);
+}
+
+#[test]
+fn duplicate_atomic_resends_the_saved_result_and_never_reexecutes() {
+    let mut pair = Pair::rc();
+    pair.b.write(8, &10u64.to_ne_bytes());
+    let mut dropped = false;
+    pair.filter = Box::new(move |dir, r, _| {
+        if dir == Dir::BtoA && r.bth.opcode == OpCode::RcAtomicAcknowledge && !dropped {
+            dropped = true;
+            return false;
+        }
+        true
+    });
+    let op = SendOp::FetchAdd {
+        remote_addr: pair.b.mr.addr + 8,
+        rkey: pair.b.mr.rkey,
+        add: 3,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.b.read(8, 8), 13u64.to_ne_bytes(), "added exactly once");
+    assert_eq!(pair.a.read(0, 8), 10u64.to_ne_bytes(), "the original value");
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+    assert_eq!(pair.b.engine.counters().duplicates, 1);
+    assert_eq!(
+        pair.count(Dir::AtoB, |r| r.bth.opcode == OpCode::RcFetchAdd),
+        2
+    );
+}
+
+#[test]
+fn max_rd_atomic_limits_outstanding_reads() {
+    let mut pair = Pair::new(
+        common::QP_RC,
+        Params {
+            max_rd_atomic: 1,
+            ..Params::default()
+        },
+    );
+    pair.b.write(0, &pattern(64, 2));
+    // Hold every response back until three requests could have gone out.
+    for i in 0..3 {
+        let op = SendOp::RdmaRead {
+            remote_addr: pair.b.mr.addr,
+            rkey: pair.b.mr.rkey,
+        };
+        pair.a
+            .post_send(send_wr(i, op, vec![pair.a.sge(i * 64, 64)]));
+    }
+    let first = pair.a.engine.poll_transmit(pair.now).unwrap();
+    assert!(
+        pair.a.engine.poll_transmit(pair.now).is_none(),
+        "a second READ waited"
+    );
+    pair.b
+        .engine
+        .handle_datagram(pair.now, first.meta, &first.payload);
+    pair.run();
+    assert_eq!(pair.a.poll().len(), 3);
+    assert_eq!(pair.a.read(128, 64), pattern(64, 2));
+}
+
+#[test]
+fn fence_waits_for_earlier_reads() {
+    let mut pair = Pair::rc();
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 64)]));
+    let mut fenced = send_wr(
+        2,
+        SendOp::RdmaWrite {
+            remote_addr: pair.b.mr.addr + 64,
+            rkey: pair.b.mr.rkey,
+        },
+        vec![pair.a.sge(0, 8)],
+    );
+    fenced.fence = true;
+    pair.a.post_send(fenced);
+    assert!(pair.a.engine.poll_transmit(pair.now).is_some());
+    assert!(
+        pair.a.engine.poll_transmit(pair.now).is_none(),
+        "fenced WRITE waits"
+    );
+    // Without a fence, a WRITE goes right behind the READ.
+    let mut p2 = Pair::rc();
+    let op = SendOp::RdmaRead {
+        remote_addr: p2.b.mr.addr,
+        rkey: p2.b.mr.rkey,
+    };
+    p2.a.post_send(send_wr(1, op, vec![p2.a.sge(0, 64)]));
+    p2.a.post_send(send_wr(
+        2,
+        SendOp::RdmaWrite {
+            remote_addr: p2.b.mr.addr + 64,
+            rkey: p2.b.mr.rkey,
+        },
+        vec![p2.a.sge(0, 8)],
+    ));
+    assert!(p2.a.engine.poll_transmit(p2.now).is_some());
+    assert!(p2.a.engine.poll_transmit(p2.now).is_some());
+    pair.run();
+    assert_eq!(pair.a.poll().len(), 2);
+}
+
+#[test]
+fn send_with_invalidate_and_local_invalidate() {
+    let mut pair = Pair::rc();
+    pair.b.post_recv(1, 0, 64);
+    let target = pair.b.mr.rkey;
+    pair.a.post_send(send_wr(
+        1,
+        SendOp::SendWithInv(target),
+        vec![pair.a.sge(0, 8)],
+    ));
+    pair.run();
+    let wc = pair.b.poll().remove(0);
+    assert_eq!(wc.invalidated_rkey, Some(target));
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+    // The rkey is dead now: a WRITE with it is refused.
+    pair.a.post_send(send_wr(
+        2,
+        SendOp::RdmaWrite {
+            remote_addr: pair.b.mr.addr,
+            rkey: target,
+        },
+        vec![pair.a.sge(0, 8)],
+    ));
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| w.status).collect();
+    assert_eq!(got, [WcStatus::RemAccessErr]);
+
+    let mut p = Pair::rc();
+    let own = p.a.mr.rkey;
+    p.a.post_send(send_wr(1, SendOp::LocalInv(own), vec![]));
+    p.a.post_send(send_wr(2, SendOp::Send, vec![p.a.sge(0, 8)]));
+    p.b.post_recv(1, 0, 64);
+    p.run();
+    let got: Vec<_> =
+        p.a.poll()
+            .iter()
+            .map(|w| (w.wr_id, w.status, w.opcode))
+            .collect();
+    assert_eq!(got[0], (1, WcStatus::Success, WcOpcode::LocalInv));
+    assert_eq!(
+        got[1],
+        (2, WcStatus::LocProtErr, WcOpcode::Send),
+        "the invalidated lkey fails"
+    );
+}
+
+#[test]
+fn packets_from_the_wrong_address_or_with_a_bad_icrc_are_dropped() {
+    let mut pair = Pair::rc();
+    pair.b.post_recv(1, 0, 64);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    let d = pair.a.engine.poll_transmit(pair.now).unwrap();
+    // A third host that knows B's QPN: a well-formed packet from the wrong address.
+    let mut c = Side::new("10.0.0.9".parse().unwrap(), 3, QP_RC, all_access());
+    connect(
+        &mut c.engine,
+        NS,
+        c.qpn,
+        pair.b.addr,
+        pair.b.qpn,
+        QP_RC,
+        &Params::default(),
+    );
+    c.post_send(send_wr(1, SendOp::Send, vec![c.sge(0, 8)]));
+    let forged = c.engine.poll_transmit(pair.now).unwrap();
+    pair.b
+        .engine
+        .handle_datagram(pair.now, forged.meta, &forged.payload);
+    assert_eq!(pair.b.engine.counters().drops.address_mismatch, 1);
+    // The same bytes claiming another source fail the ICRC, which covers addresses.
+    let mut wrong = d.meta;
+    wrong.src = "10.0.0.9".parse().unwrap();
+    pair.b.engine.handle_datagram(pair.now, wrong, &d.payload);
+    assert_eq!(pair.b.engine.counters().icrc_errors, 1);
+    let mut corrupt = d.payload.clone();
+    corrupt[14] ^= 1;
+    pair.b.engine.handle_datagram(pair.now, d.meta, &corrupt);
+    assert_eq!(pair.b.engine.counters().icrc_errors, 2);
+    pair.b
+        .engine
+        .handle_datagram(pair.now, d.meta, &d.payload[..10]);
+    assert_eq!(pair.b.engine.counters().drops.malformed, 1);
+    assert!(pair.b.poll().is_empty());
+    pair.b.engine.handle_datagram(pair.now, d.meta, &d.payload);
+    assert_eq!(pair.b.poll().len(), 1);
+}
+
+#[test]
+fn outgoing_datagrams_look_like_rxe() {
+    let mut pair = Pair::rc();
+    pair.a.post_send(send_wr(1, SendOp::Send, vec![]));
+    let d = pair.a.engine.poll_transmit(pair.now).unwrap();
+    let port = ferroce_transport::engine::qp::udp_source_port(pair.a.qpn);
+    assert_eq!(d.meta.src_port, port);
+    assert_eq!(port & 0xc000, 0xc000);
+    assert_eq!(d.meta.src, pair.a.addr);
+    assert_eq!(d.meta.dst, pair.b.addr);
+    let env = ferroce_transport::wire::icrc::Envelope::ipv4(
+        "10.0.0.1".parse().unwrap(),
+        "10.0.0.2".parse().unwrap(),
+        0,
+        port,
+    );
+    assert_eq!(
+        ferroce_transport::wire::icrc::verify(&env, &d.payload),
+        Ok(true)
+    );
+}
+
+#[test]
+fn fixed_source_port_is_covered_by_the_icrc() {
+    use ferroce_transport::engine::{EngineConfig, SourcePortPolicy};
+    let config = EngineConfig {
+        udp_src_port: SourcePortPolicy::Fixed(4791),
+        ..EngineConfig::default()
+    };
+    let mut a = Side::with_config(config, "10.0.0.1".parse().unwrap(), 1, QP_RC, all_access());
+    let mut b = Side::new("10.0.0.2".parse().unwrap(), 2, QP_RC, all_access());
+    connect(
+        &mut a.engine,
+        NS,
+        a.qpn,
+        b.addr,
+        b.qpn,
+        QP_RC,
+        &Params::default(),
+    );
+    connect(
+        &mut b.engine,
+        NS,
+        b.qpn,
+        a.addr,
+        a.qpn,
+        QP_RC,
+        &Params::default(),
+    );
+    b.post_recv(1, 0, 64);
+    a.post_send(send_wr(1, SendOp::Send, vec![a.sge(0, 8)]));
+    let d = a
+        .engine
+        .poll_transmit(ferroce_transport::engine::Time::ZERO)
+        .unwrap();
+    assert_eq!(d.meta.src_port, 4791);
+    b.engine
+        .handle_datagram(ferroce_transport::engine::Time::ZERO, d.meta, &d.payload);
+    assert_eq!(b.poll().len(), 1);
+}
+
+#[test]
+fn same_seed_same_inputs_same_outputs() {
+    let run = || {
+        let mut pair = Pair::rc();
+        let mut n = 0u32;
+        pair.filter = Box::new(move |_, _, _| {
+            n += 1;
+            n % 7 != 0
+        });
+        pair.b.post_recv(1, 0, 8192);
+        pair.a
+            .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8000)]));
+        let op = SendOp::RdmaRead {
+            remote_addr: pair.b.mr.addr,
+            rkey: pair.b.mr.rkey,
+        };
+        pair.a.post_send(send_wr(2, op, vec![pair.a.sge(0, 5000)]));
+        pair.run();
+        (
+            pair.log.clone(),
+            pair.now,
+            *pair.a.engine.counters(),
+            pair.a.mr.rkey,
+        )
+    };
+    assert_eq!(run(), run());
+}
