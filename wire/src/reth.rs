@@ -94,7 +94,7 @@ impl fmt::Display for Repr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "RETH va={:#x} rkey={} len={}",
+            "RETH va={:#x} rkey={} dma_len={}",
             self.virtual_address, self.rkey, self.dma_length
         )
     }
