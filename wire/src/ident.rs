@@ -43,6 +43,8 @@ struct Row {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentSolver {
     udp_payload_len: usize,
+    /// `B_i`: how bit `i` of the unknowns changes the ICRC.
+    basis: [u32; UNKNOWNS],
     rows: [Row; UNKNOWNS],
 }
 
@@ -78,6 +80,7 @@ impl IdentSolver {
         }
         let base = zero_payload_icrc(udp_payload_len, 0, 0);
         let mut rows = [Row::default(); UNKNOWNS];
+        let mut basis = [0u32; UNKNOWNS];
         // Every unknown adds one independent row, so row `unknown` is the new one.
         for unknown in 0..UNKNOWNS {
             let (ident, flags) = if unknown < 16 {
@@ -86,6 +89,7 @@ impl IdentSolver {
                 (0, IPV4_DONT_FRAG)
             };
             let mut vector = zero_payload_icrc(udp_payload_len, ident, flags) ^ base;
+            basis[unknown] = vector;
             let mut unknowns = 1u32 << unknown;
             // Reduce by the rows so far, then keep it as a new row (Gauss–Jordan).
             for row in &rows[..unknown] {
@@ -113,6 +117,7 @@ impl IdentSolver {
         }
         Ok(IdentSolver {
             udp_payload_len,
+            basis,
             rows,
         })
     }
@@ -120,6 +125,13 @@ impl IdentSolver {
     /// The UDP payload length this solver is for.
     pub fn udp_payload_len(&self) -> usize {
         self.udp_payload_len
+    }
+
+    /// How the ICRC of a datagram of this length changes when it is sent with `ident`
+    /// instead of 0 (DF unchanged): XOR it into the ICRC. Senders use it to fix up each
+    /// segment of a UDP GSO batch, which the kernel numbers 0, 1, 2, … instead of 0.
+    pub fn icrc_delta(&self, ident: u16) -> u32 {
+        (0..16).filter(|bit| ident & (1 << bit) != 0).fold(0, |acc, bit| acc ^ self.basis[bit])
     }
 
     /// Finds the identification and DF flag with which `udp_payload` (sent from `src`
@@ -229,6 +241,17 @@ mod tests {
                 .recover(Ipv4Address::new(10, 77, 0, 11), Ipv4Address::new(10, 77, 0, 1), 0xc123, 4791, &payload)
                 .unwrap();
             prop_assert_eq!(got, Some(Recovered { ident, dont_frag: df }));
+        }
+    }
+
+    #[test]
+    fn icrc_delta_moves_a_datagram_to_another_ident() {
+        for ident in [1u16, 2, 7, 0x8000, 0xffff] {
+            let (_, at_zero) = datagram(1052, 0x33, 0, true);
+            let (_, at_ident) = datagram(1052, 0x33, ident, true);
+            let solver = IdentSolver::new(1052).unwrap();
+            let carried = |b: &[u8]| icrc::carried(b).unwrap();
+            assert_eq!(carried(&at_zero) ^ solver.icrc_delta(ident), carried(&at_ident));
         }
     }
 
