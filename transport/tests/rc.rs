@@ -785,9 +785,13 @@ fn outgoing_datagrams_look_like_rxe() {
     let mut pair = Pair::rc();
     pair.a.post_send(send_wr(1, SendOp::Send, vec![]));
     let d = pair.a.engine.poll_transmit(pair.now).unwrap();
-    let port = ferroce_transport::engine::qp::udp_source_port(pair.a.qpn);
+    let port = ferroce_transport::engine::qp::connected_udp_source_port(pair.a.qpn, pair.b.qpn);
     assert_eq!(d.meta.src_port, port);
     assert_eq!(port & 0xc000, 0xc000);
+    // As rxe: MigReq clear, default P_Key.
+    let parsed = ferroce_transport::wire::packet::parse(&d.payload).unwrap();
+    assert!(!parsed.repr.bth.migreq);
+    assert_eq!(parsed.repr.bth.pkey, 0xffff);
     assert_eq!(d.meta.src, pair.a.addr);
     assert_eq!(d.meta.dst, pair.b.addr);
     let env = ferroce_transport::wire::icrc::Envelope::ipv4(

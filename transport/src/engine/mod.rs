@@ -761,7 +761,6 @@ impl Engine {
             return Err(VerbsError::LimitExceeded("max_inline_data"));
         }
         let ud_mtu = self.config.active_mtu.bytes();
-        let port_policy = self.config.udp_src_port;
         let space = self.ns_mut(ns)?;
         if space.qps.len() >= limits.max_qp as usize {
             return Err(VerbsError::LimitExceeded("max_qp"));
@@ -782,9 +781,6 @@ impl Engine {
             .ok_or(VerbsError::LimitExceeded("QPN space"))?;
         let mut qp = QueuePair::new(qpn, &init);
         qp.req.ud_mtu = ud_mtu;
-        if let SourcePortPolicy::Fixed(port) = port_policy {
-            qp.src_port = port;
-        }
         space.qps.insert(qpn, qp);
         Ok(qpn)
     }
@@ -952,7 +948,10 @@ impl Engine {
                 self.active_set.remove(&(ns, qpn));
                 continue;
             };
-            let src_port = qp.src_port;
+            let src_port = match self.config.udp_src_port {
+                SourcePortPolicy::PerQp => qp.src_port,
+                SourcePortPolicy::Fixed(port) => port,
+            };
             let mut ctx = context!(space, &mut self.counters, now);
             let Some(out) = qp.poll_transmit(&mut ctx) else {
                 self.active_set.remove(&(ns, qpn));

@@ -547,10 +547,23 @@ pub struct QueuePair {
     pub(crate) src_port: u16,
 }
 
-/// rxe's flow-entropy source port for a QPN (`RXE_ROCE_V2_SPORT + hash_32(qpn, 14)`).
+/// rxe's source port for a QP before it has a peer, and for UD QPs
+/// (`RXE_ROCE_V2_SPORT + hash_32(qpn, 14)`; the rxe UD capture shows 0xdf94 for QPN 0x11).
 pub fn udp_source_port(qpn: Qpn) -> u16 {
     let hash = qpn.value().wrapping_mul(0x61C8_8647) >> (32 - 14);
     0xC000 | (hash as u16 & 0x3fff)
+}
+
+/// rxe's source port for a connected QP once its address vector is set: the flow label
+/// `rdma_calc_flow_label(local, remote)` folded by `rdma_flow_label_to_udp_sport` (the
+/// rxe RC and UC captures show 0xc121 for QPNs 0x11 ↔ 0x11).
+pub fn connected_udp_source_port(local: Qpn, remote: Qpn) -> u16 {
+    let mut v = u64::from(local.value()) * u64::from(remote.value());
+    v ^= v >> 20;
+    v ^= v >> 40;
+    let flow_label = (v & 0xf_ffff) as u32;
+    let low = (flow_label & 0x3fff) ^ ((flow_label & 0xf_c000) >> 14);
+    0xC000 | low as u16
 }
 
 /// Attribute values a new QP starts with (what `query_qp` shows in RESET).
@@ -712,6 +725,10 @@ impl QueuePair {
             av
         );
         self.local = local;
+        if attr.av.is_some() && self.qp_type != QpType::Ud {
+            self.src_port =
+                connected_udp_source_port(self.qpn, self.attr.dest_qpn.unwrap_or_default());
+        }
         if let Some(psn) = attr.rq_psn {
             self.resp.epsn = psn;
         }
@@ -745,6 +762,7 @@ impl QueuePair {
         self.resp = Responder::default();
         self.attr = initial_attr();
         self.local = None;
+        self.src_port = udp_source_port(self.qpn);
     }
 
     pub(crate) fn reset_retry_counters(&mut self) {

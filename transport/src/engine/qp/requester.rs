@@ -110,7 +110,7 @@ impl QueuePair {
         bth::Repr {
             opcode,
             solicited: false,
-            migreq: true,
+            migreq: false,
             pad_count: 0,
             pkey: bth::DEFAULT_PKEY,
             fecn: false,
