@@ -315,3 +315,27 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
+
+/// Delivers datagrams between engines by destination address until all are quiet
+/// (no timers: for tests without loss). `hosts` pairs each engine with its addresses.
+pub fn pump(hosts: &mut [(&mut Engine, Vec<IpAddr>)]) -> usize {
+    let mut moved = 0;
+    loop {
+        let mut any = false;
+        for i in 0..hosts.len() {
+            while let Some(d) = hosts[i].0.poll_transmit(Time::ZERO) {
+                any = true;
+                moved += 1;
+                if let Some(to) = hosts
+                    .iter_mut()
+                    .find(|(_, addrs)| addrs.contains(&d.meta.dst))
+                {
+                    to.0.handle_datagram(Time::ZERO, d.meta, &d.payload);
+                }
+            }
+        }
+        if !any {
+            return moved;
+        }
+    }
+}
