@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::gso::{self, split_gro, IcrcFixer, UDP_GRO, UDP_SEGMENT};
 use crate::engine::{Datagram, DatagramMeta, Ecn};
 
 /// Largest UDP payload the driver receives: a 4096-byte MTU packet with every header,
@@ -24,6 +25,9 @@ pub const MAX_DATAGRAM: usize = 4096 + 256;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
+
+/// Receive buffer size with GRO: the largest coalesced UDP payload.
+pub const GRO_BUFFER: usize = 65_536;
 
 /// Control-message space per datagram: packet info and TOS/traffic class.
 pub(super) const CMSG_SPACE: usize = 128;
@@ -44,8 +48,12 @@ pub struct Received<'a> {
 pub struct UdpDriver {
     socket: Socket,
     local: SocketAddr,
-    buffers: Vec<[u8; MAX_DATAGRAM]>,
-    metas: Vec<(DatagramMeta, usize, bool)>,
+    offloads: Offloads,
+    /// One receive buffer per batch slot: [`MAX_DATAGRAM`], or 64 KiB with GRO.
+    buffers: Vec<Vec<u8>>,
+    /// Per received message: buffer index, meta, length, GRO size, truncated.
+    received: Vec<(usize, DatagramMeta, usize, Option<usize>, bool)>,
+    fixer: IcrcFixer,
 }
 
 fn set_int_option(
@@ -80,9 +88,19 @@ fn ecn_from_tos(tos: u8) -> Ecn {
     }
 }
 
+/// The offloads a socket got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Offloads {
+    /// `UDP_SEGMENT` works: send runs of datagrams in one call.
+    pub gso: bool,
+    /// `UDP_GRO` is on: received buffers may hold many datagrams.
+    pub gro: bool,
+}
+
 /// Opens the RoCEv2 socket every driver uses: unconnected, DF forced (so IPv4 ident 0),
-/// destination address and ECN reported with each datagram, non-blocking, bound to `addr`.
-pub(super) fn bind_socket(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
+/// destination address and ECN reported with each datagram, non-blocking, bound to
+/// `addr`, with GSO/GRO where the kernel has them.
+pub(super) fn bind_socket(addr: SocketAddr) -> io::Result<(Socket, SocketAddr, Offloads)> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -114,20 +132,54 @@ pub(super) fn bind_socket(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> 
     // Bursts of MTU-sized packets: give the kernel room to queue them.
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(8 << 20);
+    // GSO needs no switch: probing the option tells whether the kernel has it.
+    let gso = get_int_option(fd, libc::IPPROTO_UDP, UDP_SEGMENT).is_ok();
+    let gro = set_int_option(fd, libc::IPPROTO_UDP, UDP_GRO, 1).is_ok();
     socket.bind(&SockAddr::from(addr))?;
     let local = socket
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
-    Ok((socket, local))
+    Ok((socket, local, Offloads { gso, gro }))
 }
 
-/// Reads the destination address and ECN bits from the control messages of a received
-/// `msghdr` (`msg_control`/`msg_controllen` describe what the kernel wrote);
-/// `default_dst` stands in when no packet-info message came.
-pub(super) fn parse_control(header: &libc::msghdr, default_dst: IpAddr) -> (IpAddr, Ecn) {
+fn get_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and sized as the kernel expects.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What the control messages of a received datagram say.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Control {
+    /// The destination address (selects the namespace).
+    pub dst: IpAddr,
+    /// ECN bits.
+    pub ecn: Ecn,
+    /// With GRO: the size of each datagram coalesced into the buffer.
+    pub gro_size: Option<usize>,
+}
+
+/// Reads the control messages of a received `msghdr` (`msg_control`/`msg_controllen`
+/// describe what the kernel wrote); `default_dst` stands in when no packet-info came.
+pub(super) fn parse_control(header: &libc::msghdr, default_dst: IpAddr) -> Control {
     let mut dst = default_dst;
     let mut ecn = Ecn::NotEct;
+    let mut gro_size = None;
     // SAFETY: `header` describes a control buffer the kernel filled; the CMSG_* macros
     // walk it within `msg_controllen`, and each payload is read unaligned at the type
     // its (level, type) pair guarantees.
@@ -149,23 +201,34 @@ pub(super) fn parse_control(header: &libc::msghdr, default_dst: IpAddr) -> (IpAd
                     let tclass: libc::c_int = std::ptr::read_unaligned(data.cast());
                     ecn = ecn_from_tos(tclass as u8);
                 }
+                (libc::IPPROTO_UDP, UDP_GRO) => {
+                    let size: libc::c_int = std::ptr::read_unaligned(data.cast());
+                    gro_size = usize::try_from(size).ok();
+                }
                 _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(header, cmsg);
         }
     }
-    (dst, ecn)
+    Control { dst, ecn, gro_size }
 }
 
 impl UdpDriver {
     /// Binds `addr` (the GID's address and, normally, port 4791).
     pub fn bind(addr: SocketAddr) -> io::Result<UdpDriver> {
-        let (socket, local) = bind_socket(addr)?;
+        let (socket, local, offloads) = bind_socket(addr)?;
+        let buffer_len = if offloads.gro {
+            GRO_BUFFER
+        } else {
+            MAX_DATAGRAM
+        };
         Ok(UdpDriver {
             socket,
             local,
-            buffers: vec![[0u8; MAX_DATAGRAM]; BATCH],
-            metas: Vec::with_capacity(BATCH),
+            offloads,
+            buffers: vec![vec![0u8; buffer_len]; BATCH],
+            received: Vec::with_capacity(BATCH),
+            fixer: IcrcFixer::default(),
         })
     }
 
@@ -191,7 +254,7 @@ impl UdpDriver {
         for i in 0..BATCH {
             iovecs[i].write(libc::iovec {
                 iov_base: self.buffers[i].as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
+                iov_len: self.buffers[i].len(),
             });
             let h = &mut headers[i].msg_hdr;
             h.msg_name = names[i].as_mut_ptr().cast();
@@ -221,32 +284,36 @@ impl UdpDriver {
                 Err(err)
             };
         }
-        let n = n as usize;
-        self.metas.clear();
-        for (i, header) in headers.iter().enumerate().take(n) {
+        self.received.clear();
+        for (i, header) in headers.iter().enumerate().take(n as usize) {
             // SAFETY: the kernel filled `msg_namelen` bytes of a sockaddr_storage.
             let src = unsafe { SockAddr::new(names[i].assume_init(), header.msg_hdr.msg_namelen) }
                 .as_socket();
             let Some(src) = src else { continue };
-            let (dst, ecn) = parse_control(&header.msg_hdr, self.local.ip());
+            let control = parse_control(&header.msg_hdr, self.local.ip());
             let meta = DatagramMeta {
                 src: src.ip(),
-                dst,
+                dst: control.dst,
                 src_port: src.port(),
-                ecn,
+                ecn: control.ecn,
             };
+            let len = (header.msg_len as usize).min(self.buffers[i].len());
             let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.metas
-                .push((meta, (header.msg_len as usize).min(MAX_DATAGRAM), truncated));
+            self.received
+                .push((i, meta, len, control.gro_size, truncated));
         }
-        for (i, &(meta, len, truncated)) in self.metas.iter().enumerate() {
-            each(Received {
-                meta,
-                payload: &self.buffers[i][..len],
-                truncated,
-            });
+        let mut count = 0;
+        for &(i, meta, len, gro_size, truncated) in &self.received {
+            for payload in split_gro(&self.buffers[i][..len], gro_size) {
+                count += 1;
+                each(Received {
+                    meta,
+                    payload,
+                    truncated,
+                });
+            }
         }
-        Ok(n)
+        Ok(count)
     }
 
     /// Blocks until a datagram may be read or `timeout` passes.
@@ -270,34 +337,26 @@ impl UdpDriver {
         Ok(())
     }
 
-    /// Sends datagrams to port 4791 of their destinations. Returns how many the kernel
-    /// took; the rest (socket buffer full) are the caller's to retry or drop — RoCE
-    /// recovers lost packets, so a full buffer is never an error.
-    pub fn send_batch(&mut self, datagrams: &[Datagram]) -> io::Result<usize> {
+    /// Sends datagrams (drained from `datagrams`) to port 4791 of their destinations,
+    /// runs of equal-sized ones to the same peer as one GSO send. Returns how many the
+    /// kernel took. What it did not take (socket buffer full) is left in `datagrams`,
+    /// in order, for the caller to retry or drop — RoCE recovers lost packets, so a
+    /// full buffer is never an error.
+    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
+        let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
         let mut sent = 0;
-        for chunk in datagrams.chunks(BATCH) {
-            let names: Vec<SockAddr> = chunk
+        let mut next = 0;
+        while next < messages.len() {
+            let chunk = &messages[next..(next + BATCH).min(messages.len())];
+            let mut headers: Vec<libc::mmsghdr> = chunk
                 .iter()
-                .map(|d| SockAddr::from(SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT)))
-                .collect();
-            let mut iovecs: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|d| libc::iovec {
-                    iov_base: d.payload.as_ptr() as *mut _,
-                    iov_len: d.payload.len(),
+                .map(|m| libc::mmsghdr {
+                    msg_hdr: *m.header(),
+                    msg_len: 0,
                 })
                 .collect();
-            // SAFETY: mmsghdr is plain data; all-zeroes is a valid (empty) value.
-            let mut headers: Vec<libc::mmsghdr> =
-                (0..chunk.len()).map(|_| unsafe { mem::zeroed() }).collect();
-            for (i, h) in headers.iter_mut().enumerate() {
-                h.msg_hdr.msg_name = names[i].as_ptr() as *mut _;
-                h.msg_hdr.msg_namelen = names[i].len();
-                h.msg_hdr.msg_iov = &mut iovecs[i];
-                h.msg_hdr.msg_iovlen = 1;
-            }
-            // SAFETY: names, iovecs and payloads outlive the call; the kernel only reads
-            // them (the iovec's `*mut` is the C signature, nothing is written).
+            // SAFETY: each header points into its boxed message, alive until after the call;
+            // the kernel only reads them (`*mut` is the C signature, nothing is written).
             let n = unsafe {
                 libc::sendmmsg(
                     self.socket.as_raw_fd(),
@@ -309,14 +368,24 @@ impl UdpDriver {
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(sent);
+                    break;
                 }
-                return Err(err);
+                // A datagram the kernel refuses (unreachable peer, oversized): drop it,
+                // as a lossy network would, and go on with the rest.
+                tracing::warn!(error = %err, peer = ?chunk[0].header().msg_name, "send failed; dropping");
+                next += 1;
+                continue;
             }
-            sent += n as usize;
-            if (n as usize) < chunk.len() {
+            let taken = n as usize;
+            sent += chunk[..taken].iter().map(|m| m.len()).sum::<usize>();
+            next += taken;
+            if taken < chunk.len() {
                 break;
             }
+        }
+        // Give back what the kernel did not take, in order.
+        for message in messages.into_iter().skip(next) {
+            datagrams.extend(message.into_datagrams());
         }
         Ok(sent)
     }
@@ -397,13 +466,13 @@ mod tests {
             src_port: tx.local_addr().port(),
             ecn: Ecn::NotEct,
         };
-        let datagrams: Vec<Datagram> = (0..40u8)
+        let mut datagrams: Vec<Datagram> = (0..40u8)
             .map(|i| Datagram {
                 meta,
                 payload: vec![i; 32],
             })
             .collect();
-        assert_eq!(tx.send_batch(&datagrams).unwrap(), 40);
+        assert_eq!(tx.send_batch(&mut datagrams).unwrap(), 40);
         let mut got = Vec::new();
         for _ in 0..200 {
             rx.recv_batch(|r| got.push(r.payload[0])).unwrap();

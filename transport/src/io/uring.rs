@@ -19,11 +19,14 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 use socket2::{SockAddr, Socket};
 
-use super::socket::{bind_socket, parse_control, Received, CMSG_SPACE, MAX_DATAGRAM};
+use super::gso::{self, split_gro, IcrcFixer, OutMessage};
+use super::socket::{
+    bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
+};
 use crate::engine::{Datagram, DatagramMeta};
 
 /// Provided receive buffers (a power of two).
-const RECV_BUFFERS: u16 = 256;
+const RECV_BUFFERS: u16 = 64;
 /// Buffer group id of the receive buffers.
 const BUFFER_GROUP: u16 = 0;
 /// `user_data` of the multishot receive; sends use their slot index.
@@ -31,8 +34,8 @@ const RECV_TOKEN: u64 = u64::MAX;
 const CANCEL_TOKEN: u64 = u64::MAX - 1;
 const NAME_SPACE: usize = mem::size_of::<libc::sockaddr_storage>();
 /// Each provided buffer holds `io_uring_recvmsg_out`, the name, the control messages and
-/// the payload.
-const BUFFER_LEN: usize = 16 + NAME_SPACE + CMSG_SPACE + MAX_DATAGRAM;
+/// the payload (many datagrams with GRO).
+const BUFFER_LEN: usize = 16 + NAME_SPACE + CMSG_SPACE + GRO_BUFFER;
 
 /// The ring of provided buffers the kernel picks receive buffers from.
 struct BufferRing {
@@ -96,14 +99,6 @@ impl Drop for BufferRing {
     }
 }
 
-/// A send in flight: everything its `SendMsg` entry points at.
-struct PendingSend {
-    payload: Vec<u8>,
-    name: SockAddr,
-    iov: libc::iovec,
-    header: libc::msghdr,
-}
-
 /// The io_uring driver.
 pub struct UringDriver {
     ring: IoUring,
@@ -114,8 +109,11 @@ pub struct UringDriver {
     /// and the kernel reads it while the receive is armed, so it lives in a Box.
     recv_header: Box<libc::msghdr>,
     recv_armed: bool,
-    sends: Vec<Option<Box<PendingSend>>>,
+    /// Sends in flight, by slot (`user_data`): the kernel reads them until completion.
+    sends: Vec<Option<Box<OutMessage>>>,
     free_sends: Vec<usize>,
+    offloads: Offloads,
+    fixer: IcrcFixer,
 }
 
 // SAFETY: the raw pointers inside (buffer ring, msghdrs) point only into memory this
@@ -136,7 +134,7 @@ impl UringDriver {
     /// refused (old kernel, `kernel.io_uring_disabled`, seccomp): use the socket driver.
     pub fn bind(addr: SocketAddr) -> io::Result<UringDriver> {
         let ring = IoUring::new(1024)?;
-        let (socket, local) = bind_socket(addr)?;
+        let (socket, local, offloads) = bind_socket(addr)?;
         let buffers = BufferRing::new()?;
         // SAFETY: the entries stay allocated until after the ring is unregistered in Drop.
         unsafe {
@@ -160,6 +158,8 @@ impl UringDriver {
             recv_armed: false,
             sends: Vec::new(),
             free_sends: Vec::new(),
+            offloads,
+            fixer: IcrcFixer::default(),
         })
     }
 
@@ -217,13 +217,15 @@ impl UringDriver {
                     if let Ok(out) =
                         RecvMsgOut::parse(self.buffers.buffer(bid, len), &self.recv_header)
                     {
-                        if let Some(meta) = self.meta_of(&out) {
-                            received += 1;
-                            each(Received {
-                                meta,
-                                payload: out.payload_data(),
-                                truncated: out.is_payload_truncated(),
-                            });
+                        if let Some((meta, control)) = self.meta_of(&out) {
+                            for payload in split_gro(out.payload_data(), control.gro_size) {
+                                received += 1;
+                                each(Received {
+                                    meta,
+                                    payload,
+                                    truncated: out.is_payload_truncated(),
+                                });
+                            }
                         }
                     }
                     self.buffers.push(bid);
@@ -248,7 +250,7 @@ impl UringDriver {
         Ok(received)
     }
 
-    fn meta_of(&self, out: &RecvMsgOut<'_>) -> Option<DatagramMeta> {
+    fn meta_of(&self, out: &RecvMsgOut<'_>) -> Option<(DatagramMeta, Control)> {
         let name = out.name_data();
         let mut storage: libc::sockaddr_storage =
             // SAFETY: sockaddr_storage is plain data; zero is valid.
@@ -269,39 +271,22 @@ impl UringDriver {
         let mut header: libc::msghdr = unsafe { mem::zeroed() };
         header.msg_control = control.as_ptr() as *mut _;
         header.msg_controllen = control.len();
-        let (dst, ecn) = parse_control(&header, self.local.ip());
-        Some(DatagramMeta {
+        let control = parse_control(&header, self.local.ip());
+        let meta = DatagramMeta {
             src: src.ip(),
-            dst,
+            dst: control.dst,
             src_port: src.port(),
-            ecn,
-        })
+            ecn: control.ecn,
+        };
+        Some((meta, control))
     }
 
-    /// Queues datagrams to port 4791 of their destinations and submits them in one
-    /// system call. Returns how many were queued.
-    pub fn send_batch(&mut self, datagrams: &[Datagram]) -> io::Result<usize> {
-        for d in datagrams {
-            let name = SockAddr::from(SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT));
-            // SAFETY: msghdr is plain data; zero is valid.
-            let header: libc::msghdr = unsafe { mem::zeroed() };
-            let mut pending = Box::new(PendingSend {
-                payload: d.payload.clone(),
-                name,
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-                header,
-            });
-            pending.iov = libc::iovec {
-                iov_base: pending.payload.as_mut_ptr().cast(),
-                iov_len: pending.payload.len(),
-            };
-            pending.header.msg_name = pending.name.as_ptr() as *mut _;
-            pending.header.msg_namelen = pending.name.len();
-            pending.header.msg_iov = &mut pending.iov;
-            pending.header.msg_iovlen = 1;
+    /// Queues datagrams (drained from `datagrams`) to port 4791 of their destinations,
+    /// runs of equal-sized ones to one peer as a GSO send, and submits them in one system
+    /// call. Returns how many were queued (all of them: the ring takes what it is given).
+    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
+        let mut queued = 0;
+        for message in gso::messages(datagrams, self.offloads.gso, &mut self.fixer) {
             let slot = match self.free_sends.pop() {
                 Some(slot) => slot,
                 None => {
@@ -309,15 +294,17 @@ impl UringDriver {
                     self.sends.len() - 1
                 }
             };
-            let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &pending.header)
+            let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), message.header())
                 .build()
                 .user_data(slot as u64);
-            // The Box keeps the msghdr, iovec, name and payload at fixed addresses.
-            self.sends[slot] = Some(pending);
+            queued += message.len();
+            // The slot keeps the message (and so everything its header points at) alive
+            // until the send's completion frees it.
+            self.sends[slot] = Some(message);
             self.push(&entry)?;
         }
         self.ring.submit()?;
-        Ok(datagrams.len())
+        Ok(queued)
     }
 
     /// Blocks until a completion arrives (a datagram, a finished send) or `timeout` passes.

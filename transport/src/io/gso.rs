@@ -1,0 +1,267 @@
+//! UDP segmentation offload (GSO) on send and receive offload (GRO) on receive.
+//!
+//! GSO hands the kernel one buffer of many equal-sized datagrams to the same peer and
+//! one system call sends them all; GRO hands us many received datagrams of one flow in
+//! one buffer. Both cut the per-packet cost of the kernel's UDP path several times over.
+//!
+//! The catch is the ICRC: it covers the IPv4 identification, and the kernel numbers the
+//! segments of one GSO send 0, 1, 2, … (an unconnected socket with DF gives the first
+//! one ID 0; segmentation, in software or in a NIC, counts up from there). The engine
+//! computes every ICRC for ID 0, so segment `i`'s ICRC gets the affine correction for
+//! ID `i` ([`IdentSolver::icrc_delta`]) — four bytes, no second pass over the payload.
+//! IPv6 has no identification, so its ICRCs need no correction.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::mem;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use ferroce_wire::ident::IdentSolver;
+use ferroce_wire::ICRC_LEN;
+use socket2::SockAddr;
+
+use super::socket::CMSG_SPACE;
+use crate::engine::Datagram;
+
+/// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
+pub(super) const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send (an IPv4 datagram's limit, less headers).
+pub(super) const MAX_GSO_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` and `UDP_GRO` socket options / control messages (linux/udp.h).
+pub(super) const UDP_SEGMENT: libc::c_int = 103;
+pub(super) const UDP_GRO: libc::c_int = 104;
+
+/// Splits `datagrams` into runs that one GSO send can carry: same destination, the same
+/// length for all but the last (which may be shorter, not empty), at most
+/// [`MAX_SEGMENTS`] segments and [`MAX_GSO_BYTES`] bytes.
+pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < datagrams.len() {
+        let first = &datagrams[start];
+        let size = first.payload.len();
+        let mut end = start + 1;
+        let mut bytes = size;
+        while end < datagrams.len() && end - start < MAX_SEGMENTS {
+            let d = &datagrams[end];
+            let len = d.payload.len();
+            if d.meta.dst != first.meta.dst || len == 0 || len > size || bytes + len > MAX_GSO_BYTES
+            {
+                break;
+            }
+            bytes += len;
+            end += 1;
+            if len < size {
+                break; // A shorter segment ends a GSO run.
+            }
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
+}
+
+/// Corrections of ICRCs for GSO segment numbers, cached per datagram length (a run
+/// sees one or two lengths; a flow a handful).
+#[derive(Debug, Default)]
+pub(super) struct IcrcFixer {
+    solvers: HashMap<usize, IdentSolver>,
+}
+
+impl IcrcFixer {
+    /// The ICRC bytes segment `index` of a GSO send must carry, for a datagram whose
+    /// ICRC was computed for IPv4 ID 0.
+    pub(super) fn icrc_for_segment(&mut self, datagram: &Datagram, index: usize) -> [u8; ICRC_LEN] {
+        let payload = &datagram.payload;
+        let at = payload.len().saturating_sub(ICRC_LEN);
+        let mut icrc = [0u8; ICRC_LEN];
+        icrc.copy_from_slice(&payload[at..]);
+        if index == 0 || !datagram.meta.dst.is_ipv4() {
+            return icrc;
+        }
+        let len = payload.len();
+        let delta = match self.solvers.get(&len) {
+            Some(s) => s.icrc_delta(index as u16),
+            None => match IdentSolver::new(len) {
+                Ok(s) => {
+                    let d = s.icrc_delta(index as u16);
+                    if self.solvers.len() > 64 {
+                        self.solvers.clear();
+                    }
+                    self.solvers.insert(len, s);
+                    d
+                }
+                // Not a RoCE-sized datagram: nothing to correct.
+                Err(_) => 0,
+            },
+        };
+        (u32::from_le_bytes(icrc) ^ delta).to_le_bytes()
+    }
+}
+
+/// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
+/// with everything its `msghdr` points at. Boxed, because the header points into it;
+/// the payloads stay in their `Vec`s, which do not move.
+pub(super) struct OutMessage {
+    datagrams: Vec<Datagram>,
+    name: SockAddr,
+    icrcs: Vec<[u8; ICRC_LEN]>,
+    iovecs: Vec<libc::iovec>,
+    control: [u8; CMSG_SPACE],
+    header: libc::msghdr,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `header` point only into this message's own
+// fields and payloads, which move with it.
+unsafe impl Send for OutMessage {}
+
+impl OutMessage {
+    /// A message for `run`, which [`runs`] made (or a single datagram).
+    pub(super) fn new(run: Vec<Datagram>, fixer: &mut IcrcFixer) -> Box<OutMessage> {
+        let dst = run
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |d| {
+                SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT)
+            });
+        let icrcs = run
+            .iter()
+            .enumerate()
+            .map(|(i, d)| fixer.icrc_for_segment(d, i))
+            .collect();
+        let mut message = Box::new(OutMessage {
+            datagrams: run,
+            name: SockAddr::from(dst),
+            icrcs,
+            iovecs: Vec::new(),
+            control: [0; CMSG_SPACE],
+            // SAFETY: msghdr is plain data; zero is a valid value.
+            header: unsafe { mem::zeroed() },
+        });
+        let m = &mut *message;
+        // Two iovecs per datagram: its bytes up to the ICRC, then the (corrected) ICRC.
+        for (d, icrc) in m.datagrams.iter().zip(&m.icrcs) {
+            let body = d.payload.len().saturating_sub(ICRC_LEN);
+            m.iovecs.push(libc::iovec {
+                iov_base: d.payload.as_ptr() as *mut _,
+                iov_len: body,
+            });
+            m.iovecs.push(libc::iovec {
+                iov_base: icrc.as_ptr() as *mut _,
+                iov_len: ICRC_LEN,
+            });
+        }
+        m.header.msg_name = m.name.as_ptr() as *mut _;
+        m.header.msg_namelen = m.name.len();
+        m.header.msg_iov = m.iovecs.as_mut_ptr();
+        m.header.msg_iovlen = m.iovecs.len();
+        if m.datagrams.len() > 1 {
+            let size = m.datagrams[0].payload.len() as u16;
+            m.header.msg_control = m.control.as_mut_ptr().cast();
+            m.header.msg_controllen = CMSG_SPACE;
+            // SAFETY: the control buffer has room for one u16 message, so CMSG_FIRSTHDR
+            // is non-null; it is written within its bounds.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&m.header);
+                (*cmsg).cmsg_level = libc::IPPROTO_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+                m.header.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as _;
+            }
+        }
+        message
+    }
+
+    /// The header to hand to `sendmsg`; valid while `self` lives.
+    pub(super) fn header(&self) -> &libc::msghdr {
+        &self.header
+    }
+
+    /// Number of datagrams.
+    pub(super) fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Gives the datagrams back (when the kernel did not take them).
+    pub(super) fn into_datagrams(self: Box<Self>) -> Vec<Datagram> {
+        self.datagrams
+    }
+}
+
+/// Cuts `datagrams` (drained) into messages: GSO runs when `gso`, else one each.
+/// Boxed on purpose: each header points into its own message, which must not move.
+#[allow(clippy::vec_box)]
+pub(super) fn messages(
+    datagrams: &mut Vec<Datagram>,
+    gso: bool,
+    fixer: &mut IcrcFixer,
+) -> Vec<Box<OutMessage>> {
+    let ranges = if gso {
+        runs(datagrams)
+    } else {
+        (0..datagrams.len()).map(|i| i..i + 1).collect()
+    };
+    let mut drained = datagrams.drain(..);
+    ranges
+        .into_iter()
+        .map(|r| OutMessage::new(drained.by_ref().take(r.len()).collect(), fixer))
+        .collect()
+}
+
+/// The datagrams a GRO buffer holds: `gro_size` bytes each, the last maybe shorter.
+pub(super) fn split_gro(buffer: &[u8], gro_size: Option<usize>) -> impl Iterator<Item = &[u8]> {
+    let size = gro_size.filter(|&s| s > 0).unwrap_or(buffer.len().max(1));
+    buffer.chunks(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{DatagramMeta, Ecn};
+
+    fn datagram(dst: &str, len: usize) -> Datagram {
+        let meta = DatagramMeta {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: 4791,
+            ecn: Ecn::NotEct,
+        };
+        Datagram {
+            meta,
+            payload: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn runs_follow_gso_rules() {
+        let d = |dst, len| datagram(dst, len);
+        let batch = vec![
+            d("10.0.0.2", 1052),
+            d("10.0.0.2", 1052),
+            d("10.0.0.2", 300), // shorter ends run
+            d("10.0.0.2", 1052),
+            d("10.0.0.3", 1052), // new destination
+            d("10.0.0.3", 2000), // longer cannot follow
+        ];
+        assert_eq!(runs(&batch), vec![0..3, 3..4, 4..5, 5..6]);
+        let many: Vec<Datagram> = (0..150).map(|_| d("10.0.0.2", 300)).collect();
+        assert_eq!(runs(&many), vec![0..64, 64..128, 128..150]);
+        let big: Vec<Datagram> = (0..20).map(|_| d("10.0.0.2", 4124)).collect();
+        assert_eq!(runs(&big), vec![0..15, 15..20]);
+    }
+
+    #[test]
+    fn gro_split() {
+        let buf = [1u8; 10];
+        assert_eq!(
+            split_gro(&buf, Some(4))
+                .map(<[u8]>::len)
+                .collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        assert_eq!(split_gro(&buf, None).count(), 1);
+        assert_eq!(split_gro(&[], None).count(), 0);
+    }
+}
