@@ -41,6 +41,7 @@ pub enum NakCode {
 }
 
 impl From<u8> for NakCode {
+    #[inline]
     fn from(value: u8) -> NakCode {
         match value & 0x1f {
             0 => NakCode::PsnSequenceError,
@@ -94,6 +95,7 @@ impl AckSyndrome {
     }
 
     /// Reads a syndrome byte; the reserved class (`10`) and bit 7 set are malformed.
+    #[inline]
     pub fn from_byte(byte: u8) -> Result<AckSyndrome> {
         let value = byte & 0x1f;
         match byte >> 5 {
@@ -147,6 +149,7 @@ pub struct Repr {
 
 impl Repr {
     /// Reads an AETH.
+    #[inline(always)]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         Ok(Repr {

@@ -78,6 +78,7 @@ pub mod eth {
 
     impl Repr {
         /// Reads an AtomicETH.
+        #[inline]
         pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
             packet.check_len()?;
             Ok(Repr {
@@ -139,6 +140,7 @@ pub mod ack {
 
     impl Repr {
         /// Reads an AtomicAckETH.
+        #[inline]
         pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
             packet.check_len()?;
             Ok(Repr {

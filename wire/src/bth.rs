@@ -83,7 +83,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Destination queue pair.
     pub fn dest_qp(&self) -> Qpn {
-        Qpn::new(field::get_u24(&self.buffer.as_ref()[fields::DEST_QP]))
+        // One 32-bit load of bytes 4..8; `Qpn::new` keeps the low 24 bits.
+        Qpn::new(field::get_u32(
+            &self.buffer.as_ref()[fields::ECN..fields::DEST_QP.end],
+        ))
     }
 
     /// Acknowledge request.
@@ -98,7 +101,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Packet sequence number.
     pub fn psn(&self) -> Psn {
-        Psn::new(field::get_u24(&self.buffer.as_ref()[fields::PSN]))
+        // One 32-bit load of bytes 8..12; `Psn::new` keeps the low 24 bits.
+        Psn::new(field::get_u32(
+            &self.buffer.as_ref()[fields::ACK_REQ..fields::PSN.end],
+        ))
     }
 }
 
@@ -171,6 +177,7 @@ pub struct Repr {
 
 impl Repr {
     /// Reads a BTH. Fails on a transport header version other than 0 (rxe drops those).
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         if packet.tver() != 0 {

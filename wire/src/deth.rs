@@ -65,6 +65,7 @@ pub struct Repr {
 
 impl Repr {
     /// Reads a DETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         Ok(Repr {

@@ -35,6 +35,7 @@ pub struct Repr {
 
 impl Repr {
     /// Reads an ImmDt.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         Ok(Repr { imm: packet.imm() })

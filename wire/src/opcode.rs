@@ -178,11 +178,9 @@ macro_rules! opcodes {
         }
 
         impl From<u8> for OpCode {
+            #[inline]
             fn from(value: u8) -> OpCode {
-                match value {
-                    $( $value => OpCode::$variant, )*
-                    other => OpCode::Unknown(other),
-                }
+                layout(value).opcode
             }
         }
 
@@ -199,7 +197,16 @@ macro_rules! opcodes {
             /// Every known opcode, in numeric order.
             pub const ALL: &'static [OpCode] = &[$( OpCode::$variant, )*];
 
+            /// `OpCode::from` in a `const` context.
+            const fn from_byte(value: u8) -> OpCode {
+                match value {
+                    $( $value => OpCode::$variant, )*
+                    other => OpCode::Unknown(other),
+                }
+            }
+
             /// What the opcode implies, or `None` for [`OpCode::Unknown`].
+            #[inline]
             pub const fn info(self) -> Option<OpInfo> {
                 match self {
                     $( OpCode::$variant => Some(OpInfo {
@@ -294,6 +301,49 @@ opcodes! {
     UdSendOnlyImm = 0x65, "UD Send Only Immediate", Ud, Send, Only, DETH_IMM, true;
     /// RoCEv2 Congestion Notification Packet.
     Cnp = 0x81, "CNP", Cnp, Cnp, Only, CNP, false;
+}
+
+/// What the packet parser needs to know about one opcode byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    /// `OpCode::from(byte)`.
+    pub opcode: OpCode,
+    /// `opcode.info()`.
+    pub info: Option<OpInfo>,
+    /// Length of the BTH and the extended headers (0 for unknown opcodes).
+    pub header_len: u8,
+}
+
+/// [`Layout`] of every opcode byte, computed at compile time from the table above, so
+/// the receive path does one load instead of a match to the enum, another to its facts
+/// and a sum of header lengths.
+static LAYOUTS: [Layout; 256] = {
+    let mut table = [Layout {
+        opcode: OpCode::Unknown(0),
+        info: None,
+        header_len: 0,
+    }; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let opcode = OpCode::from_byte(byte as u8);
+        let info = opcode.info();
+        table[byte] = Layout {
+            opcode,
+            info,
+            header_len: match info {
+                Some(info) => (crate::bth::HEADER_LEN + info.headers.len()) as u8,
+                None => 0,
+            },
+        };
+        byte += 1;
+    }
+    table
+};
+
+/// The [`Layout`] of an opcode byte.
+#[inline]
+pub(crate) fn layout(byte: u8) -> Layout {
+    LAYOUTS[usize::from(byte)]
 }
 
 impl OpCode {

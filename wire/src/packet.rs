@@ -8,7 +8,7 @@
 use core::fmt;
 
 use crate::icrc::{self, Envelope};
-use crate::opcode::OpInfo;
+use crate::opcode::{self, OpInfo};
 use crate::{aeth, atomic, bth, cnp, deth, ieth, imm, reth, Error, Result, ICRC_LEN};
 
 /// The valid IB path MTUs: a FIRST or MIDDLE packet carries exactly one of these.
@@ -138,10 +138,15 @@ pub fn buffer_len(repr: &Repr, payload_len: usize) -> Result<usize> {
 /// Reads a RoCEv2 UDP payload (BTH to ICRC). Never panics; the ICRC is returned, not
 /// checked (see [`icrc::verify`]), because checking it needs the IP envelope.
 pub fn parse(udp_payload: &[u8]) -> Result<Parsed<'_>> {
-    let bth_view = bth::Packet::new_checked(udp_payload)?;
-    let bth = bth::Repr::parse(&bth_view)?;
-    let info = bth.opcode.info().ok_or(Error::UnknownOpcode)?;
-    let header_len = bth::HEADER_LEN + info.headers.len();
+    // Hot path: fixed-size views (`&[u8; N]`) so the field reads need no bounds
+    // checks, and one table load for everything the opcode implies.
+    let bth_bytes = udp_payload
+        .first_chunk::<{ bth::HEADER_LEN }>()
+        .ok_or(Error::Truncated)?;
+    let bth = bth::Repr::parse(&bth::Packet::new_unchecked(bth_bytes))?;
+    let layout = opcode::layout(bth_bytes[0]);
+    let info = layout.info.ok_or(Error::UnknownOpcode)?;
+    let header_len = usize::from(layout.header_len);
     if udp_payload.len() < header_len + ICRC_LEN {
         return Err(Error::Truncated);
     }
@@ -150,31 +155,38 @@ pub fn parse(udp_payload: &[u8]) -> Result<Parsed<'_>> {
     if udp_payload.len() % 4 != 0 {
         return Err(Error::Malformed);
     }
+    let (headers, rest) = udp_payload
+        .split_at_checked(header_len)
+        .ok_or(Error::Truncated)?;
+    let (body, icrc) = rest
+        .split_last_chunk::<ICRC_LEN>()
+        .ok_or(Error::Truncated)?;
+    let mut extended = headers.get(bth::HEADER_LEN..).ok_or(Error::Truncated)?;
+    // Only present headers are written: the rest stay `None` from `Repr::new`.
     let mut repr = Repr::new(bth);
-    let mut rest = &udp_payload[bth::HEADER_LEN..header_len];
+    let h = info.headers;
     macro_rules! take {
-        ($present:expr, $module:path, $len:expr) => {
-            if $present {
-                let (this, next) = rest.split_at($len);
-                rest = next;
+        ($field:ident, $module:path, $len:expr) => {
+            if h.$field {
+                let (this, next) = extended
+                    .split_first_chunk::<{ $len }>()
+                    .ok_or(Error::Truncated)?;
+                extended = next;
                 use $module as m;
-                Some(m::Repr::parse(&m::Packet::new_unchecked(this))?)
-            } else {
-                None
+                repr.$field = Some(m::Repr::parse(&m::Packet::new_unchecked(this))?);
             }
         };
     }
-    let h = info.headers;
-    repr.deth = take!(h.deth, deth, deth::HEADER_LEN);
-    repr.reth = take!(h.reth, reth, reth::HEADER_LEN);
-    repr.atomic_eth = take!(h.atomic_eth, atomic::eth, atomic::ATOMIC_ETH_LEN);
-    repr.aeth = take!(h.aeth, aeth, aeth::HEADER_LEN);
-    repr.atomic_ack_eth = take!(h.atomic_ack_eth, atomic::ack, atomic::ATOMIC_ACK_ETH_LEN);
-    repr.imm = take!(h.imm, imm, imm::HEADER_LEN);
-    repr.ieth = take!(h.ieth, ieth, ieth::HEADER_LEN);
-    let _ = rest;
+    take!(deth, deth, deth::HEADER_LEN);
+    take!(reth, reth, reth::HEADER_LEN);
+    take!(atomic_eth, atomic::eth, atomic::ATOMIC_ETH_LEN);
+    take!(aeth, aeth, aeth::HEADER_LEN);
+    take!(atomic_ack_eth, atomic::ack, atomic::ATOMIC_ACK_ETH_LEN);
+    take!(imm, imm, imm::HEADER_LEN);
+    take!(ieth, ieth, ieth::HEADER_LEN);
+    // What is left is the CNP's reserved body, if any: ignored on receive.
+    let _ = extended;
 
-    let body = &udp_payload[header_len..udp_payload.len() - ICRC_LEN];
     let pad = bth.pad_count as usize;
     if pad > body.len() || (!info.payload && !body.is_empty()) {
         return Err(Error::Malformed);
@@ -183,7 +195,7 @@ pub fn parse(udp_payload: &[u8]) -> Result<Parsed<'_>> {
     Ok(Parsed {
         repr,
         payload,
-        icrc: icrc::carried(udp_payload)?,
+        icrc: u32::from_le_bytes(*icrc),
     })
 }
 

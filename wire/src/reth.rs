@@ -68,6 +68,7 @@ pub struct Repr {
 
 impl Repr {
     /// Reads a RETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         Ok(Repr {
