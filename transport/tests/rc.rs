@@ -872,3 +872,143 @@ fn same_seed_same_inputs_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn deregistering_a_region_mid_read_fails_cleanly() {
+    let mut pair = Pair::rc();
+    pair.b.write(0, &pattern(3000, 1));
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 3000)]));
+    // The request reaches B and B sends its first response...
+    let request = pair.a.engine.poll_transmit(pair.now).unwrap();
+    pair.b
+        .engine
+        .handle_datagram(pair.now, request.meta, &request.payload);
+    let first = pair.b.engine.poll_transmit(pair.now).unwrap();
+    pair.a
+        .engine
+        .handle_datagram(pair.now, first.meta, &first.payload);
+    // ...then the region goes away: the rest cannot be read.
+    pair.b.engine.dereg_mr(NS, pair.b.mr.lkey).unwrap();
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemAccessErr);
+    assert_eq!(pair.b.engine.counters().naks_sent.remote_access, 1);
+}
+
+#[test]
+fn a_region_of_another_pd_is_refused() {
+    let mut pair = Pair::rc();
+    let other_pd = pair.b.engine.alloc_pd(NS).unwrap();
+    let other = pair
+        .b
+        .engine
+        .reg_mr(NS, other_pd, 4096, all_access())
+        .unwrap();
+    let op = SendOp::RdmaWrite {
+        remote_addr: other.addr,
+        rkey: other.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemAccessErr);
+    let mut buf = [1u8; 8];
+    pair.b
+        .engine
+        .mr_read(NS, other.lkey, other.addr, &mut buf)
+        .unwrap();
+    assert_eq!(buf, [0; 8]);
+}
+
+#[test]
+fn cnp_is_recognised() {
+    use ferroce_transport::wire::{bth, cnp, icrc, packet};
+    let mut pair = Pair::rc();
+    let mut repr = packet::Repr::new(bth::Repr {
+        opcode: OpCode::Cnp,
+        solicited: false,
+        migreq: false,
+        pad_count: 0,
+        pkey: 0xffff,
+        fecn: false,
+        becn: true,
+        dest_qp: pair.b.qpn,
+        ack_req: false,
+        psn: Psn::new(0),
+    });
+    repr.bth.becn = true;
+    let env = icrc::Envelope::ipv4(
+        "10.0.0.1".parse().unwrap(),
+        "10.0.0.2".parse().unwrap(),
+        0,
+        0xc000,
+    );
+    let mut buf = vec![0u8; packet::buffer_len(&repr, 0).unwrap()];
+    packet::build(&repr, &[], &env, &mut buf).unwrap();
+    assert_eq!(buf.len(), 12 + cnp::HEADER_LEN + 4);
+    let meta = ferroce_transport::engine::DatagramMeta {
+        src: pair.a.addr,
+        dst: pair.b.addr,
+        src_port: 0xc000,
+        ecn: ferroce_transport::engine::Ecn::NotEct,
+    };
+    pair.b.engine.handle_datagram(pair.now, meta, &buf);
+    assert_eq!(pair.b.engine.counters().cnps_received, 1);
+    assert_eq!(pair.b.engine.counters().drops, Default::default());
+}
+
+#[test]
+fn send_queue_drained_state_starts_no_new_work() {
+    let mut pair = Pair::rc();
+    pair.b.post_recv(1, 0, 64);
+    pair.b.post_recv(2, 64, 64);
+    let sqd = ferroce_transport::engine::QpAttr {
+        state: Some(QpState::Sqd),
+        ..Default::default()
+    };
+    pair.a.engine.modify_qp(NS, pair.a.qpn, &sqd).unwrap();
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.count(Dir::AtoB, |_| true), 0);
+    let rts = ferroce_transport::engine::QpAttr {
+        state: Some(QpState::Rts),
+        ..Default::default()
+    };
+    pair.a.engine.modify_qp(NS, pair.a.qpn, &rts).unwrap();
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+}
+
+#[test]
+fn rnr_storm_every_message_arrives_in_order() {
+    let mut pair = Pair::rc();
+    for i in 0..50u64 {
+        pair.a.write(i * 8, &i.to_ne_bytes());
+        pair.a
+            .post_send(send_wr(i, SendOp::Send, vec![pair.a.sge(i * 8, 8)]));
+    }
+    // Receives trickle in one at a time, long after the sends were posted.
+    for i in 0..50u64 {
+        pair.run_for(Duration::from_micros(25));
+        pair.b.post_recv(i, 1024 + i * 8, 8);
+    }
+    pair.run();
+    let recv = pair.b.poll();
+    assert_eq!(recv.len(), 50);
+    for (i, wc) in recv.iter().enumerate() {
+        assert_eq!((wc.wr_id, wc.status), (i as u64, WcStatus::Success));
+        assert_eq!(
+            pair.b.read(1024 + i as u64 * 8, 8),
+            (i as u64).to_ne_bytes()
+        );
+    }
+    assert_eq!(pair.a.poll().len(), 50);
+    assert!(
+        pair.b.engine.counters().naks_sent.rnr >= 50,
+        "{:?}",
+        pair.b.engine.counters().naks_sent
+    );
+}
