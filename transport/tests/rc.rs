@@ -1012,3 +1012,32 @@ fn rnr_storm_every_message_arrives_in_order() {
         pair.b.engine.counters().naks_sent
     );
 }
+
+#[test]
+fn a_duplicated_rnr_nak_spends_one_retry() {
+    let mut pair = Pair::new(
+        QP_RC,
+        Params {
+            rnr_retry: 1,
+            ..Params::default()
+        },
+    );
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    let request = pair.a.engine.poll_transmit(pair.now).unwrap();
+    pair.b
+        .engine
+        .handle_datagram(pair.now, request.meta, &request.payload);
+    let nak = pair.b.engine.poll_transmit(pair.now).unwrap();
+    pair.a
+        .engine
+        .handle_datagram(pair.now, nak.meta, &nak.payload);
+    pair.a
+        .engine
+        .handle_datagram(pair.now, nak.meta, &nak.payload);
+    assert_eq!(pair.a.engine.counters().naks_received.rnr, 1);
+    assert_eq!(pair.a.engine.counters().drops.duplicate_response, 1);
+    pair.b.post_recv(1, 0, 64);
+    pair.run();
+    assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
+}

@@ -34,8 +34,13 @@ impl QueuePair {
                 match aeth.syndrome {
                     AckSyndrome::Ack { .. } => self.handle_ack(psn, ctx),
                     AckSyndrome::RnrNak { timer: code } => {
-                        ctx.counters.naks_received.rnr += 1;
-                        self.handle_rnr(psn, code, ctx);
+                        if self.req.rnr_nak_psn == Some(psn) {
+                            // The same NAK again before the retry went out: a duplicate.
+                            ctx.counters.drops.duplicate_response += 1;
+                        } else {
+                            ctx.counters.naks_received.rnr += 1;
+                            self.handle_rnr(psn, code, ctx);
+                        }
                     }
                     AckSyndrome::Nak(code) => {
                         ctx.counters.naks_received.count(code);
@@ -201,6 +206,7 @@ impl QueuePair {
             self.req.rnr_left -= 1;
         }
         self.req.retransmit_at = None;
+        self.req.rnr_nak_psn = Some(psn);
         self.req.rnr_until = Some(ctx.now + timer::rnr_timeout(code));
         // Stop sending now; resend from the NAKed PSN when the RNR timer ends.
         self.go_back();

@@ -52,6 +52,9 @@ pub(crate) struct Requester {
     pub rnr_until: Option<crate::engine::Time>,
     /// The PSN the last counted go-back-N rewound to (cleared on progress).
     pub retrying_from: Option<Psn>,
+    /// The PSN of the RNR NAK being waited out, until that PSN is sent again: the same
+    /// NAK arriving twice (a duplicating network) must not spend two retries.
+    pub rnr_nak_psn: Option<Psn>,
     /// Packets sent since the last AckReq.
     pub since_ack_req: u32,
     /// MTU of UD messages (the port's active MTU).
@@ -214,6 +217,9 @@ impl QueuePair {
         };
         let psn = self.req.next_psn;
         let offset = self.req.send_offset;
+        if self.req.rnr_nak_psn == Some(psn) {
+            self.req.rnr_nak_psn = None;
+        }
         {
             let wqe = &mut self.sq[index];
             if offset == 0 && !(index == 0 && wqe.started && wqe.wr.op.is_read_or_atomic()) {
