@@ -948,12 +948,10 @@ fn cnp_is_recognised() {
     let mut buf = vec![0u8; packet::buffer_len(&repr, 0).unwrap()];
     packet::build(&repr, &[], &env, &mut buf).unwrap();
     assert_eq!(buf.len(), 12 + cnp::HEADER_LEN + 4);
-    let meta = ferroce_transport::engine::DatagramMeta {
-        src: pair.a.addr,
-        dst: pair.b.addr,
-        src_port: 0xc000,
-        ecn: ferroce_transport::engine::Ecn::NotEct,
-    };
+    // Any datagram from A to B gives the addresses (the CNP used port 0xc000).
+    pair.a.post_send(send_wr(1, SendOp::Send, vec![]));
+    let mut meta = pair.a.engine.poll_transmit(pair.now).unwrap().meta;
+    meta.src_port = 0xc000;
     pair.b.engine.handle_datagram(pair.now, meta, &buf);
     assert_eq!(pair.b.engine.counters().cnps_received, 1);
     assert_eq!(pair.b.engine.counters().drops, Default::default());
