@@ -1039,3 +1039,29 @@ fn a_duplicated_rnr_nak_spends_one_retry() {
     pair.run();
     assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
 }
+
+#[test]
+fn rc_over_ipv6() {
+    let mut pair = Pair::between(
+        "fd00::1".parse().unwrap(),
+        "fd00::2".parse().unwrap(),
+        QP_RC,
+        Params::default(),
+    );
+    let data = pattern(2500, 6);
+    pair.a.write(0, &data);
+    pair.b.post_recv(1, 0, 4096);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 2500)]));
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a
+        .post_send(send_wr(2, op, vec![pair.a.sge(4096, 2500)]));
+    pair.run();
+    assert_eq!(pair.b.read(0, 2500), data);
+    assert_eq!(pair.a.read(4096, 2500), data);
+    assert_eq!(pair.a.poll().len(), 2);
+    assert_eq!(pair.b.engine.counters().icrc_errors, 0);
+}

@@ -33,18 +33,17 @@ pub struct Side {
 }
 
 impl Side {
-    pub fn new(addr: Ipv4Addr, seed: u64, qp_type: QpType, access: AccessFlags) -> Side {
+    pub fn new(addr: IpAddr, seed: u64, qp_type: QpType, access: AccessFlags) -> Side {
         Side::with_config(EngineConfig::default(), addr, seed, qp_type, access)
     }
 
     pub fn with_config(
         mut config: EngineConfig,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         seed: u64,
         qp_type: QpType,
         access: AccessFlags,
     ) -> Side {
-        let addr = IpAddr::V4(addr);
         config.default_gids = vec![addr];
         let mut engine = Engine::new(config, seed);
         let pd = engine.alloc_pd(NS).unwrap();
@@ -232,8 +231,17 @@ pub fn all_access() -> AccessFlags {
 
 impl Pair {
     pub fn new(qp_type: QpType, p: Params) -> Pair {
-        let mut a = Side::new(Ipv4Addr::new(10, 0, 0, 1), 1, qp_type, all_access());
-        let mut b = Side::new(Ipv4Addr::new(10, 0, 0, 2), 2, qp_type, all_access());
+        Pair::between(
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            qp_type,
+            p,
+        )
+    }
+
+    pub fn between(a: IpAddr, b: IpAddr, qp_type: QpType, p: Params) -> Pair {
+        let mut a = Side::new(a, 1, qp_type, all_access());
+        let mut b = Side::new(b, 2, qp_type, all_access());
         connect(&mut a.engine, NS, a.qpn, b.addr, b.qpn, qp_type, &p);
         connect(&mut b.engine, NS, b.qpn, a.addr, a.qpn, qp_type, &p);
         Pair {
