@@ -4,3 +4,4 @@ pub use ferroce_wire as wire;
 
 pub mod capture;
 pub mod cli;
+pub mod oob;
