@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 pub mod decode;
+pub mod sim;
 
 /// ferroce: a software RoCEv2 stack and its tools.
 #[derive(Debug, clap::Parser)]
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Decode and check every RoCEv2 packet of a pcap/pcapng capture.
     Decode(decode::Args),
+    /// Run two engines over a simulated lossy link and check every byte (deterministic).
+    Sim(sim::Args),
 }
 
 impl Command {
@@ -26,6 +29,7 @@ impl Command {
     pub fn run(&self) -> ExitCode {
         match self {
             Command::Decode(args) => decode::run(args),
+            Command::Sim(args) => sim::run(args),
         }
     }
 }
