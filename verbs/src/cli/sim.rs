@@ -29,8 +29,6 @@ const RESPONDER: usize = 1;
 const WINDOW: u64 = 16;
 /// IB timeout code: 4.096 µs × 2^10 ≈ 4.2 ms, well above a window's queueing delay.
 const ACK_TIMEOUT: u8 = 10;
-/// Virtual time after which a run is abandoned.
-const VIRTUAL_TIME_LIMIT: Duration = Duration::from_secs(3600);
 /// Memory both sides may register in total.
 const MEMORY_LIMIT: u64 = 1 << 30;
 
@@ -93,6 +91,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Virtual time after which the run is abandoned (and integrity fails).
+    #[arg(long, default_value = "3600s", value_parser = parse_duration)]
+    pub time_limit: Duration,
 }
 
 /// Runs `ferroce sim` and prints its report to stdout.
@@ -787,7 +788,7 @@ pub fn simulate(args: &Args) -> Result<Report, String> {
     let mut sim = Simulation::new(args, size)?;
     sim.refill()?;
     let mut failure = None;
-    let deadline = Time::ZERO + VIRTUAL_TIME_LIMIT;
+    let deadline = Time::ZERO + args.time_limit;
     let mut same_instant = 0u64;
     let outcome = loop {
         if let Err(e) = sim.reap().and_then(|()| sim.refill()) {
@@ -870,8 +871,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown time unit `{other}` (ns, us, ms, s)")),
     };
     let nanos = value * nanos_per_unit;
-    if !nanos.is_finite() || nanos > 60e9 {
-        return Err(format!("`{text}` is longer than a minute"));
+    if !nanos.is_finite() || nanos > 1e13 {
+        return Err(format!("`{text}` is longer than 10000 s"));
     }
     Ok(Duration::from_nanos(nanos.round() as u64))
 }
@@ -948,6 +949,7 @@ mod tests {
         assert_eq!(parse_duration("500ns"), Ok(Duration::from_nanos(500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_micros(7)));
         assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("20000s").is_err());
         assert_eq!(parse_rate("10G"), Ok(Rate(Some(1_250_000_000))));
         assert_eq!(parse_rate("100Mbps"), Ok(Rate(Some(12_500_000))));
         assert_eq!(parse_rate("unlimited"), Ok(Rate(None)));
