@@ -1065,3 +1065,90 @@ fn rc_over_ipv6() {
     assert_eq!(pair.a.poll().len(), 2);
     assert_eq!(pair.b.engine.counters().icrc_errors, 0);
 }
+
+#[test]
+fn completion_events_fire_once_when_armed() {
+    use ferroce_transport::engine::AsyncEvent;
+    let mut pair = Pair::rc();
+    let cq = pair.b.cq;
+    for i in 0..3 {
+        pair.b.post_recv(i, i * 64, 64);
+    }
+    // Armed for solicited only: an unsolicited SEND raises nothing.
+    pair.b.engine.req_notify_cq(NS, cq, true).unwrap();
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.b.engine.poll_event(NS), None);
+    let mut solicited = send_wr(2, SendOp::Send, vec![pair.a.sge(0, 8)]);
+    solicited.solicited = true;
+    pair.a.post_send(solicited);
+    pair.run();
+    assert_eq!(
+        pair.b.engine.poll_event(NS),
+        Some(AsyncEvent::CompletionEvent(cq))
+    );
+    // One event per arming.
+    let mut again = send_wr(3, SendOp::Send, vec![pair.a.sge(0, 8)]);
+    again.solicited = true;
+    pair.a.post_send(again);
+    pair.run();
+    assert_eq!(pair.b.engine.poll_event(NS), None);
+    assert_eq!(pair.b.poll().len(), 3);
+    // Armed for any completion: the sender's own CQ gets an event for a send.
+    pair.a.engine.req_notify_cq(NS, pair.a.cq, false).unwrap();
+    let op = SendOp::RdmaWrite {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a.post_send(send_wr(4, op, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(
+        pair.a.engine.poll_event(NS),
+        Some(AsyncEvent::CompletionEvent(pair.a.cq))
+    );
+}
+
+#[test]
+fn caller_backed_memory_sits_behind_the_same_checks() {
+    use ferroce_transport::engine::MemoryBacking;
+    #[derive(Debug)]
+    struct Page(Box<[u8; 256]>);
+    impl MemoryBacking for Page {
+        fn bytes(&self) -> &[u8] {
+            &self.0[..]
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0[..]
+        }
+    }
+    let mut pair = Pair::rc();
+    let page = Box::new(Page(Box::new([7u8; 256])));
+    let mr = pair
+        .b
+        .engine
+        .reg_mr_backed(NS, pair.b.pd, page, all_access())
+        .unwrap();
+    assert_eq!(mr.length, 256);
+    pair.a.write(0, b"backed");
+    let op = SendOp::RdmaWrite {
+        remote_addr: mr.addr + 10,
+        rkey: mr.rkey,
+    };
+    pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 6)]));
+    // One byte past the end is refused.
+    let op = SendOp::RdmaWrite {
+        remote_addr: mr.addr + 251,
+        rkey: mr.rkey,
+    };
+    pair.a.post_send(send_wr(2, op, vec![pair.a.sge(0, 6)]));
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| w.status).collect();
+    assert_eq!(got, [WcStatus::Success, WcStatus::RemAccessErr]);
+    let mut buf = [0u8; 8];
+    pair.b
+        .engine
+        .mr_read(NS, mr.lkey, mr.addr + 9, &mut buf)
+        .unwrap();
+    assert_eq!(&buf, b"\x07backed\x07");
+}

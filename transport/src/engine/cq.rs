@@ -94,6 +94,9 @@ pub struct CompletionQueue {
     capacity: usize,
     entries: VecDeque<WorkCompletion>,
     overflowed: bool,
+    /// `req_notify_cq`: armed for the next completion (`Some(false)`) or the next
+    /// solicited or failed one (`Some(true)`); one event, then disarmed.
+    armed: Option<bool>,
 }
 
 impl CompletionQueue {
@@ -102,17 +105,32 @@ impl CompletionQueue {
             capacity,
             entries: VecDeque::new(),
             overflowed: false,
+            armed: None,
         }
     }
 
-    /// Adds a completion; returns false (and remembers the overflow) when full.
-    pub(crate) fn push(&mut self, wc: WorkCompletion) -> bool {
+    /// Adds a completion; `Err` (and the overflow remembered) when full. `Ok(true)` when
+    /// the queue was armed for this completion: the caller raises the completion event.
+    pub(crate) fn push(&mut self, wc: WorkCompletion, solicited: bool) -> Result<bool, ()> {
         if self.entries.len() >= self.capacity {
             self.overflowed = true;
-            return false;
+            return Err(());
+        }
+        let notify = match self.armed {
+            Some(solicited_only) => !solicited_only || solicited || wc.status != WcStatus::Success,
+            None => false,
+        };
+        if notify {
+            self.armed = None;
         }
         self.entries.push_back(wc);
-        true
+        Ok(notify)
+    }
+
+    /// Arms the completion event (`ibv_req_notify_cq`).
+    pub(crate) fn arm(&mut self, solicited_only: bool) {
+        // Arming for any completion wins over solicited-only, as in ibverbs.
+        self.armed = Some(solicited_only && self.armed != Some(false));
     }
 
     /// Takes up to `max` completions, oldest first.

@@ -171,6 +171,26 @@ pub trait MemoryAccess {
     fn invalidate(&mut self, key: Key, pd: ProtectionDomain) -> Result<(), AccessError>;
 }
 
+/// The bytes behind a memory region. The engine owns a `Vec<u8>` for `reg_mr`; the verbs
+/// layer plugs caller-registered or shared (memfd) memory in through this trait, and
+/// every key, PD, flag and bounds check stays in [`MemoryTable`].
+pub trait MemoryBacking: fmt::Debug + Send {
+    /// The region's bytes.
+    fn bytes(&self) -> &[u8];
+    /// The region's bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl MemoryBacking for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     pd: ProtectionDomain,
@@ -178,7 +198,7 @@ struct Entry {
     addr: u64,
     access: AccessFlags,
     valid: bool,
-    bytes: Vec<u8>,
+    bytes: Box<dyn MemoryBacking>,
 }
 
 /// The memory regions of one namespace, with the bytes the engine owns.
@@ -211,6 +231,25 @@ impl MemoryTable {
         addr_bits: u32,
     ) -> Result<MemoryRegion, AccessError> {
         let bytes_len = usize::try_from(length).map_err(|_| AccessError::OutOfBounds)?;
+        self.register_backing(
+            pd,
+            Box::new(vec![0u8; bytes_len]),
+            access,
+            key_byte,
+            addr_bits,
+        )
+    }
+
+    /// Registers `backing` (its whole length) as a region.
+    pub(crate) fn register_backing(
+        &mut self,
+        pd: ProtectionDomain,
+        backing: Box<dyn MemoryBacking>,
+        access: AccessFlags,
+        key_byte: u8,
+        addr_bits: u32,
+    ) -> Result<MemoryRegion, AccessError> {
+        let length = backing.bytes().len() as u64;
         let index = match self.slots.iter().skip(1).position(Option::is_none) {
             Some(free) => free + 1,
             None => {
@@ -234,7 +273,7 @@ impl MemoryTable {
             addr,
             access,
             valid: true,
-            bytes: vec![0; bytes_len],
+            bytes: backing,
         });
         self.count += 1;
         Ok(MemoryRegion {
@@ -286,7 +325,7 @@ impl MemoryTable {
     ) -> Result<&mut [u8], AccessError> {
         let entry = self.entry_mut(lkey.0).ok_or(AccessError::InvalidKey)?;
         let range = range_in(entry, addr, len as u64)?;
-        Ok(&mut entry.bytes[range])
+        Ok(&mut entry.bytes.bytes_mut()[range])
     }
 
     fn checked(
@@ -323,7 +362,7 @@ fn range_in(entry: &Entry, addr: u64, len: u64) -> Result<std::ops::Range<usize>
         .checked_sub(entry.addr)
         .ok_or(AccessError::OutOfBounds)?;
     let end = start.checked_add(len).ok_or(AccessError::OutOfBounds)?;
-    if end > entry.bytes.len() as u64 {
+    if end > entry.bytes.bytes().len() as u64 {
         return Err(AccessError::OutOfBounds);
     }
     // Both fit in usize: they are at most the buffer's length.
@@ -352,7 +391,7 @@ impl MemoryAccess for MemoryTable {
     ) -> Result<(), AccessError> {
         let (raw, range) = self.checked(key, pd, addr, out.len() as u64, required)?;
         let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
-        out.copy_from_slice(&entry.bytes[range]);
+        out.copy_from_slice(&entry.bytes.bytes()[range]);
         Ok(())
     }
 
@@ -366,7 +405,7 @@ impl MemoryAccess for MemoryTable {
     ) -> Result<(), AccessError> {
         let (raw, range) = self.checked(key, pd, addr, data.len() as u64, required)?;
         let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
-        entry.bytes[range].copy_from_slice(data);
+        entry.bytes.bytes_mut()[range].copy_from_slice(data);
         Ok(())
     }
 
@@ -383,7 +422,7 @@ impl MemoryAccess for MemoryTable {
         let (raw, range) =
             self.checked(Key::Remote(rkey), pd, addr, 8, AccessFlags::REMOTE_ATOMIC)?;
         let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
-        let cell = &mut entry.bytes[range];
+        let cell = &mut entry.bytes.bytes_mut()[range];
         let mut word = [0u8; 8];
         word.copy_from_slice(cell);
         let original = u64::from_ne_bytes(word);

@@ -14,7 +14,7 @@ pub mod timer;
 
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
-pub use memory::{AccessFlags, Lkey, MemoryAccess, MemoryRegion, ProtectionDomain};
+pub use memory::{AccessFlags, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain};
 pub use namespace::NamespaceId;
 pub use qp::{
     AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
@@ -227,6 +227,9 @@ pub enum AsyncEvent {
     QpFatal(ferroce_wire::Qpn),
     /// A completion was lost because the CQ was full.
     CqOverflow(CompletionQueueId),
+    /// A CQ armed with `req_notify_cq` got the completion it waited for (what ibverbs
+    /// delivers on the completion channel).
+    CompletionEvent(CompletionQueueId),
 }
 
 /// NAKs by kind.
@@ -541,13 +544,7 @@ impl Engine {
         if length > limits.max_mr_size {
             return Err(VerbsError::LimitExceeded("max_mr_size"));
         }
-        // ibverbs: remote write and atomics need local write.
-        let needs_local = AccessFlags::REMOTE_WRITE.bits() | AccessFlags::REMOTE_ATOMIC.bits();
-        if access.bits() & needs_local != 0 && !access.contains(AccessFlags::LOCAL_WRITE) {
-            return Err(VerbsError::InvalidArgument(
-                "REMOTE_WRITE/REMOTE_ATOMIC need LOCAL_WRITE",
-            ));
-        }
+        check_mr_access(access)?;
         let space = self.ns_mut(ns)?;
         if !space.pds.contains(&pd) {
             return Err(VerbsError::NotFound("PD"));
@@ -560,6 +557,36 @@ impl Engine {
         space
             .memory
             .register(pd, length, access, key_byte, addr_bits)
+            .map_err(|_| VerbsError::LimitExceeded("MR table"))
+    }
+
+    /// Registers memory the caller provides (caller-registered or shared memory) behind
+    /// the same key, PD, access and bounds checks as `reg_mr`; its whole length is the
+    /// region.
+    pub fn reg_mr_backed(
+        &mut self,
+        ns: NamespaceId,
+        pd: ProtectionDomain,
+        backing: Box<dyn memory::MemoryBacking>,
+        access: AccessFlags,
+    ) -> Result<MemoryRegion> {
+        let limits = self.config.limits;
+        if backing.bytes().len() as u64 > limits.max_mr_size {
+            return Err(VerbsError::LimitExceeded("max_mr_size"));
+        }
+        check_mr_access(access)?;
+        let space = self.ns_mut(ns)?;
+        if !space.pds.contains(&pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if space.memory.len() >= limits.max_mr as usize {
+            return Err(VerbsError::LimitExceeded("max_mr"));
+        }
+        let key_byte = space.rng.next() as u8;
+        let addr_bits = space.rng.next() as u32;
+        space
+            .memory
+            .register_backing(pd, backing, access, key_byte, addr_bits)
             .map_err(|_| VerbsError::LimitExceeded("MR table"))
     }
 
@@ -645,6 +672,23 @@ impl Engine {
             .get_mut(&cq)
             .ok_or(VerbsError::NotFound("CQ"))?
             .poll(max))
+    }
+
+    /// Arms a CQ's completion event for its next completion, or with `solicited_only`
+    /// its next solicited or failed one (`ibv_req_notify_cq`); the event is delivered
+    /// once as [`AsyncEvent::CompletionEvent`].
+    pub fn req_notify_cq(
+        &mut self,
+        ns: NamespaceId,
+        cq: CompletionQueueId,
+        solicited_only: bool,
+    ) -> Result<()> {
+        self.ns_mut(ns)?
+            .cqs
+            .get_mut(&cq)
+            .ok_or(VerbsError::NotFound("CQ"))?
+            .arm(solicited_only);
+        Ok(())
     }
 
     /// The next asynchronous event of a namespace.

@@ -29,8 +29,8 @@
 //! 4. **Keys** (`ctx_hand_shake`): with a GID (always on RoCE, where perftest forces a
 //!    GID index) 108 bytes, `"%04x:%04x:%06x:%06x:%08x:%016llx:"` + 16 × `"%02x:"` +
 //!    `"%08x:"` + NUL = LID : OUT_READS : QPN : PSN : RKEY : VADDR : GID bytes : SRQN;
-//!    without a GID (InfiniBand without `-x`) 59 bytes, `"%04x:%04x:%06x:%06x:%08x:%016llx:%08x"`
-//!    + NUL. Which size to read follows the reader's own setting, so both sides must agree.
+//!    without a GID (InfiniBand without `-x`) 59 bytes,
+//!    `"%04x:%04x:%06x:%06x:%08x:%016llx:%08x"` and NUL. Which size to read follows the reader's own setting, so both sides must agree.
 //!    The same message is sent again for every later synchronisation ("barrier").
 //! 5. After the run, bandwidth tests exchange a **report** (`xchg_bw_reports`), field
 //!    by field, each its own 8-byte exchange, big-endian: size (`unsigned long`),
@@ -200,7 +200,7 @@ pub enum KeyFormat {
 
 impl KeyFormat {
     /// Message size, NUL included.
-    pub const fn len(self) -> usize {
+    pub const fn message_len(self) -> usize {
         match self {
             KeyFormat::WithGid => KEYS_WITH_GID_LEN,
             KeyFormat::WithoutGid => KEYS_LEN,
@@ -246,7 +246,7 @@ const KEY_GID_SRQN: usize = KEY_TAIL + 16 * 3;
 impl PerftestKeys {
     /// The key message in `format`.
     pub fn encode(&self, format: KeyFormat) -> Vec<u8> {
-        let mut out = vec![0u8; format.len()];
+        let mut out = vec![0u8; format.message_len()];
         put_hex(&mut out[KEY_LID..], u64::from(self.lid), 4);
         put_hex(&mut out[KEY_OUT_READS..], u64::from(self.out_reads), 4);
         put_hex(&mut out[KEY_QPN..], u64::from(self.qpn.value()), 6);
@@ -785,7 +785,7 @@ impl<S: Read + Write> PerftestSession<S> {
     /// `ctx_hand_shake`: swaps one key message.
     pub fn exchange_keys(&mut self, local: &PerftestKeys) -> Result<PerftestKeys> {
         let ours = local.encode(self.config.key_format);
-        let mut theirs = vec![0u8; self.config.key_format.len()];
+        let mut theirs = vec![0u8; self.config.key_format.message_len()];
         self.exchange(&ours, &mut theirs, KEYS)?;
         Ok(PerftestKeys::decode(&theirs)?)
     }

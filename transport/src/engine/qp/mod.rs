@@ -515,10 +515,23 @@ pub(crate) struct Context<'a> {
 
 impl Context<'_> {
     fn push_completion(&mut self, cq: CompletionQueueId, wc: WorkCompletion) {
-        let ok = self.cqs.get_mut(&cq).is_some_and(|q| q.push(wc));
-        if !ok {
-            self.counters.completion_queue_overflows += 1;
-            self.events.push_back(AsyncEvent::CqOverflow(cq));
+        self.push_completion_solicited(cq, wc, false);
+    }
+
+    /// Adds a completion; `solicited` when the message asked for a solicited event.
+    fn push_completion_solicited(
+        &mut self,
+        cq: CompletionQueueId,
+        wc: WorkCompletion,
+        solicited: bool,
+    ) {
+        match self.cqs.get_mut(&cq).map(|q| q.push(wc, solicited)) {
+            Some(Ok(true)) => self.events.push_back(AsyncEvent::CompletionEvent(cq)),
+            Some(Ok(false)) => {}
+            Some(Err(())) | None => {
+                self.counters.completion_queue_overflows += 1;
+                self.events.push_back(AsyncEvent::CqOverflow(cq));
+            }
         }
     }
 }

@@ -387,7 +387,7 @@ impl QueuePair {
                         self.recv_completion(&recv, WcStatus::Success, WcOpcode::Recv, offset);
                     wc.imm_data = parsed.repr.imm.map(|i| i.imm);
                     wc.invalidated_rkey = invalidated;
-                    ctx.push_completion(self.recv_cq, wc);
+                    ctx.push_completion_solicited(self.recv_cq, wc, parsed.repr.bth.solicited);
                     self.resp.complete_message();
                 }
                 Ok(Some(1))
@@ -435,7 +435,8 @@ impl QueuePair {
                                 total,
                             );
                             wc.imm_data = parsed.repr.imm.map(|i| i.imm);
-                            ctx.push_completion(self.recv_cq, wc);
+                            let solicited = parsed.repr.bth.solicited;
+                            ctx.push_completion_solicited(self.recv_cq, wc, solicited);
                         }
                         Ok(Some(1))
                     }
@@ -779,6 +780,7 @@ impl QueuePair {
         wc.src_qp = deth.src_qp;
         wc.grh = true;
         wc.imm_data = parsed.repr.imm.map(|i| i.imm);
+        let solicited = parsed.repr.bth.solicited;
         if total as u64 > sg_capacity(&recv.sg_list) {
             wc.status = WcStatus::LocLenErr;
             wc.byte_len = 0;
@@ -793,7 +795,7 @@ impl QueuePair {
                 wc.byte_len = 0;
             }
         }
-        ctx.push_completion(self.recv_cq, wc);
+        ctx.push_completion_solicited(self.recv_cq, wc, solicited);
     }
 }
 
