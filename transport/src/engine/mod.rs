@@ -106,6 +106,11 @@ pub struct DatagramMeta {
     pub src_port: u16,
     /// ECN bits.
     pub ecn: Ecn,
+    /// IPv4 only: the identification and DF flag the datagram carried, which the ICRC
+    /// covers but a UDP socket does not show (the I/O layer recovers them with
+    /// `ferroce_wire::ident::IdentSolver`). `None` means ident 0 with DF, what ferroce's
+    /// own sockets send and what outgoing datagrams assume.
+    pub ipv4_ident: Option<ferroce_wire::ident::Recovered>,
 }
 
 /// A UDP payload with where it goes: what the engine hands to I/O (and the simulator).
@@ -356,9 +361,33 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// The ICRC envelope of a datagram between two addresses (IPv4: ident 0 and DF, as the
 /// I/O layer's unconnected PMTUDISC_DO socket makes the kernel send).
 fn envelope(src: IpAddr, dst: IpAddr, src_port: u16) -> Option<ferroce_wire::icrc::Envelope> {
-    use ferroce_wire::icrc::Envelope;
+    received_envelope(src, dst, src_port, None)
+}
+
+/// The ICRC envelope of a received datagram: IPv4 with the identification and DF flag
+/// the I/O layer recovered (`None`: ident 0 with DF).
+fn received_envelope(
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    ipv4_ident: Option<ferroce_wire::ident::Recovered>,
+) -> Option<ferroce_wire::icrc::Envelope> {
+    use ferroce_wire::icrc::{Envelope, IpFields, IPV4_DONT_FRAG};
     match (canonical(src), canonical(dst)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Some(Envelope::ipv4(s, d, 0, src_port)),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut env = Envelope::ipv4(s, d, 0, src_port);
+            if let (
+                Some(found),
+                IpFields::V4 {
+                    ident, flags_frag, ..
+                },
+            ) = (ipv4_ident, &mut env.ip)
+            {
+                *ident = found.ident;
+                *flags_frag = if found.dont_frag { IPV4_DONT_FRAG } else { 0 };
+            }
+            Some(env)
+        }
         (IpAddr::V6(s), IpAddr::V6(d)) => Some(Envelope::ipv6(s, d, src_port)),
         _ => None,
     }
@@ -921,7 +950,8 @@ impl Engine {
             self.counters.drops.malformed += 1;
             return;
         };
-        let Some(env) = envelope(meta.src, meta.dst, meta.src_port) else {
+        let Some(env) = received_envelope(meta.src, meta.dst, meta.src_port, meta.ipv4_ident)
+        else {
             self.counters.drops.malformed += 1;
             return;
         };
@@ -1023,6 +1053,7 @@ impl Engine {
                 dst: canonical(out.dst),
                 src_port,
                 ecn: Ecn::NotEct,
+                ipv4_ident: None,
             },
             payload: bytes,
         })

@@ -931,6 +931,7 @@ mod tests {
             dst,
             src_port: 49152,
             ecn: Ecn::NotEct,
+            ipv4_ident: None,
         }
     }
 

@@ -227,6 +227,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             src_port: 4791,
             ecn: Ecn::NotEct,
+            ipv4_ident: None,
         };
         Datagram {
             meta,

@@ -5,7 +5,9 @@
 
 mod gso;
 pub mod socket;
+pub mod thread;
 pub mod uring;
+pub mod waker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -91,6 +93,16 @@ impl Driver {
         }
     }
 
+    /// A descriptor that polls readable when [`Driver::recv_batch`] may have work (the
+    /// socket, or the ring whose completion queue the multishot receive fills), so one
+    /// thread can wait on several drivers and a doorbell at once.
+    pub fn poll_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Driver::Uring(d) => d.ring_fd(),
+            Driver::Socket(d) => d.as_raw_fd(),
+        }
+    }
+
     /// Blocks until something may be received or `timeout` passes.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
@@ -113,6 +125,7 @@ mod tests {
             dst: to_addr.ip(),
             src_port: 4791,
             ecn: Ecn::NotEct,
+            ipv4_ident: None,
         };
         let mut burst: Vec<Datagram> = (0..100u8)
             .map(|i| Datagram {
@@ -168,6 +181,7 @@ mod tests {
             dst: to.ip(),
             src_port: from.port(),
             ecn: Ecn::NotEct,
+            ipv4_ident: None,
         };
         sizes
             .iter()

@@ -296,6 +296,7 @@ impl UdpDriver {
                 dst: control.dst,
                 src_port: src.port(),
                 ecn: control.ecn,
+                ipv4_ident: None,
             };
             let len = (header.msg_len as usize).min(self.buffers[i].len());
             let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -465,6 +466,7 @@ mod tests {
             dst: "127.0.0.3".parse().unwrap(),
             src_port: tx.local_addr().port(),
             ecn: Ecn::NotEct,
+            ipv4_ident: None,
         };
         let mut datagrams: Vec<Datagram> = (0..40u8)
             .map(|i| Datagram {

@@ -168,6 +168,12 @@ impl UringDriver {
         self.local
     }
 
+    /// The ring's descriptor: it polls readable when completions wait (the receive is
+    /// armed by `bind`'s first `recv_batch` or `wait`, and re-armed by `recv_batch`).
+    pub fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+
     fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every buffer the entry names is owned by `self` until its completion.
@@ -277,6 +283,7 @@ impl UringDriver {
             dst: control.dst,
             src_port: src.port(),
             ecn: control.ecn,
+            ipv4_ident: None,
         };
         Some((meta, control))
     }

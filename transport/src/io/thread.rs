@@ -1,0 +1,774 @@
+//! The engine thread: one per device, owning the [`Engine`] and one [`Driver`] per local
+//! address, in a run-to-completion loop.
+//!
+//! Each round: receive a batch from every driver and feed it to the engine (recovering
+//! the IPv4 identification the ICRC covers), take the work applications queued (posted
+//! WRs and control calls, in the order they were queued), drain `poll_transmit` into
+//! `send_batch` (what the kernel did not take waits for the next round), run due timers,
+//! and move new completions into the applications' [`CompletionRing`]s. With nothing to
+//! do for a short busy-poll window, the thread blocks in `ppoll` on the drivers and a
+//! doorbell eventfd until a datagram, queued work or the engine's next timeout.
+//!
+//! Applications never take a lock per packet: work goes through a lock-free queue (the
+//! doorbell is rung only when the thread sleeps) and completions come back through
+//! lock-free per-CQ queues; a mutex/condvar pair is touched only by a thread that blocks
+//! waiting for a completion.
+//!
+//! Real time enters the engine here and nowhere else: one `Instant` taken when the
+//! thread starts, and `Time::from_nanos(elapsed)` each round.
+#![allow(clippy::disallowed_methods)] // The engine thread is the engine's clock (see above).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::SegQueue;
+use ferroce_wire::ident::IdentSolver;
+use ferroce_wire::Qpn;
+
+use super::waker::{wait_readable, Doorbell};
+use super::{Driver, DriverKind};
+use crate::engine::{
+    CompletionQueueId, Datagram, Engine, EngineConfig, NamespaceId, RecvWr, SendOp, SendWr,
+    SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+};
+
+/// Datagrams taken from the engine per driver before they are handed to the kernel.
+const TRANSMIT_BATCH: usize = 64;
+/// Queued work items taken per round (so receives and transmits are not starved).
+const WORK_BATCH: usize = 1024;
+/// Solvers cached per datagram length at most (a peer choosing lengths cannot grow it).
+const MAX_SOLVERS: usize = 4096;
+
+/// `vendor_err` of the error completion for a work request the engine refused at post
+/// time: the QP state does not accept it.
+pub const POST_ERR_STATE: u32 = 0x100;
+/// … the work queue is full.
+pub const POST_ERR_QUEUE_FULL: u32 = 0x101;
+/// … a limit (SGEs, inline bytes) is exceeded.
+pub const POST_ERR_LIMIT: u32 = 0x102;
+/// … any other refusal (invalid argument, unknown QP).
+pub const POST_ERR_OTHER: u32 = 0x103;
+
+/// Where a completion channel's events go (`ibv_comp_channel`).
+#[derive(Debug, Default)]
+pub struct EventChannel {
+    events: Mutex<VecDeque<u64>>,
+    cond: Condvar,
+}
+
+impl EventChannel {
+    /// An empty channel.
+    pub fn new() -> EventChannel {
+        EventChannel::default()
+    }
+
+    fn push(&self, tag: u64) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.push_back(tag);
+        self.cond.notify_all();
+    }
+
+    /// The tag of the next CQ that got a completion while armed, waiting up to `timeout`
+    /// (`None`: forever).
+    pub fn get_event(&self, timeout: Option<Duration>) -> Option<u64> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(tag) = events.pop_front() {
+                return Some(tag);
+            }
+            match deadline {
+                None => events = self.cond.wait(events).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    events = self
+                        .cond
+                        .wait_timeout(events, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+/// The application side of a completion queue: the engine thread moves completions in
+/// (at most `capacity` waiting; the rest stay in the engine's CQ, which overflows as a
+/// CQ does), applications take them out. Lock-free except for blocking waits.
+#[derive(Debug)]
+pub struct CompletionRing {
+    entries: SegQueue<WorkCompletion>,
+    len: AtomicUsize,
+    capacity: usize,
+    armed: AtomicBool,
+    sleepers: AtomicUsize,
+    gate: Mutex<()>,
+    cond: Condvar,
+    channel: Option<(Arc<EventChannel>, u64)>,
+}
+
+impl CompletionRing {
+    /// A ring for a CQ of `capacity` entries; `channel` (with the tag its events carry)
+    /// gets an event per armed notification.
+    pub fn new(capacity: usize, channel: Option<(Arc<EventChannel>, u64)>) -> CompletionRing {
+        CompletionRing {
+            entries: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            capacity,
+            armed: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            gate: Mutex::new(()),
+            cond: Condvar::new(),
+            channel,
+        }
+    }
+
+    /// Appends up to `max` completions to `out`, oldest first; returns how many.
+    pub fn poll(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            let Some(wc) = self.entries.pop() else { break };
+            self.len.fetch_sub(1, Ordering::SeqCst);
+            out.push(wc);
+            taken += 1;
+        }
+        taken
+    }
+
+    /// Completions waiting.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    /// True when no completion waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Arms the notification: the next completion added puts an event on the channel.
+    pub fn req_notify(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Blocks until a completion waits or `timeout` passes (`None`: forever); returns
+    /// whether one waits.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if !self.is_empty() {
+            return true;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Announce the sleeper before checking again under the gate: the engine thread
+        // adds entries before it looks for sleepers, so one of us sees the other.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let found = loop {
+            if !self.is_empty() {
+                break true;
+            }
+            match deadline {
+                None => guard = self.cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break false;
+                    }
+                    guard = self
+                        .cond
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        };
+        drop(guard);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        found
+    }
+
+    /// Adds completions and wakes whoever waits for them.
+    pub fn deliver(&self, completions: impl IntoIterator<Item = WorkCompletion>) {
+        let mut added = 0;
+        for wc in completions {
+            self.entries.push(wc);
+            self.len.fetch_add(1, Ordering::SeqCst);
+            added += 1;
+        }
+        if added == 0 {
+            return;
+        }
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some((channel, tag)) = &self.channel {
+                channel.push(*tag);
+            }
+        }
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            self.cond.notify_all();
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.len())
+    }
+}
+
+/// Work an application posts to a QP; a refusal becomes an error completion in `errors`
+/// (status `LocQpOpErr`, `vendor_err` one of the `POST_ERR_*` codes).
+#[derive(Debug)]
+pub enum Post {
+    /// `post_send`.
+    Send {
+        /// Namespace.
+        ns: NamespaceId,
+        /// QP.
+        qpn: Qpn,
+        /// The work request.
+        wr: SendWr,
+        /// The QP's send CQ.
+        errors: Arc<CompletionRing>,
+    },
+    /// `post_recv`.
+    Recv {
+        /// Namespace.
+        ns: NamespaceId,
+        /// QP.
+        qpn: Qpn,
+        /// The work request.
+        wr: RecvWr,
+        /// The QP's receive CQ.
+        errors: Arc<CompletionRing>,
+    },
+}
+
+/// Counters of the engine thread itself (the engine counts the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ThreadCounters {
+    /// Rounds of the loop.
+    pub rounds: u64,
+    /// Times the thread blocked.
+    pub sleeps: u64,
+    /// IPv4 datagrams for which no identification makes the ICRC valid (the engine then
+    /// counts them as ICRC errors).
+    pub ident_unrecovered: u64,
+    /// Datagrams longer than the receive buffer, dropped.
+    pub truncated: u64,
+    /// Datagrams from a source address no driver is bound to, dropped.
+    pub unroutable: u64,
+    /// Send or receive calls that failed (the datagrams are dropped; RoCE retransmits).
+    pub io_errors: u64,
+    /// Posted work requests the engine refused (each got an error completion).
+    pub refused_posts: u64,
+}
+
+/// What a control call sees on the engine thread: the engine and the completion rings.
+#[derive(Debug)]
+pub struct Core {
+    /// The engine.
+    pub engine: Engine,
+    rings: BTreeMap<(NamespaceId, CompletionQueueId), Arc<CompletionRing>>,
+    counters: ThreadCounters,
+}
+
+impl Core {
+    /// From now on, completions of the engine's CQ `cq` are moved into `ring`.
+    pub fn attach_ring(
+        &mut self,
+        ns: NamespaceId,
+        cq: CompletionQueueId,
+        ring: Arc<CompletionRing>,
+    ) {
+        self.rings.insert((ns, cq), ring);
+    }
+
+    /// Stops moving completions of `cq` (before destroying it).
+    pub fn detach_ring(&mut self, ns: NamespaceId, cq: CompletionQueueId) {
+        self.rings.remove(&(ns, cq));
+    }
+
+    /// The thread's counters.
+    pub fn counters(&self) -> ThreadCounters {
+        self.counters
+    }
+
+    /// Posts to an SRQ (synchronously, from a control call).
+    pub fn post_srq_recv(
+        &mut self,
+        ns: NamespaceId,
+        srq: SharedReceiveQueueId,
+        wr: RecvWr,
+    ) -> Result<(), VerbsError> {
+        self.engine.post_srq_recv(ns, srq, wr)
+    }
+
+    fn apply(&mut self, post: Post) {
+        let (result, wr_id, opcode, qpn, errors) = match post {
+            Post::Send {
+                ns,
+                qpn,
+                wr,
+                errors,
+            } => {
+                let wr_id = wr.wr_id;
+                let opcode = send_opcode(wr.op);
+                (
+                    self.engine.post_send(ns, qpn, wr),
+                    wr_id,
+                    opcode,
+                    qpn,
+                    errors,
+                )
+            }
+            Post::Recv {
+                ns,
+                qpn,
+                wr,
+                errors,
+            } => {
+                let wr_id = wr.wr_id;
+                (
+                    self.engine.post_recv(ns, qpn, wr),
+                    wr_id,
+                    WcOpcode::Recv,
+                    qpn,
+                    errors,
+                )
+            }
+        };
+        if let Err(error) = result {
+            self.counters.refused_posts += 1;
+            let vendor_err = match error {
+                VerbsError::InvalidState(_) => POST_ERR_STATE,
+                VerbsError::QueueFull => POST_ERR_QUEUE_FULL,
+                VerbsError::LimitExceeded(_) => POST_ERR_LIMIT,
+                _ => POST_ERR_OTHER,
+            };
+            errors.deliver([WorkCompletion {
+                wr_id,
+                status: WcStatus::LocQpOpErr,
+                opcode,
+                byte_len: 0,
+                imm_data: None,
+                invalidated_rkey: None,
+                qp_num: qpn,
+                src_qp: Qpn::new(0),
+                grh: false,
+                pkey_index: 0,
+                vendor_err,
+            }]);
+        }
+    }
+
+    /// Moves new completions into their rings; returns how many moved.
+    fn deliver_completions(&mut self) -> usize {
+        let mut moved = 0;
+        for (&(ns, cq), ring) in &self.rings {
+            let room = ring.room();
+            if room == 0 {
+                continue;
+            }
+            match self.engine.poll_cq(ns, cq, room) {
+                Ok(completions) if !completions.is_empty() => {
+                    moved += completions.len();
+                    ring.deliver(completions);
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+}
+
+fn send_opcode(op: SendOp) -> WcOpcode {
+    match op {
+        SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInv(_) => WcOpcode::Send,
+        SendOp::RdmaWrite { .. } | SendOp::RdmaWriteWithImm { .. } => WcOpcode::RdmaWrite,
+        SendOp::RdmaRead { .. } => WcOpcode::RdmaRead,
+        SendOp::CompareSwap { .. } => WcOpcode::CompSwap,
+        SendOp::FetchAdd { .. } => WcOpcode::FetchAdd,
+        SendOp::LocalInv(_) => WcOpcode::LocalInv,
+    }
+}
+
+type Call = Box<dyn FnOnce(&mut Core) + Send>;
+
+enum Work {
+    Post(Post),
+    Call(Call),
+}
+
+struct Shared {
+    queue: SegQueue<Work>,
+    doorbell: Doorbell,
+    sleeping: AtomicBool,
+    stop: AtomicBool,
+    alive: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("queued", &self.queue.len())
+            .field("sleeping", &self.sleeping)
+            .field("alive", &self.alive)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn push(&self, work: Work) {
+        self.queue.push(work);
+        // The thread announces sleep before its last look at the queue, so either it
+        // sees this work or we see it sleeping (both SeqCst).
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.doorbell.ring();
+        }
+    }
+}
+
+/// The engine thread's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineThreadConfig {
+    /// The engine's configuration (its default GIDs should be the addresses' IPs, and its
+    /// source-port policy `Fixed(port)`: the ICRC covers the port datagrams leave from).
+    pub engine: EngineConfig,
+    /// Seed of the engine's key generator.
+    pub seed: u64,
+    /// One driver is bound per address (normally port 4791).
+    pub addresses: Vec<SocketAddr>,
+    /// Which driver kind.
+    pub driver: DriverKind,
+    /// How long the thread keeps polling with nothing to do before it blocks.
+    pub busy_poll: Duration,
+    /// Thread name.
+    pub name: String,
+}
+
+/// The engine thread was stopped (its device is gone, or it panicked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the engine thread has stopped")]
+pub struct EngineStopped;
+
+/// A running engine thread. Dropping it stops the thread and waits for it.
+#[derive(Debug)]
+pub struct EngineThread {
+    shared: Arc<Shared>,
+    join: Option<JoinHandle<()>>,
+    drivers: Vec<(SocketAddr, DriverKind)>,
+}
+
+struct Port {
+    driver: Driver,
+    ip: IpAddr,
+    port: u16,
+    pending: Vec<Datagram>,
+}
+
+struct Runner {
+    core: Core,
+    ports: Vec<Port>,
+    solvers: HashMap<usize, IdentSolver>,
+    shared: Arc<Shared>,
+    start: Instant,
+    busy_poll: Duration,
+}
+
+/// Marks the thread dead however it ends (a panic included) and drops queued work, so
+/// callers waiting for replies see the end.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+        while self.0.queue.pop().is_some() {}
+    }
+}
+
+impl EngineThread {
+    /// Binds one driver per address (errors come back here), then starts the thread.
+    pub fn spawn(config: EngineThreadConfig) -> io::Result<EngineThread> {
+        let mut ports = Vec::new();
+        for addr in &config.addresses {
+            let driver = Driver::bind(*addr, config.driver)?;
+            let local = driver.local_addr();
+            ports.push(Port {
+                driver,
+                ip: local.ip().to_canonical(),
+                port: local.port(),
+                pending: Vec::new(),
+            });
+        }
+        let drivers = ports
+            .iter()
+            .map(|p| (p.driver.local_addr(), p.driver.kind()))
+            .collect();
+        let shared = Arc::new(Shared {
+            queue: SegQueue::new(),
+            doorbell: Doorbell::new()?,
+            sleeping: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+        });
+        let runner = Runner {
+            core: Core {
+                engine: Engine::new(config.engine, config.seed),
+                rings: BTreeMap::new(),
+                counters: ThreadCounters::default(),
+            },
+            ports,
+            solvers: HashMap::new(),
+            shared: shared.clone(),
+            start: Instant::now(),
+            busy_poll: config.busy_poll,
+        };
+        let join = std::thread::Builder::new()
+            .name(config.name)
+            .spawn(move || {
+                let _alive = AliveGuard(runner.shared.clone());
+                let mut runner = runner;
+                runner.run();
+            })?;
+        Ok(EngineThread {
+            shared,
+            join: Some(join),
+            drivers,
+        })
+    }
+
+    /// The bound addresses and the driver kind each got.
+    pub fn drivers(&self) -> &[(SocketAddr, DriverKind)] {
+        &self.drivers
+    }
+
+    /// True while the thread runs.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Queues a posted work request (no reply; refusals become error completions).
+    pub fn post(&self, post: Post) {
+        self.shared.push(Work::Post(post));
+    }
+
+    /// Queues `f` to run on the engine thread, after all work queued before it, without
+    /// waiting for it.
+    pub fn submit(&self, f: impl FnOnce(&mut Core) + Send + 'static) {
+        self.shared.push(Work::Call(Box::new(f)));
+    }
+
+    /// Runs `f` on the engine thread, after all work queued before it, and returns its
+    /// result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, EngineStopped> {
+        if !self.is_alive() {
+            return Err(EngineStopped);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(move |core| {
+            let _ = reply.send(f(core));
+        });
+        loop {
+            match answer.recv_timeout(Duration::from_millis(100)) {
+                Ok(value) => return Ok(value),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EngineStopped),
+                // A call queued just as the thread ended is never run: notice the end.
+                Err(mpsc::RecvTimeoutError::Timeout) if !self.is_alive() => {
+                    return Err(EngineStopped)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.doorbell.ring();
+        if let Some(join) = self.join.take() {
+            if join.join().is_err() {
+                tracing::error!("the engine thread panicked");
+            }
+        }
+    }
+}
+
+impl Runner {
+    fn now(&self) -> Time {
+        Time::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn run(&mut self) {
+        let mut idle_since: Option<Instant> = None;
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            self.core.counters.rounds += 1;
+            let busy = self.round();
+            if busy {
+                idle_since = None;
+                continue;
+            }
+            let idle = *idle_since.get_or_insert_with(Instant::now);
+            if idle.elapsed() < self.busy_poll {
+                std::thread::yield_now();
+                continue;
+            }
+            self.sleep();
+            idle_since = None;
+        }
+    }
+
+    /// One round; true when anything happened.
+    fn round(&mut self) -> bool {
+        let now = self.now();
+        let received = self.receive(now);
+        let mut worked = 0;
+        while worked < WORK_BATCH {
+            let Some(work) = self.shared.queue.pop() else {
+                break;
+            };
+            worked += 1;
+            match work {
+                Work::Post(post) => self.core.apply(post),
+                Work::Call(call) => call(&mut self.core),
+            }
+        }
+        let mut timers = false;
+        if self.core.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.engine.handle_timeout(now);
+            timers = true;
+        }
+        let sent = self.transmit(now);
+        let completed = self.core.deliver_completions();
+        received + worked + sent + completed > 0 || timers
+    }
+
+    fn receive(&mut self, now: Time) -> usize {
+        let Runner {
+            core,
+            ports,
+            solvers,
+            ..
+        } = self;
+        let mut total = 0;
+        for port in ports.iter_mut() {
+            let local_port = port.port;
+            let result = port.driver.recv_batch(|received| {
+                if received.truncated {
+                    core.counters.truncated += 1;
+                    return;
+                }
+                let mut meta = received.meta;
+                if let (IpAddr::V4(src), IpAddr::V4(dst)) =
+                    (meta.src.to_canonical(), meta.dst.to_canonical())
+                {
+                    let len = received.payload.len();
+                    if solvers.len() >= MAX_SOLVERS && !solvers.contains_key(&len) {
+                        solvers.clear();
+                    }
+                    let solver = match solvers.entry(len) {
+                        std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            IdentSolver::new(len).ok().map(|s| e.insert(s))
+                        }
+                    };
+                    // Too short for a solver: the engine drops it as malformed.
+                    if let Some(solver) = solver {
+                        match solver.recover(src, dst, meta.src_port, local_port, received.payload)
+                        {
+                            Ok(Some(found)) => meta.ipv4_ident = Some(found),
+                            _ => core.counters.ident_unrecovered += 1,
+                        }
+                    }
+                }
+                core.engine.handle_datagram(now, meta, received.payload);
+            });
+            match result {
+                Ok(n) => total += n,
+                Err(error) => {
+                    core.counters.io_errors += 1;
+                    tracing::debug!(%error, "receive failed");
+                }
+            }
+        }
+        total
+    }
+
+    fn transmit(&mut self, now: Time) -> usize {
+        let mut sent = 0;
+        loop {
+            // Take datagrams while every driver has room; a driver whose kernel buffer is
+            // full keeps its backlog and so holds the engine back (it will retransmit).
+            let mut taken = 0;
+            while self.ports.iter().all(|p| p.pending.len() < TRANSMIT_BATCH) {
+                let Some(datagram) = self.core.engine.poll_transmit(now) else {
+                    break;
+                };
+                taken += 1;
+                let src = datagram.meta.src.to_canonical();
+                match self.ports.iter_mut().find(|p| p.ip == src) {
+                    Some(port) => port.pending.push(datagram),
+                    None => self.core.counters.unroutable += 1,
+                }
+            }
+            let mut progress = false;
+            for port in &mut self.ports {
+                if port.pending.is_empty() {
+                    continue;
+                }
+                match port.driver.send_batch(&mut port.pending) {
+                    Ok(n) => {
+                        sent += n;
+                        progress |= n > 0;
+                    }
+                    Err(error) => {
+                        self.core.counters.io_errors += 1;
+                        tracing::debug!(%error, "send failed; RoCE will retransmit");
+                        port.pending.clear();
+                    }
+                }
+            }
+            if taken == 0 || !progress {
+                return sent;
+            }
+        }
+    }
+
+    fn sleep(&mut self) {
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        if !self.shared.queue.is_empty() || self.shared.stop.load(Ordering::SeqCst) {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        let now = self.now();
+        let mut timeout = self
+            .core
+            .engine
+            .poll_timeout()
+            .map(|t| t.saturating_since(now));
+        if self.ports.iter().any(|p| !p.pending.is_empty()) {
+            // A backlog the kernel refused: try again soon.
+            timeout = Some(timeout.map_or(Duration::from_micros(100), |t| {
+                t.min(Duration::from_micros(100))
+            }));
+        }
+        let mut fds: Vec<RawFd> = vec![self.shared.doorbell.as_raw_fd()];
+        fds.extend(self.ports.iter().map(|p| p.driver.poll_fd()));
+        self.core.counters.sleeps += 1;
+        if let Err(error) = wait_readable(&fds, timeout) {
+            self.core.counters.io_errors += 1;
+            tracing::warn!(%error, "ppoll failed");
+        }
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        self.shared.doorbell.drain();
+    }
+}

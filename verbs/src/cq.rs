@@ -1,0 +1,145 @@
+//! Completion queues and completion channels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroce_transport::engine::{CompletionQueueId, WorkCompletion};
+use ferroce_transport::io::thread::{CompletionRing, EventChannel};
+
+use crate::device::DeviceInner;
+use crate::error::Result;
+
+/// Handles of CQs, unique in the process (so one channel can serve several devices).
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+
+/// A completion channel (`ibv_comp_channel`): armed CQs report their next completion
+/// here.
+#[derive(Debug, Clone)]
+pub struct CompletionChannel {
+    pub(crate) inner: Arc<EventChannel>,
+}
+
+impl CompletionChannel {
+    /// Waits up to `timeout` (`None`: forever) for an armed CQ to get a completion and
+    /// returns that CQ's [`CompletionQueue::handle`] (`ibv_get_cq_event`). Re-arm with
+    /// [`CompletionQueue::req_notify`] before polling it empty.
+    pub fn get_cq_event(&self, timeout: Option<Duration>) -> Option<u64> {
+        self.inner.get_event(timeout)
+    }
+}
+
+pub(crate) struct CqInner {
+    pub(crate) device: Arc<DeviceInner>,
+    pub(crate) id: CompletionQueueId,
+    pub(crate) ring: Arc<CompletionRing>,
+    handle: u64,
+    cqe: u32,
+}
+
+impl std::fmt::Debug for CqInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompletionQueue")
+            .field("id", &self.id.0)
+            .field("cqe", &self.cqe)
+            .field("waiting", &self.ring.len())
+            .finish()
+    }
+}
+
+impl Drop for CqInner {
+    fn drop(&mut self) {
+        // Every QP using this CQ holds it, so no QP uses it by now.
+        let id = self.id;
+        let _ = self.device.call(move |core, ns| {
+            core.detach_ring(ns, id);
+            core.engine.destroy_cq(ns, id)
+        });
+    }
+}
+
+/// A completion queue (`ibv_cq`). Completions reach it from the engine thread through a
+/// lock-free queue; `poll` never blocks and takes no lock. QPs using it keep it alive.
+#[derive(Debug, Clone)]
+pub struct CompletionQueue {
+    pub(crate) inner: Arc<CqInner>,
+}
+
+impl CompletionQueue {
+    pub(crate) fn create(
+        device: Arc<DeviceInner>,
+        cqe: u32,
+        channel: Option<&CompletionChannel>,
+    ) -> Result<CompletionQueue> {
+        let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+        let ring = Arc::new(CompletionRing::new(
+            cqe as usize,
+            channel.map(|c| (c.inner.clone(), handle)),
+        ));
+        let attached = ring.clone();
+        let id = device.call(move |core, ns| {
+            let id = core.engine.create_cq(ns, cqe)?;
+            core.attach_ring(ns, id, attached);
+            Ok::<_, crate::VerbsError>(id)
+        })??;
+        Ok(CompletionQueue {
+            inner: Arc::new(CqInner {
+                device,
+                id,
+                ring,
+                handle,
+                cqe,
+            }),
+        })
+    }
+
+    /// This CQ's handle, as [`CompletionChannel::get_cq_event`] reports it.
+    pub fn handle(&self) -> u64 {
+        self.inner.handle
+    }
+
+    /// Entries (`cqe`).
+    pub fn cqe(&self) -> u32 {
+        self.inner.cqe
+    }
+
+    /// Takes up to `max` completions, oldest first (`ibv_poll_cq`).
+    pub fn poll(&self, max: usize) -> Vec<WorkCompletion> {
+        let mut out = Vec::new();
+        self.inner.ring.poll(max, &mut out);
+        out
+    }
+
+    /// Appends up to `max` completions to `out`; returns how many.
+    pub fn poll_into(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
+        self.inner.ring.poll(max, out)
+    }
+
+    /// Arms the notification (`ibv_req_notify_cq`): the next completion added puts an
+    /// event on the CQ's channel. ferroce notifies on every completion, solicited or not.
+    pub fn req_notify(&self) {
+        self.inner.ring.req_notify();
+    }
+
+    /// Blocks until a completion waits or `timeout` passes (`None`: forever); returns
+    /// whether one waits. Needs no channel.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        self.inner.ring.wait(timeout)
+    }
+
+    /// Polls until `count` completions arrived or `timeout` passed; returns them.
+    pub fn poll_wait(&self, count: usize, timeout: Duration) -> Vec<WorkCompletion> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.inner.ring.poll(count - out.len(), &mut out) == 0 {
+                self.wait(Some(left));
+            }
+        }
+        out
+    }
+}

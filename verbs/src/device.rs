@@ -1,0 +1,221 @@
+//! Opening a device: an engine thread with one UDP driver per GID address.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroce_transport::engine::{
+    Counters, DeviceAttributes, DeviceLimits, EngineConfig, NamespaceId, PathMtu, SourcePortPolicy,
+};
+use ferroce_transport::io::thread::{
+    Core, EngineThread, EngineThreadConfig, EventChannel, ThreadCounters,
+};
+use ferroce_transport::io::DriverKind;
+
+use crate::cq::{CompletionChannel, CompletionQueue};
+use crate::error::{Error, Result};
+use crate::pd::ProtectionDomain;
+
+/// How to open a [`Device`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The GIDs: one UDP socket is bound per address (port [`DeviceConfig::port`]).
+    pub addresses: Vec<IpAddr>,
+    /// UDP port (RoCEv2: 4791). Peers are always sent to 4791.
+    pub port: u16,
+    /// Packet driver (io_uring with fallback by default).
+    pub driver: DriverKind,
+    /// Resource limits.
+    pub limits: DeviceLimits,
+    /// The port's active MTU.
+    pub active_mtu: PathMtu,
+    /// How long the engine thread polls with nothing to do before it blocks (latency
+    /// against CPU).
+    pub busy_poll: Duration,
+    /// Seed of the key generator (`None`: random per device).
+    pub seed: Option<u64>,
+}
+
+impl DeviceConfig {
+    /// A device on `address`:4791 with default limits and a 1024-byte MTU.
+    pub fn with_address(address: IpAddr) -> DeviceConfig {
+        DeviceConfig {
+            addresses: vec![address],
+            port: ferroce_transport::wire::ROCEV2_UDP_PORT,
+            driver: DriverKind::Auto,
+            limits: DeviceLimits::default(),
+            active_mtu: PathMtu::Mtu1024,
+            busy_poll: Duration::from_micros(50),
+            seed: None,
+        }
+    }
+
+    /// The loopback device: 127.0.0.1:4791. Needs no root and no configuration.
+    pub fn loopback() -> DeviceConfig {
+        DeviceConfig::with_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
+/// Port state (`ibv_port_state`): a ferroce port is active once its sockets are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortState {
+    /// Active.
+    Active,
+}
+
+/// What `query_port` reports (`ibv_port_attr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortAttributes {
+    /// State.
+    pub state: PortState,
+    /// Largest MTU the port supports.
+    pub max_mtu: PathMtu,
+    /// The port's active MTU.
+    pub active_mtu: PathMtu,
+    /// Entries in the GID table.
+    pub gid_tbl_len: u32,
+    /// P_Key table entries (one partition).
+    pub pkey_tbl_len: u16,
+}
+
+pub(crate) struct DeviceInner {
+    pub(crate) thread: EngineThread,
+    pub(crate) ns: NamespaceId,
+    pub(crate) config: DeviceConfig,
+}
+
+impl std::fmt::Debug for DeviceInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("addresses", &self.config.addresses)
+            .field("drivers", &self.thread.drivers())
+            .finish()
+    }
+}
+
+impl DeviceInner {
+    /// Runs `f` on the engine thread and returns its result.
+    pub(crate) fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core, NamespaceId) -> R + Send + 'static,
+    ) -> Result<R> {
+        let ns = self.ns;
+        Ok(self.thread.call(move |core| f(core, ns))?)
+    }
+}
+
+/// An open RDMA device (`ibv_context`): an engine thread owning the RoCEv2 engine and
+/// one UDP socket per GID. Every handle created from it keeps it alive; the thread
+/// stops when the device and all its handles are dropped.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+impl Device {
+    /// Binds the addresses and starts the engine thread.
+    pub fn open(config: DeviceConfig) -> Result<Device> {
+        if config.addresses.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a device needs at least one address",
+            ));
+        }
+        let seed = config.seed.unwrap_or_else(|| {
+            // A per-process random key: rkeys must not be guessable.
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        let engine = EngineConfig {
+            limits: config.limits,
+            active_mtu: config.active_mtu,
+            default_gids: config.addresses.clone(),
+            // The sockets send from their bound port, and the ICRC covers it.
+            udp_src_port: SourcePortPolicy::Fixed(config.port),
+        };
+        let thread = EngineThread::spawn(EngineThreadConfig {
+            engine,
+            seed,
+            addresses: config
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, config.port))
+                .collect(),
+            driver: config.driver,
+            busy_poll: config.busy_poll,
+            name: format!("ferroce-{}", config.addresses[0]),
+        })?;
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                thread,
+                ns: NamespaceId::DEFAULT,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.inner.config
+    }
+
+    /// The bound socket addresses and the driver kind each got.
+    pub fn drivers(&self) -> Vec<(SocketAddr, DriverKind)> {
+        self.inner.thread.drivers().to_vec()
+    }
+
+    /// Device attributes and limits (`ibv_query_device`).
+    pub fn query_device(&self) -> Result<DeviceAttributes> {
+        self.inner.call(|core, _| core.engine.query_device())
+    }
+
+    /// Port attributes (`ibv_query_port`); ferroce devices have one port, number 1.
+    pub fn query_port(&self) -> Result<PortAttributes> {
+        let attributes = self.query_device()?;
+        Ok(PortAttributes {
+            state: PortState::Active,
+            max_mtu: PathMtu::Mtu4096,
+            active_mtu: attributes.active_mtu,
+            gid_tbl_len: self.inner.config.addresses.len() as u32,
+            pkey_tbl_len: 1,
+        })
+    }
+
+    /// The GID at `index` (`ibv_query_gid`). RoCEv2 GIDs are IP addresses (IPv4 ones are
+    /// IPv4-mapped on the wire).
+    pub fn query_gid(&self, index: u32) -> Result<IpAddr> {
+        self.inner
+            .call(move |core, ns| core.engine.gids(ns).map(|g| g.get(index as usize).copied()))?
+            .map_err(Error::from)?
+            .ok_or(Error::InvalidArgument("GID index"))
+    }
+
+    /// Allocates a protection domain (`ibv_alloc_pd`).
+    pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
+        ProtectionDomain::alloc(self.inner.clone())
+    }
+
+    /// A completion channel (`ibv_create_comp_channel`).
+    pub fn create_comp_channel(&self) -> CompletionChannel {
+        CompletionChannel {
+            inner: Arc::new(EventChannel::new()),
+        }
+    }
+
+    /// A completion queue of `cqe` entries (`ibv_create_cq`), reporting armed
+    /// notifications to `channel`.
+    pub fn create_cq(
+        &self,
+        cqe: u32,
+        channel: Option<&CompletionChannel>,
+    ) -> Result<CompletionQueue> {
+        CompletionQueue::create(self.inner.clone(), cqe, channel)
+    }
+
+    /// The engine's counters and the engine thread's own.
+    pub fn counters(&self) -> Result<(Counters, ThreadCounters)> {
+        self.inner
+            .call(|core, _| (*core.engine.counters(), core.counters()))
+    }
+}
