@@ -340,6 +340,14 @@ impl PerftestKeys {
     }
 }
 
+/// perftest's `ipv6_addr_v4mapped`: `::ffff:a.b.c.d`, or the IPv4-encoded multicast
+/// `ff0e::ffff:a.b.c.d`.
+fn is_ipv4_gid(gid: Ipv6Addr) -> bool {
+    let segments = gid.segments();
+    let tail_mapped = segments[2..6] == [0, 0, 0, 0xffff];
+    tail_mapped && (segments[..2] == [0, 0] || segments[..2] == [0xff0e, 0])
+}
+
 /// `ibv_mtu` number of an MTU (256 → 1 … 4096 → 5).
 pub const fn mtu_code(mtu: PathMtu) -> u8 {
     match mtu {
@@ -812,9 +820,9 @@ impl<S: Read + Write> PerftestSession<S> {
         // Every index appears in the key rounds, so every entry is filled.
         let remote: Vec<PerftestKeys> = remote.into_iter().flatten().collect();
         if let (Some(ours), Some(theirs)) = (local.first(), remote.first()) {
-            // ctx_check_gid_compatibility: both IPv4-mapped or both not.
+            // ctx_check_gid_compatibility: both IPv4 or both IPv6.
             if self.config.key_format == KeyFormat::WithGid
-                && ours.gid.to_ipv4_mapped().is_some() != theirs.gid.to_ipv4_mapped().is_some()
+                && is_ipv4_gid(ours.gid) != is_ipv4_gid(theirs.gid)
             {
                 return Err(MessageError::Value {
                     message: KEYS,
@@ -1021,6 +1029,16 @@ mod tests {
         assert!(PerftestVersion::new("5.6").is_some_and(|v| !v.is_compatible()));
         assert!(PerftestVersion::new("").is_none());
         assert!(PerftestVersion::new("0123456789abcdef").is_none());
+    }
+
+    #[test]
+    fn ipv4_gids_as_perftest_sees_them() {
+        let gid = |text: &str| text.parse::<Ipv6Addr>().expect("literal");
+        assert!(is_ipv4_gid(gid("::ffff:10.77.0.11")));
+        assert!(is_ipv4_gid(gid("ff0e::ffff:239.1.2.3")));
+        assert!(!is_ipv4_gid(gid("::10.77.0.11")));
+        assert!(!is_ipv4_gid(gid("fe80::ffff:a4d:b")));
+        assert!(!is_ipv4_gid(gid("fe80::1")));
     }
 
     #[test]
