@@ -393,6 +393,17 @@ fn received_envelope(
     }
 }
 
+/// ibverbs: remote write and atomics need local write.
+fn check_mr_access(access: AccessFlags) -> Result<()> {
+    let needs_local = AccessFlags::REMOTE_WRITE.bits() | AccessFlags::REMOTE_ATOMIC.bits();
+    if access.bits() & needs_local != 0 && !access.contains(AccessFlags::LOCAL_WRITE) {
+        return Err(VerbsError::InvalidArgument(
+            "REMOTE_WRITE/REMOTE_ATOMIC need LOCAL_WRITE",
+        ));
+    }
+    Ok(())
+}
+
 use ferroce_wire::Qpn;
 use namespace::Namespace;
 use qp::{Context, QueuePair};
