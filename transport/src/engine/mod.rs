@@ -1053,11 +1053,15 @@ impl Engine {
     }
 
     fn build(&mut self, out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
-        use ferroce_wire::packet;
+        use ferroce_wire::{icrc, packet};
         let env = envelope(out.src, out.dst, src_port)?;
-        let len = packet::buffer_len(&out.repr, out.payload.len()).ok()?;
-        let mut bytes = vec![0u8; len];
-        packet::build(&out.repr, &out.payload, &env, &mut bytes).ok()?;
+        let mut repr = out.repr;
+        repr.bth.pad_count = packet::pad_for(out.payload_len);
+        let mut bytes = out.buffer;
+        // The payload is in place and the pad bytes are still zero: write the headers,
+        // then the ICRC over all of it.
+        repr.emit(&mut bytes).ok()?;
+        icrc::fill(&env, &mut bytes).ok()?;
         Some(Datagram {
             meta: DatagramMeta {
                 src: canonical(out.src),

@@ -493,13 +493,39 @@ pub(crate) struct SendWqe {
     pub vendor_err: u32,
 }
 
-/// A packet a QP wants sent: headers, payload, addresses.
+/// A packet a QP wants sent: its headers, addresses, and the whole datagram buffer with
+/// the payload already in place after the header space (gathered straight from memory,
+/// so it is copied once), headers, pad and ICRC still to write.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub repr: packet::Repr,
-    pub payload: Vec<u8>,
+    pub payload_len: usize,
+    pub buffer: Vec<u8>,
     pub src: IpAddr,
     pub dst: IpAddr,
+}
+
+impl Outgoing {
+    /// A zeroed datagram for `repr` with room for `payload_len` bytes of payload.
+    pub fn new(repr: packet::Repr, payload_len: usize, src: IpAddr, dst: IpAddr) -> Outgoing {
+        // Unknown opcodes are never built; an empty buffer makes `build` fail cleanly.
+        let len = packet::buffer_len(&repr, payload_len).unwrap_or(0);
+        Outgoing {
+            repr,
+            payload_len,
+            buffer: vec![0; len],
+            src,
+            dst,
+        }
+    }
+
+    /// Where the payload goes.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let start = self.repr.header_len().unwrap_or(0);
+        self.buffer
+            .get_mut(start..start + self.payload_len)
+            .unwrap_or_default()
+    }
 }
 
 /// Everything outside the QP that processing touches.

@@ -242,7 +242,7 @@ impl QueuePair {
             }
         };
         let mut repr;
-        let mut payload = Vec::new();
+        let mut payload_len = 0u32;
         let psns_used;
         let mut finished = false;
         match op {
@@ -293,14 +293,7 @@ impl QueuePair {
                 let n = (wqe.length - offset).min(mtu);
                 let first = offset == 0;
                 let last = offset + n == wqe.length;
-                payload = vec![0; n as usize];
-                if self
-                    .gather(wqe, offset, &mut payload, &*ctx.memory)
-                    .is_err()
-                {
-                    self.fail_send(WcStatus::LocProtErr, vendor_err::LOCAL_KEY, ctx);
-                    return None;
-                }
+                payload_len = n;
                 if self.qp_type == QpType::Ud {
                     let opcode = match op {
                         SendOp::SendWithImm(_) => OpCode::UdSendOnlyImm,
@@ -363,6 +356,17 @@ impl QueuePair {
                 }
             }
         }
+        let mut out = Outgoing::new(repr, payload_len as usize, src, dst);
+        if payload_len > 0 {
+            let wqe = &self.sq[index];
+            if self
+                .gather(wqe, offset, out.payload_mut(), &*ctx.memory)
+                .is_err()
+            {
+                self.fail_send(WcStatus::LocProtErr, vendor_err::LOCAL_KEY, ctx);
+                return None;
+            }
+        }
         if repr.bth.ack_req {
             self.req.since_ack_req = 0;
         } else {
@@ -384,12 +388,7 @@ impl QueuePair {
             // UC and UD sends complete once their last packet is out.
             self.sq[index].done = true;
         }
-        Some(Outgoing {
-            repr,
-            payload,
-            src,
-            dst,
-        })
+        Some(out)
     }
 
     /// Source and destination of the WR at `index`.

@@ -667,7 +667,7 @@ impl QueuePair {
         let dst = self.attr.av?.remote;
         let job = self.resp.jobs.pop_front()?;
         let mtu = self.path_mtu();
-        let mut payload = Vec::new();
+        let mut read_from = None;
         let repr = match job {
             Job::Ack { psn, syndrome, msn } => {
                 let mut repr = packet::Repr::new(self.response_bth(OpCode::RcAcknowledge, psn));
@@ -699,33 +699,7 @@ impl QueuePair {
                 }
                 let n = remaining.min(mtu);
                 let last = n == remaining;
-                payload = vec![0; n as usize];
-                if n > 0
-                    && ctx
-                        .memory
-                        .read(
-                            Key::Remote(rkey),
-                            self.pd,
-                            va,
-                            &mut payload,
-                            AccessFlags::REMOTE_READ,
-                        )
-                        .is_err()
-                {
-                    // The region went away since the request was checked.
-                    let mut repr = packet::Repr::new(self.response_bth(OpCode::RcAcknowledge, psn));
-                    repr.aeth = Some(aeth::Repr {
-                        syndrome: AckSyndrome::Nak(NakCode::RemoteAccessError),
-                        msn,
-                    });
-                    ctx.counters.naks_sent.remote_access += 1;
-                    return Some(Outgoing {
-                        repr,
-                        payload: Vec::new(),
-                        src,
-                        dst,
-                    });
-                }
+                read_from = Some((rkey, va, n as usize, psn, msn));
                 let opcode = match (first, last) {
                     (true, true) => OpCode::RcReadResponseOnly,
                     (true, false) => OpCode::RcReadResponseFirst,
@@ -754,12 +728,34 @@ impl QueuePair {
                 repr
             }
         };
-        Some(Outgoing {
-            repr,
-            payload,
-            src,
-            dst,
-        })
+        let Some((rkey, va, n, psn, msn)) = read_from else {
+            return Some(Outgoing::new(repr, 0, src, dst));
+        };
+        let mut out = Outgoing::new(repr, n, src, dst);
+        let read = ctx.memory.read(
+            Key::Remote(rkey),
+            self.pd,
+            va,
+            out.payload_mut(),
+            AccessFlags::REMOTE_READ,
+        );
+        if n > 0 && read.is_err() {
+            // The region went away since the request was checked.
+            let mut repr = packet::Repr::new(self.response_bth(OpCode::RcAcknowledge, psn));
+            repr.aeth = Some(aeth::Repr {
+                syndrome: AckSyndrome::Nak(NakCode::RemoteAccessError),
+                msn,
+            });
+            ctx.counters.naks_sent.remote_access += 1;
+            // The rest of this READ is not sent.
+            if let Some(Job::Read { psn: next, .. }) = self.resp.jobs.front() {
+                if *next == psn.next() {
+                    self.resp.jobs.pop_front();
+                }
+            }
+            return Some(Outgoing::new(repr, 0, src, dst));
+        }
+        Some(out)
     }
 
     /// A UD SEND: Q_Key check, a receive WR with 40 bytes of GRH space, no ACK.
