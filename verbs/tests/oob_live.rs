@@ -1,0 +1,190 @@
+//! Live check of the out-of-band exchanges against the real rdma-core and perftest
+//! tools in the Linux rxe guest of the interop harness (`/work/shared/interop`).
+//! Ignored by default: it needs the guest. Run (from `/work/shared/interop`, guest 3 =
+//! 10.77.0.13, this binary built with `cargo test -p ferroce --test oob_live --no-run`):
+//!
+//! ```text
+//! ./peer.sh -n 3 -t 600 -H 'FERROCE_OOB_GUEST=10.77.0.13 <oob_live binary> --ignored --nocapture' \
+//!   'for t in ib_write_bw ib_read_bw ib_atomic_bw ib_read_lat ib_atomic_lat; do
+//!      timeout 60 $t -d rxe0 -x 1 || echo "GUEST FAIL $t"; done; sleep 3;
+//!    for t in ibv_rc_pingpong ibv_ud_pingpong; do timeout 15 $t -d rxe0 -g 1 -n 1 $RXE_HOST_IP; done;
+//!    for t in ib_write_bw ib_send_bw ib_write_lat ib_send_lat; do sleep 2; timeout 15 $t -d rxe0 -x 1 $RXE_HOST_IP; done'
+//! ```
+//!
+//! Phase 1: ferroce is the perftest client of five real perftest servers (the servers
+//! need no traffic in these tools: they go straight to the report and close), so the
+//! whole exchange runs, and each guest server prints ferroce's report and exits 0.
+//! Phase 2: ferroce is the pingpong server of `ibv_rc_pingpong`/`ibv_ud_pingpong`.
+//! Phase 3: ferroce is the perftest server of four real perftest clients, up to the
+//! traffic (ferroce has no QP behind the keys, so the clients then time out).
+//!
+//! Last run 2026-11-26 (guest: Debian 12, rdma-core 44, perftest 4.5-0.17 "6.06"): test
+//! ok in 124 s; the three guest BW servers printed ferroce's report
+//! (`65536 1234 111.11 99.99 0.001599`) and all five servers exited 0; both pingpong
+//! clients and all four perftest clients printed ferroce's remote address (QPN 0x0123,
+//! PSN 0xabcd, GID ::ffff:10.77.0.1), the perftest clients also their results header
+//! (printed after the last pre-traffic barrier), then timed out in the traffic as
+//! expected.
+
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ferroce::oob::perftest::{
+    client_handshake, server_handshake, BwReport, PerftestConfig, PerftestKeys, TestKind, TestSpec,
+    Verb,
+};
+use ferroce::oob::pingpong::{server_exchange, PingpongDest};
+use ferroce::oob::DEFAULT_PORT;
+use ferroce::wire::psn::Psn;
+use ferroce::wire::{Qpn, Rkey};
+
+fn host_gid() -> Ipv6Addr {
+    std::env::var("FERROCE_OOB_HOST_GID")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a4d, 0x0001]))
+}
+
+fn keys(verb: Verb) -> PerftestKeys {
+    PerftestKeys {
+        lid: 0,
+        out_reads: if matches!(verb, Verb::Read | Verb::Atomic) {
+            0x80
+        } else {
+            1
+        },
+        qpn: Qpn::new(0x000123),
+        psn: Psn::new(0x00abcd),
+        rkey: Rkey(0x0000_1234),
+        vaddr: 0x0000_7f00_0000_0000,
+        gid: host_gid(),
+        srqn: 0,
+    }
+}
+
+fn connect_with_retry(address: SocketAddr, patience: Duration) -> TcpStream {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+            Ok(stream) => return stream,
+            Err(error) if start.elapsed() < patience => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => panic!("no perftest server at {address}: {error}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the rxe guest of the interop harness (see the file's doc)"]
+fn live_interop_with_guest_tools() {
+    let guest: std::net::Ipv4Addr = std::env::var("FERROCE_OOB_GUEST")
+        .expect("set FERROCE_OOB_GUEST to the guest's IPv4 address")
+        .parse()
+        .expect("FERROCE_OOB_GUEST is an IPv4 address");
+    let guest_port = SocketAddr::from((guest, DEFAULT_PORT));
+
+    // Phase 1: ferroce client, guest perftest servers.
+    let report = BwReport {
+        size: 65536,
+        iterations: 1234,
+        bw_peak: 111.11,
+        bw_average: 99.99,
+        message_rate_average: 0.001599,
+        per_port: None,
+    };
+    let tools = [
+        (Verb::Write, TestKind::Bandwidth),
+        (Verb::Read, TestKind::Bandwidth),
+        (Verb::Atomic, TestKind::Bandwidth),
+        (Verb::Read, TestKind::Latency),
+        (Verb::Atomic, TestKind::Latency),
+    ];
+    for (verb, kind) in tools {
+        let test = TestSpec {
+            verb,
+            kind,
+            duplex: false,
+        };
+        let stream = connect_with_retry(guest_port, Duration::from_secs(180));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut session = client_handshake(
+            stream,
+            test,
+            PerftestConfig::default(),
+            |negotiated| {
+                println!("{verb:?} {kind:?}: negotiated {negotiated:?}");
+                Ok(vec![keys(verb)])
+            },
+            |remote| {
+                println!("{verb:?} {kind:?}: guest keys {remote:?}");
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|error| panic!("{verb:?} {kind:?} handshake: {error}"));
+        let remote_report = session
+            .finish(&report)
+            .unwrap_or_else(|error| panic!("{verb:?} {kind:?} finish: {error}"));
+        println!("{verb:?} {kind:?}: finished, guest report {remote_report:?}");
+    }
+
+    // Phase 2: ferroce pingpong server, guest pingpong clients.
+    let listener = TcpListener::bind(("0.0.0.0", DEFAULT_PORT)).expect("bind 18515");
+    for tool in ["ibv_rc_pingpong", "ibv_ud_pingpong"] {
+        let (mut stream, peer) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let local = PingpongDest {
+            lid: 0,
+            qpn: Qpn::new(0x000123),
+            psn: Psn::new(0x00abcd),
+            gid: host_gid(),
+        };
+        let remote = server_exchange(&mut stream, &local, |remote| {
+            println!("{tool} from {peer}: client says {remote:?}");
+            Ok(())
+        })
+        .unwrap_or_else(|error| panic!("{tool}: {error}"));
+        assert_eq!(remote.gid, Ipv6Addr::from(guest.to_ipv6_mapped()), "{tool}");
+        println!("{tool}: exchange done");
+    }
+
+    // Phase 3: ferroce perftest server, guest perftest clients, up to the traffic.
+    let tools = [
+        (Verb::Write, TestKind::Bandwidth),
+        (Verb::Send, TestKind::Bandwidth),
+        (Verb::Write, TestKind::Latency),
+        (Verb::Send, TestKind::Latency),
+    ];
+    for (verb, kind) in tools {
+        let test = TestSpec {
+            verb,
+            kind,
+            duplex: false,
+        };
+        let (stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let session = server_handshake(
+            stream,
+            test,
+            PerftestConfig::default(),
+            |_| Ok(vec![keys(verb)]),
+            |remote| {
+                println!("{verb:?} {kind:?} server: guest keys {remote:?}");
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|error| panic!("{verb:?} {kind:?} server handshake: {error}"));
+        assert_eq!(
+            session.remote_keys()[0].gid,
+            Ipv6Addr::from(guest.to_ipv6_mapped())
+        );
+        println!("{verb:?} {kind:?} server: ready for traffic");
+    }
+}
