@@ -128,6 +128,7 @@ impl CompletionQueue {
     }
 
     /// Polls until `count` completions arrived or `timeout` passed; returns them.
+    #[allow(clippy::disallowed_methods)] // An application-side deadline, not engine time.
     pub fn poll_wait(&self, count: usize, timeout: Duration) -> Vec<WorkCompletion> {
         let deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::with_capacity(count);

@@ -259,6 +259,9 @@ pub struct ThreadCounters {
     /// IPv4 datagrams for which no identification makes the ICRC valid (the engine then
     /// counts them as ICRC errors).
     pub ident_unrecovered: u64,
+    /// IPv4 datagrams whose recovered identification was not 0 (segments of a peer's
+    /// GSO run, or a kernel that numbers datagrams).
+    pub ident_nonzero: u64,
     /// Datagrams longer than the receive buffer, dropped.
     pub truncated: u64,
     /// Datagrams from a source address no driver is bound to, dropped.
@@ -685,7 +688,10 @@ impl Runner {
                     if let Some(solver) = solver {
                         match solver.recover(src, dst, meta.src_port, local_port, received.payload)
                         {
-                            Ok(Some(found)) => meta.ipv4_ident = Some(found),
+                            Ok(Some(found)) => {
+                                core.counters.ident_nonzero += u64::from(found.ident != 0);
+                                meta.ipv4_ident = Some(found);
+                            }
                             _ => core.counters.ident_unrecovered += 1,
                         }
                     }

@@ -1,0 +1,516 @@
+//! Two devices over real loopback UDP (each on its own 127.x address, port 4791), for
+//! both driver kinds: every RC operation with data checks, UD, and resource cleanup.
+
+#![allow(clippy::disallowed_methods)] // Deadlines of real waits.
+#![allow(clippy::unwrap_used)] // Helpers shared by the tests unwrap like the tests.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ferroce::wire::Psn;
+use ferroce::{
+    AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error,
+    MemoryRegion, PathMtu, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest,
+    RemoteEndpoint, SendRequest, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+const MR_LEN: u64 = 1 << 16;
+
+fn address(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(127, 77, a, b))
+}
+
+fn open(ip: IpAddr, driver: DriverKind) -> Device {
+    let mut config = DeviceConfig::with_address(ip);
+    config.driver = driver;
+    Device::open(config).expect("bind the test address")
+}
+
+struct Side {
+    device: Device,
+    cq: CompletionQueue,
+    mr: MemoryRegion,
+    qp: QueuePair,
+}
+
+fn access() -> AccessFlags {
+    AccessFlags::LOCAL_WRITE
+        | AccessFlags::REMOTE_WRITE
+        | AccessFlags::REMOTE_READ
+        | AccessFlags::REMOTE_ATOMIC
+}
+
+fn side(ip: IpAddr, driver: DriverKind, qp_type: QpType) -> Side {
+    let device = open(ip, driver);
+    let pd = device.alloc_pd().unwrap();
+    let cq = device.create_cq(256, None).unwrap();
+    let mr = pd.reg_mr(MR_LEN, access()).unwrap();
+    let qp = pd.create_qp(&QpInitAttributes::new(qp_type, &cq)).unwrap();
+    Side { device, cq, mr, qp }
+}
+
+/// Two connected QPs of `qp_type` on devices at 127.77.`net`.1 and .2.
+fn pair(net: u8, driver: DriverKind, qp_type: QpType) -> (Side, Side) {
+    let a = side(address(net, 1), driver, qp_type);
+    let b = side(address(net, 2), driver, qp_type);
+    for s in [&a, &b] {
+        let kinds: Vec<DriverKind> = s.device.drivers().iter().map(|d| d.1).collect();
+        if driver != DriverKind::Auto {
+            assert_eq!(kinds, vec![driver]);
+        }
+    }
+    let end = |s: &Side, psn| RemoteEndpoint {
+        address: s.device.query_gid(0).unwrap(),
+        qpn: s.qp.qp_num(),
+        psn: Psn::new(psn),
+    };
+    let (end_a, end_b) = (end(&a, 0x1000), end(&b, 0xff_fff0));
+    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, access())
+        .unwrap();
+    b.qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, access())
+        .unwrap();
+    (a, b)
+}
+
+fn one(cq: &CompletionQueue) -> WorkCompletion {
+    let mut got = cq.poll_wait(1, WAIT);
+    assert_eq!(got.len(), 1, "no completion within {WAIT:?}");
+    got.remove(0)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn rc_operations(net: u8, driver: DriverKind) {
+    let (a, b) = pair(net, driver, QpType::Rc);
+
+    // SEND of 5000 bytes (five packets at MTU 1024) into a posted receive.
+    let data = pattern(5000, 1);
+    a.mr.write(0, &data).unwrap();
+    b.qp.post_recv(RecvRequest::new(10).sge(&b.mr, 0, 8192))
+        .unwrap();
+    a.qp.post_send(SendRequest::send(1).sge(&a.mr, 0, 5000))
+        .unwrap();
+    let wc = one(&a.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode),
+        (1, WcStatus::Success, WcOpcode::Send)
+    );
+    let wc = one(&b.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode, wc.byte_len, wc.imm_data),
+        (10, WcStatus::Success, WcOpcode::Recv, 5000, None)
+    );
+    assert_eq!(wc.src_qp, a.qp.qp_num());
+    assert_eq!(b.mr.to_vec(0, 5000).unwrap(), data);
+
+    // SEND with immediate.
+    b.qp.post_recv(RecvRequest::new(11).sge(&b.mr, 8192, 100))
+        .unwrap();
+    a.qp.post_send(SendRequest::send_with_imm(2, 0xdead_beef).inline(b"imm!"))
+        .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::Success);
+    let wc = one(&b.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.byte_len, wc.imm_data),
+        (11, WcStatus::Success, 4, Some(0xdead_beef))
+    );
+    assert_eq!(b.mr.to_vec(8192, 4).unwrap(), b"imm!");
+
+    // RDMA WRITE of 20000 bytes at an offset.
+    let data = pattern(20_000, 7);
+    a.mr.write(100, &data).unwrap();
+    a.qp.post_send(
+        SendRequest::write(3, b.mr.addr() + 30_000, b.mr.rkey()).sge(&a.mr, 100, 20_000),
+    )
+    .unwrap();
+    let wc = one(&a.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode),
+        (3, WcStatus::Success, WcOpcode::RdmaWrite)
+    );
+    assert_eq!(b.mr.to_vec(30_000, 20_000).unwrap(), data);
+
+    // RDMA WRITE with immediate: data lands, a receive completes with the immediate.
+    let data = pattern(1500, 9);
+    a.mr.write(0, &data).unwrap();
+    b.qp.post_recv(RecvRequest::new(12)).unwrap();
+    a.qp.post_send(
+        SendRequest::write_with_imm(4, b.mr.addr() + 60_000, b.mr.rkey(), 77).sge(&a.mr, 0, 1500),
+    )
+    .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::Success);
+    let wc = one(&b.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode, wc.imm_data, wc.byte_len),
+        (
+            12,
+            WcStatus::Success,
+            WcOpcode::RecvRdmaWithImm,
+            Some(77),
+            1500
+        )
+    );
+    assert_eq!(b.mr.to_vec(60_000, 1500).unwrap(), data);
+
+    // RDMA READ of 9000 bytes from B into A.
+    let data = pattern(9000, 3);
+    b.mr.write(1000, &data).unwrap();
+    a.qp.post_send(SendRequest::read(5, b.mr.addr() + 1000, b.mr.rkey()).sge(&a.mr, 40_000, 9000))
+        .unwrap();
+    let wc = one(&a.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.opcode, wc.byte_len),
+        (5, WcStatus::Success, WcOpcode::RdmaRead, 9000)
+    );
+    assert_eq!(a.mr.to_vec(40_000, 9000).unwrap(), data);
+
+    // Compare-and-swap (hit, then miss) and fetch-and-add on B's 8 bytes at 50_000.
+    b.mr.write_u64(50_000, 41).unwrap();
+    let remote = b.mr.addr() + 50_000;
+    a.qp.post_send(SendRequest::compare_swap(6, remote, b.mr.rkey(), 41, 1000).sge(&a.mr, 0, 8))
+        .unwrap();
+    let wc = one(&a.cq);
+    assert_eq!(
+        (wc.status, wc.opcode),
+        (WcStatus::Success, WcOpcode::CompSwap)
+    );
+    assert_eq!(a.mr.read_u64(0).unwrap(), 41);
+    assert_eq!(b.mr.read_u64(50_000).unwrap(), 1000);
+    a.qp.post_send(SendRequest::compare_swap(7, remote, b.mr.rkey(), 41, 5).sge(&a.mr, 8, 8))
+        .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::Success);
+    assert_eq!(a.mr.read_u64(8).unwrap(), 1000);
+    assert_eq!(
+        b.mr.read_u64(50_000).unwrap(),
+        1000,
+        "a missed compare swaps nothing"
+    );
+    a.qp.post_send(SendRequest::fetch_add(8, remote, b.mr.rkey(), 23).sge(&a.mr, 16, 8))
+        .unwrap();
+    let wc = one(&a.cq);
+    assert_eq!(
+        (wc.status, wc.opcode),
+        (WcStatus::Success, WcOpcode::FetchAdd)
+    );
+    assert_eq!(a.mr.read_u64(16).unwrap(), 1000);
+    assert_eq!(b.mr.read_u64(50_000).unwrap(), 1023);
+
+    // A bad rkey is a remote access error, and the QP goes to the error state.
+    a.qp.post_send(
+        SendRequest::write(9, b.mr.addr(), ferroce::wire::Rkey(b.mr.rkey().0 ^ 0x55))
+            .sge(&a.mr, 0, 8),
+    )
+    .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::RemAccessErr);
+    assert_eq!(a.qp.query().unwrap().state, QpState::Err);
+
+    let (counters, thread) = b.device.counters().unwrap();
+    assert_eq!(counters.icrc_errors, 0);
+    assert_eq!(thread.ident_unrecovered, 0);
+    assert!(counters.packets_in > 20);
+}
+
+#[test]
+fn rc_operations_socket_driver() {
+    rc_operations(1, DriverKind::Socket);
+}
+
+#[test]
+fn rc_operations_uring_driver() {
+    rc_operations(2, DriverKind::Uring);
+}
+
+/// Many messages in flight at once: every byte arrives, completions in order.
+fn rc_pipeline(net: u8, driver: DriverKind) {
+    let (a, b) = pair(net, driver, QpType::Rc);
+    let data = pattern(MR_LEN as usize, 5);
+    a.mr.write(0, &data).unwrap();
+    // 64 WRITEs of 1 KiB (one packet each), then 16 WRITEs of 4 KiB, all at once.
+    for i in 0..64u64 {
+        a.qp.post_send(
+            SendRequest::write(i, b.mr.addr() + i * 1024, b.mr.rkey()).sge(&a.mr, i * 1024, 1024),
+        )
+        .unwrap();
+    }
+    for i in 0..4u64 {
+        let offset = 0x1_0000 - 0x4000 + i * 4096;
+        a.qp.post_send(
+            SendRequest::write(100 + i, b.mr.addr() + offset, b.mr.rkey()).sge(&a.mr, offset, 4096),
+        )
+        .unwrap();
+    }
+    let wcs = a.cq.poll_wait(68, WAIT);
+    assert_eq!(wcs.len(), 68);
+    let ids: Vec<u64> = wcs.iter().map(|w| w.wr_id).collect();
+    let mut expected: Vec<u64> = (0..64).collect();
+    expected.extend(100..104);
+    assert_eq!(ids, expected);
+    assert!(wcs.iter().all(|w| w.status == WcStatus::Success));
+    assert_eq!(b.mr.to_vec(0, MR_LEN as usize).unwrap(), data);
+    // Runs of equal-sized datagrams went out as GSO sends, whose segments carry IP
+    // idents 1, 2, …: the receiver recovered them and every ICRC checked.
+    let (counters, thread) = b.device.counters().unwrap();
+    assert_eq!((counters.icrc_errors, thread.ident_unrecovered), (0, 0));
+    assert!(thread.ident_nonzero > 0, "{thread:?}");
+}
+
+#[test]
+fn rc_pipeline_socket_driver() {
+    rc_pipeline(3, DriverKind::Socket);
+}
+
+#[test]
+fn rc_pipeline_uring_driver() {
+    rc_pipeline(4, DriverKind::Uring);
+}
+
+fn ud_send(net: u8, driver: DriverKind) {
+    const QKEY: u32 = 0x1111_2222;
+    let a = side(address(net, 1), driver, QpType::Ud);
+    let b = side(address(net, 2), driver, QpType::Ud);
+    a.qp.activate_ud(QKEY, Psn::new(1)).unwrap();
+    b.qp.activate_ud(QKEY, Psn::new(2)).unwrap();
+    // UD receives start with 40 bytes of GRH space.
+    b.qp.post_recv(RecvRequest::new(20).sge(&b.mr, 0, 40 + 1024))
+        .unwrap();
+    let data = pattern(1000, 11);
+    a.mr.write(0, &data).unwrap();
+    let to = b.device.query_gid(0).unwrap();
+    a.qp.post_send(SendRequest::send_with_imm(21, 5).sge(&a.mr, 0, 1000).ud(
+        to,
+        b.qp.qp_num(),
+        QKEY,
+    ))
+    .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::Success);
+    let wc = one(&b.cq);
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.byte_len, wc.imm_data, wc.grh),
+        (20, WcStatus::Success, 1040, Some(5), true)
+    );
+    assert_eq!(wc.src_qp, a.qp.qp_num());
+    assert_eq!(b.mr.to_vec(40, 1000).unwrap(), data);
+
+    // A wrong Q_Key is dropped by the receiver: no completion there.
+    b.qp.post_recv(RecvRequest::new(22).sge(&b.mr, 0, 1064))
+        .unwrap();
+    a.qp.post_send(
+        SendRequest::send(23)
+            .sge(&a.mr, 0, 10)
+            .ud(to, b.qp.qp_num(), 0x0bad),
+    )
+    .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::Success);
+    assert!(!b.cq.wait(Some(Duration::from_millis(200))));
+    assert_eq!(b.device.counters().unwrap().0.drops.qkey_mismatch, 1);
+}
+
+#[test]
+fn ud_send_socket_driver() {
+    ud_send(5, DriverKind::Socket);
+}
+
+#[test]
+fn ud_send_uring_driver() {
+    ud_send(6, DriverKind::Uring);
+}
+
+/// Errors the API reports itself, and errors the engine reports as completions.
+#[test]
+fn misuse_is_an_error() {
+    let a = side(address(7, 1), DriverKind::Auto, QpType::Rc);
+    // Posting before the QP is ready.
+    assert!(matches!(
+        a.qp.post_send(SendRequest::send(1).sge(&a.mr, 0, 8)),
+        Err(Error::Verbs(VerbsError::InvalidState(QpState::Reset)))
+    ));
+    assert!(a.qp.post_recv(RecvRequest::new(1)).is_err());
+    // Ranges outside the region.
+    assert!(a.mr.write(MR_LEN - 4, &[0; 8]).is_err());
+    assert!(a.mr.to_vec(u64::MAX, 2).is_err());
+    // RTR without its attributes.
+    a.qp.modify(&ferroce::QpAttr {
+        state: Some(QpState::Init),
+        pkey_index: Some(0),
+        port_num: Some(1),
+        access: Some(access()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        a.qp.modify(&ferroce::QpAttr {
+            state: Some(QpState::Rtr),
+            ..Default::default()
+        }),
+        Err(Error::Verbs(VerbsError::MissingAttribute(_)))
+    ));
+    // Too many SGEs.
+    let mut wr = RecvRequest::new(2);
+    for _ in 0..5 {
+        wr = wr.sge(&a.mr, 0, 1);
+    }
+    assert!(a.qp.post_recv(wr).is_err());
+    // A CQ of another device.
+    let other = open(address(7, 2), DriverKind::Auto);
+    let foreign = other.create_cq(4, None).unwrap();
+    let pd = a.device.alloc_pd().unwrap();
+    assert!(pd
+        .create_qp(&QpInitAttributes::new(QpType::Rc, &foreign))
+        .is_err());
+    // A CQ of 0 entries.
+    assert!(a.device.create_cq(0, None).is_err());
+}
+
+/// The completion channel reports armed CQs; `wait` blocks until a completion.
+#[test]
+fn completion_channel_and_wait() {
+    let net = 8;
+    let a = side(address(net, 1), DriverKind::Auto, QpType::Rc);
+    let channel = a.device.create_comp_channel();
+    let b_device = open(address(net, 2), DriverKind::Auto);
+    let b_cq = b_device.create_cq(16, Some(&channel)).unwrap_err_or_cq();
+    let b_pd = b_device.alloc_pd().unwrap();
+    let b_mr = b_pd.reg_mr(4096, access()).unwrap();
+    let b_qp = b_pd
+        .create_qp(&QpInitAttributes::new(QpType::Rc, &b_cq))
+        .unwrap();
+    let end_a = RemoteEndpoint {
+        address: address(net, 1),
+        qpn: a.qp.qp_num(),
+        psn: Psn::new(0),
+    };
+    let end_b = RemoteEndpoint {
+        address: address(net, 2),
+        qpn: b_qp.qp_num(),
+        psn: Psn::new(0),
+    };
+    a.qp.connect(end_b, Psn::new(0), PathMtu::Mtu1024, access())
+        .unwrap();
+    b_qp.connect(end_a, Psn::new(0), PathMtu::Mtu1024, access())
+        .unwrap();
+    b_cq.req_notify();
+    assert_eq!(channel.get_cq_event(Some(Duration::from_millis(50))), None);
+    b_qp.post_recv(RecvRequest::new(1).sge(&b_mr, 0, 64))
+        .unwrap();
+    let waiter = {
+        let cq = b_cq.clone();
+        std::thread::spawn(move || cq.wait(Some(WAIT)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    a.qp.post_send(SendRequest::send(2).inline(b"wake"))
+        .unwrap();
+    assert!(waiter.join().unwrap());
+    assert_eq!(channel.get_cq_event(Some(WAIT)), Some(b_cq.handle()));
+    // Not re-armed: no second event.
+    b_qp.post_recv(RecvRequest::new(3).sge(&b_mr, 0, 64))
+        .unwrap();
+    a.qp.post_send(SendRequest::send(4).inline(b"again"))
+        .unwrap();
+    assert_eq!(b_cq.poll_wait(2, WAIT).len(), 2);
+    assert_eq!(channel.get_cq_event(Some(Duration::from_millis(50))), None);
+}
+
+trait CqOrPanic {
+    fn unwrap_err_or_cq(self) -> CompletionQueue;
+}
+
+impl CqOrPanic for Result<CompletionQueue, Error> {
+    fn unwrap_err_or_cq(self) -> CompletionQueue {
+        self.expect("create a CQ")
+    }
+}
+
+/// Dropping handles releases their resources; dropping a device and its handles stops
+/// the engine thread and frees its socket.
+#[test]
+fn drop_releases_resources() {
+    let ip = address(9, 1);
+    let mut config = DeviceConfig::with_address(ip);
+    config.limits = DeviceLimits {
+        max_mr: 2,
+        max_qp: 1,
+        max_cq: 1,
+        max_pd: 1,
+        ..DeviceLimits::default()
+    };
+    let device = Device::open(config.clone()).unwrap();
+    let pd = device.alloc_pd().unwrap();
+    assert!(device.alloc_pd().is_err(), "max_pd is 1");
+    let first = pd.reg_mr(64, access()).unwrap();
+    let second = pd.reg_mr(64, access()).unwrap();
+    assert!(pd.reg_mr(64, access()).is_err(), "max_mr is 2");
+    drop(first);
+    let third = pd.reg_mr(64, access()).unwrap();
+    let cq = device.create_cq(8, None).unwrap();
+    assert!(device.create_cq(8, None).is_err(), "max_cq is 1");
+    let qp = pd
+        .create_qp(&QpInitAttributes::new(QpType::Rc, &cq))
+        .unwrap();
+    assert!(pd
+        .create_qp(&QpInitAttributes::new(QpType::Rc, &cq))
+        .is_err());
+    drop(qp);
+    let qp = pd
+        .create_qp(&QpInitAttributes::new(QpType::Rc, &cq))
+        .unwrap();
+    // The PD and CQ outlive their handles while the QP and MRs use them.
+    drop(pd);
+    drop(cq);
+    assert!(device.alloc_pd().is_err(), "the PD is still held by the QP");
+    drop((qp, second, third));
+    let pd = device.alloc_pd().unwrap();
+    assert!(device.create_cq(8, None).is_ok());
+    // While a handle lives, the device (and its socket) does.
+    drop(device);
+    assert!(
+        Device::open(config.clone()).is_err(),
+        "the address is still bound"
+    );
+    drop(pd);
+    let again = Device::open(config).expect("the thread stopped and freed the socket");
+    assert!(again.query_device().is_ok());
+}
+
+/// A region's keys die with it: a peer's WRITE with the old rkey fails.
+#[test]
+fn dropped_region_refuses_remote_access() {
+    let (a, b) = pair(10, DriverKind::Auto, QpType::Rc);
+    let pd = b.device.alloc_pd().unwrap();
+    let doomed = pd.reg_mr(4096, access()).unwrap();
+    let (addr, rkey) = (doomed.addr(), doomed.rkey());
+    drop(doomed);
+    a.qp.post_send(SendRequest::write(1, addr, rkey).sge(&a.mr, 0, 16))
+        .unwrap();
+    assert_eq!(one(&a.cq).status, WcStatus::RemAccessErr);
+}
+
+/// A datagram whose ICRC no IPv4 identification can fix is counted and dropped.
+#[test]
+fn corrupt_datagram_is_counted() {
+    let ip = address(11, 1);
+    let device = open(ip, DriverKind::Auto);
+    let socket = std::net::UdpSocket::bind((address(11, 2), 0)).unwrap();
+    // RC SEND Only to QP 0x11, PSN 5, 16 payload bytes, and an ICRC of zeroes.
+    let mut packet = vec![0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, 5];
+    packet.extend_from_slice(&[0xab; 16]);
+    packet.extend_from_slice(&[0; 4]);
+    socket.send_to(&packet, (ip, 4791)).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (counters, thread) = device.counters().unwrap();
+        if counters.packets_in == 1 {
+            assert_eq!((counters.icrc_errors, thread.ident_unrecovered), (1, 1));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the datagram never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
