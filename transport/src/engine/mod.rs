@@ -420,6 +420,9 @@ pub struct Engine {
     /// QPs that may have something to send, round-robin.
     active: VecDeque<(NamespaceId, Qpn)>,
     active_set: BTreeSet<(NamespaceId, Qpn)>,
+    /// Every QP's earliest timer, ordered, so `poll_timeout` is not a scan of all QPs.
+    timers: BTreeSet<(Time, NamespaceId, Qpn)>,
+    timer_of: BTreeMap<(NamespaceId, Qpn), Time>,
 }
 
 macro_rules! context {
@@ -446,6 +449,8 @@ impl Engine {
             counters: Counters::default(),
             active: VecDeque::new(),
             active_set: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            timer_of: BTreeMap::new(),
             config,
         };
         let gids = engine.config.default_gids.clone();
@@ -518,6 +523,8 @@ impl Engine {
         }
         self.active_set.retain(|(n, _)| *n != ns);
         self.active.retain(|(n, _)| *n != ns);
+        self.timers.retain(|(_, n, _)| *n != ns);
+        self.timer_of.retain(|(n, _), _| *n != ns);
         Ok(())
     }
 
@@ -536,6 +543,27 @@ impl Engine {
         self.namespaces
             .get_mut(&ns)
             .ok_or(VerbsError::NotFound("namespace"))
+    }
+
+    /// Re-reads a QP's timer into the ordered timer set (after anything that may move it).
+    fn refresh_timer(&mut self, ns: NamespaceId, qpn: Qpn) {
+        let new = self
+            .namespaces
+            .get(&ns)
+            .and_then(|space| space.qps.get(&qpn))
+            .and_then(QueuePair::timeout);
+        let old = self.timer_of.get(&(ns, qpn)).copied();
+        if old == new {
+            return;
+        }
+        if let Some(t) = old {
+            self.timers.remove(&(t, ns, qpn));
+            self.timer_of.remove(&(ns, qpn));
+        }
+        if let Some(t) = new {
+            self.timers.insert((t, ns, qpn));
+            self.timer_of.insert((ns, qpn), t);
+        }
     }
 
     fn schedule(&mut self, ns: NamespaceId, qpn: Qpn) {
@@ -874,8 +902,9 @@ impl Engine {
         self.ns_mut(ns)?
             .qps
             .remove(&qpn)
-            .map(|_| ())
-            .ok_or(VerbsError::NotFound("QP"))
+            .ok_or(VerbsError::NotFound("QP"))?;
+        self.refresh_timer(ns, qpn);
+        Ok(())
     }
 
     /// Moves a QP between states with the attributes the transition requires or allows.
@@ -910,6 +939,7 @@ impl Engine {
             av.remote = canonical(av.remote);
         }
         qp.modify(&attr, limits, resolve, &mut ctx)?;
+        self.refresh_timer(ns, qpn);
         self.schedule(ns, qpn);
         Ok(())
     }
@@ -1018,6 +1048,7 @@ impl Engine {
             }
             _ => qp.handle_request(&meta, &parsed, &mut ctx),
         }
+        self.refresh_timer(ns, qpn);
         self.schedule(ns, qpn);
     }
 
@@ -1038,7 +1069,9 @@ impl Engine {
                 SourcePortPolicy::Fixed(port) => port,
             };
             let mut ctx = context!(space, &mut self.counters, now);
-            let Some(out) = qp.poll_transmit(&mut ctx) else {
+            let out = qp.poll_transmit(&mut ctx);
+            self.refresh_timer(ns, qpn);
+            let Some(out) = out else {
                 self.active_set.remove(&(ns, qpn));
                 continue;
             };
@@ -1076,23 +1109,17 @@ impl Engine {
 
     /// When the engine next wants `handle_timeout`, if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.namespaces
-            .values()
-            .flat_map(|ns| ns.qps.values())
-            .filter_map(QueuePair::timeout)
-            .min()
+        self.timers.first().map(|&(t, _, _)| t)
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
-        let mut due = Vec::new();
-        for (&ns, space) in self.namespaces.iter_mut() {
-            for (&qpn, qp) in space.qps.iter_mut() {
-                if qp.timeout().is_some_and(|t| t <= now) {
-                    due.push((ns, qpn));
-                }
-            }
-        }
+        let due: Vec<(NamespaceId, Qpn)> = self
+            .timers
+            .iter()
+            .take_while(|(t, _, _)| *t <= now)
+            .map(|&(_, ns, qpn)| (ns, qpn))
+            .collect();
         for (ns, qpn) in due {
             if let Some(space) = self.namespaces.get_mut(&ns) {
                 if let Some(qp) = space.qps.get_mut(&qpn) {
@@ -1100,6 +1127,7 @@ impl Engine {
                     qp.handle_timeout(&mut ctx);
                 }
             }
+            self.refresh_timer(ns, qpn);
             self.schedule(ns, qpn);
         }
     }
