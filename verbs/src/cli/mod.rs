@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 pub mod decode;
+pub mod perf;
 pub mod sim;
 
 /// ferroce: a software RoCEv2 stack and its tools.
@@ -22,6 +23,8 @@ pub enum Command {
     Decode(decode::Args),
     /// Run two engines over a simulated lossy link and check every byte (deterministic).
     Sim(sim::Args),
+    /// perftest's bandwidth and latency tests (`perf write bw --loopback -s 65536`).
+    Perf(perf::Args),
 }
 
 impl Command {
@@ -30,6 +33,7 @@ impl Command {
         match self {
             Command::Decode(args) => decode::run(args),
             Command::Sim(args) => sim::run(args),
+            Command::Perf(args) => perf::run(args),
         }
     }
 }

@@ -1,0 +1,780 @@
+//! `ferroce perf {write,read,send} {bw,lat} --loopback`: perftest's bandwidth and latency
+//! tests, with both ends in this process on two loopback devices (127.0.0.1 and
+//! 127.0.0.2 by default), through the embedded verbs API over real UDP sockets.
+//!
+//! Flags are spelled as perftest spells them (`-s` size, `-n` iterations, `-q` QPs,
+//! `-m` MTU, `-D` seconds, `-a` all sizes, `-t` TX depth) and so are the columns.
+//! Bandwidth runs end by checking that the bytes that arrived are the bytes sent.
+//! Latency: SEND and READ as perftest measures them (send: half the round trip of a
+//! ping-pong; read: the whole READ); WRITE is a ping-pong of RDMA WRITEs with immediate,
+//! half the round trip, because ferroce's regions are not mapped into the application
+//! for perftest's poll-the-last-byte.
+//! TCP server/client mode (with perftest's out-of-band exchange) comes later.
+//!
+//! Exit status: 0 on success, 1 when a completion failed or the data did not check out,
+//! 2 on bad flags or when the devices cannot be opened.
+#![allow(clippy::disallowed_methods)] // A benchmark measures real time.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::wire::Psn;
+use crate::{
+    AccessFlags, CompletionQueue, Device, DeviceConfig, DriverKind, Error, MemoryRegion, PathMtu,
+    QpCap, QpInitAttributes, QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WcStatus,
+    WorkCompletion,
+};
+
+/// The operation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Operation {
+    /// RDMA WRITE (ib_write_bw / ib_write_lat).
+    Write,
+    /// RDMA READ (ib_read_bw / ib_read_lat).
+    Read,
+    /// SEND (ib_send_bw / ib_send_lat).
+    Send,
+}
+
+/// Bandwidth or latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Test {
+    /// Bandwidth and message rate.
+    Bw,
+    /// Latency.
+    Lat,
+}
+
+/// Packet driver choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// io_uring, else sockets.
+    Auto,
+    /// io_uring only.
+    Uring,
+    /// recvmmsg/sendmmsg.
+    Socket,
+}
+
+/// Arguments of `ferroce perf`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Operation: write, read or send.
+    #[arg(value_enum)]
+    pub operation: Operation,
+    /// Test: bw or lat.
+    #[arg(value_enum)]
+    pub test: Test,
+    /// Run both ends in this process on two loopback devices (the only mode so far).
+    #[arg(long)]
+    pub loopback: bool,
+    /// Message size in bytes.
+    #[arg(short = 's', long = "size", default_value_t = 65536)]
+    pub size: u32,
+    /// Iterations per QP (perftest's default: 5000 for bw, 1000 for lat).
+    #[arg(short = 'n', long = "iters")]
+    pub iterations: Option<u64>,
+    /// Number of QPs (bw).
+    #[arg(short = 'q', long = "qp", default_value_t = 1)]
+    pub qps: u32,
+    /// Path MTU: 256, 512, 1024, 2048 or 4096.
+    #[arg(short = 'm', long = "mtu", default_value_t = 1024)]
+    pub mtu: u32,
+    /// Run for this many seconds instead of a number of iterations.
+    #[arg(short = 'D', long = "duration")]
+    pub duration: Option<u64>,
+    /// Every size from 2 bytes to 8 MiB (powers of two).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Work requests in flight per QP (bw).
+    #[arg(short = 't', long = "tx-depth", default_value_t = 128)]
+    pub tx_depth: u32,
+    /// Receives posted ahead per QP (send).
+    #[arg(short = 'r', long = "rx-depth", default_value_t = 512)]
+    pub rx_depth: u32,
+    /// A completion is requested every this many work requests (bw).
+    #[arg(short = 'Q', long = "cq-mod", default_value_t = 100)]
+    pub cq_mod: u32,
+    /// Packet driver.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub driver: Driver,
+    /// The two loopback addresses (client, server).
+    #[arg(long, num_args = 2, default_values = ["127.0.0.1", "127.0.0.2"])]
+    pub addresses: Vec<IpAddr>,
+    /// One JSON object per result line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `-a` runs every power of two from 2 bytes up to this.
+const MAX_ALL_SIZE: u32 = 1 << 23;
+/// Inline bytes for latency tests, as perftest's default.
+const LAT_INLINE: u32 = 220;
+/// How long a run may wait for a completion before it counts as failed.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Runs `ferroce perf`.
+pub fn run(args: &Args) -> ExitCode {
+    if !args.loopback {
+        eprintln!("ferroce perf: only --loopback is implemented so far (server/client over TCP comes later)");
+        return ExitCode::from(2);
+    }
+    if PathMtu::from_bytes(args.mtu).is_none() {
+        eprintln!("ferroce perf: -m must be 256, 512, 1024, 2048 or 4096");
+        return ExitCode::from(2);
+    }
+    if args.qps == 0 || args.tx_depth == 0 || args.rx_depth == 0 || args.cq_mod == 0 {
+        eprintln!("ferroce perf: -q, -t, -r and -Q must be at least 1");
+        return ExitCode::from(2);
+    }
+    if args.size == 0 && !args.all {
+        eprintln!("ferroce perf: -s must be at least 1");
+        return ExitCode::from(2);
+    }
+    if args.addresses.len() != 2 || args.addresses[0] == args.addresses[1] {
+        eprintln!("ferroce perf: --addresses needs two different addresses");
+        return ExitCode::from(2);
+    }
+    let sizes: Vec<u32> = if args.all {
+        (1..=MAX_ALL_SIZE.trailing_zeros())
+            .map(|shift| 1u32 << shift)
+            .collect()
+    } else {
+        vec![args.size]
+    };
+    let largest = sizes.iter().copied().max().unwrap_or(args.size).max(8);
+    let bench = match Bench::open(args, largest) {
+        Ok(bench) => bench,
+        Err(error) => {
+            eprintln!("ferroce perf: cannot open the loopback devices: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.json {
+        bench.print_header(args);
+    }
+    let mut failed = false;
+    for size in sizes {
+        let result = match args.test {
+            Test::Bw => bench.bandwidth(args, size).map(Report::Bandwidth),
+            Test::Lat => bench.latency(args, size).map(Report::Latency),
+        };
+        match result {
+            Ok(report) => report.print(args, size),
+            Err(error) => {
+                eprintln!("ferroce perf: {size} bytes: {error}");
+                failed = true;
+                break;
+            }
+        }
+    }
+    if !args.json {
+        println!("{}", "-".repeat(RULE));
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+const RULE: usize = 87;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Verbs(#[from] Error),
+    #[error("work request {wr_id:#x} completed with {status:?} (vendor error {vendor_err:#x})")]
+    Completion {
+        wr_id: u64,
+        status: WcStatus,
+        vendor_err: u32,
+    },
+    #[error("no completion for {0:?}")]
+    Stalled(Duration),
+    #[error("data check failed on QP {0}: the bytes that arrived are not the bytes sent")]
+    DataMismatch(usize),
+}
+
+struct End {
+    device: Device,
+    cq: CompletionQueue,
+    mr: MemoryRegion,
+    qps: Vec<QueuePair>,
+}
+
+struct Bench {
+    client: End,
+    server: End,
+    /// Bytes of each QP's slice of the regions.
+    slice: u64,
+}
+
+fn access() -> AccessFlags {
+    AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ
+}
+
+impl Bench {
+    fn open(args: &Args, largest: u32) -> Result<Bench, Error> {
+        let mtu = PathMtu::from_bytes(args.mtu).unwrap_or(PathMtu::Mtu1024);
+        let slice = u64::from(largest);
+        let end = |address: IpAddr| -> Result<End, Error> {
+            let mut config = DeviceConfig::with_address(address);
+            config.active_mtu = mtu;
+            config.driver = match args.driver {
+                Driver::Auto => DriverKind::Auto,
+                Driver::Uring => DriverKind::Uring,
+                Driver::Socket => DriverKind::Socket,
+            };
+            let device = Device::open(config)?;
+            let pd = device.alloc_pd()?;
+            let cqe = (args.tx_depth + args.rx_depth) * args.qps + 16;
+            let cq = device.create_cq(cqe.min(0x7fff), None)?;
+            let mr = pd.reg_mr(slice * u64::from(args.qps), access())?;
+            let mut attributes = QpInitAttributes::new(QpType::Rc, &cq);
+            attributes.cap = QpCap {
+                max_send_wr: args.tx_depth + 1,
+                max_recv_wr: args.rx_depth + 1,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: LAT_INLINE,
+            };
+            let qps = (0..args.qps)
+                .map(|_| pd.create_qp(&attributes))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(End {
+                device,
+                cq,
+                mr,
+                qps,
+            })
+        };
+        let client = end(args.addresses[0])?;
+        let server = end(args.addresses[1])?;
+        for (i, (c, s)) in client.qps.iter().zip(&server.qps).enumerate() {
+            let c_end = RemoteEndpoint {
+                address: args.addresses[0],
+                qpn: c.qp_num(),
+                psn: Psn::new(0x10_0000 + i as u32),
+            };
+            let s_end = RemoteEndpoint {
+                address: args.addresses[1],
+                qpn: s.qp_num(),
+                psn: Psn::new(0x20_0000 + i as u32),
+            };
+            c.connect(s_end, c_end.psn, mtu, access())?;
+            s.connect(c_end, s_end.psn, mtu, access())?;
+        }
+        Ok(Bench {
+            client,
+            server,
+            slice,
+        })
+    }
+
+    fn print_header(&self, args: &Args) {
+        let name = match args.operation {
+            Operation::Write => "RDMA_Write",
+            Operation::Read => "RDMA_Read",
+            Operation::Send => "Send",
+        };
+        let test = match args.test {
+            Test::Bw => "BW",
+            Test::Lat => "Latency",
+        };
+        let driver = self
+            .client
+            .device
+            .drivers()
+            .first()
+            .map_or("?", |d| match d.1 {
+                DriverKind::Uring => "io_uring",
+                DriverKind::Socket => "socket",
+                DriverKind::Auto => "auto",
+            });
+        println!("{}", "-".repeat(RULE));
+        println!("                    {name} {test} Test (ferroce loopback)");
+        println!(
+            " Client/server     : {} <-> {} (UDP 4791, {driver} driver)",
+            args.addresses[0], args.addresses[1]
+        );
+        println!(
+            " Connection type   : RC     Number of qps : {}     MTU : {}",
+            args.qps, args.mtu
+        );
+        if args.test == Test::Bw {
+            println!(
+                " TX depth          : {}     CQ moderation : {}",
+                args.tx_depth, args.cq_mod
+            );
+        }
+        println!("{}", "-".repeat(RULE));
+        match args.test {
+            Test::Bw => println!(
+                " #bytes     #iterations    BW peak[MiB/sec]    BW average[MiB/sec]   MsgRate[Mpps]"
+            ),
+            Test::Lat => println!(
+                " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]"
+            ),
+        }
+    }
+
+    fn iterations(args: &Args) -> u64 {
+        args.iterations.unwrap_or(match args.test {
+            Test::Bw => 5000,
+            Test::Lat => 1000,
+        })
+    }
+
+    /// Fills each QP's source slice with its own pattern and clears the destination.
+    fn prepare(&self, args: &Args, size: u32) -> Result<Vec<Vec<u8>>, Error> {
+        let (source, destination) = match args.operation {
+            Operation::Read => (&self.server.mr, &self.client.mr),
+            Operation::Write | Operation::Send => (&self.client.mr, &self.server.mr),
+        };
+        let mut patterns = Vec::new();
+        for q in 0..args.qps as usize {
+            let offset = q as u64 * self.slice;
+            let pattern: Vec<u8> = (0..size as usize)
+                .map(|i| {
+                    (i as u8)
+                        .wrapping_mul(13)
+                        .wrapping_add(size as u8 ^ q as u8 ^ 0x5a)
+                })
+                .collect();
+            source.write(offset, &pattern)?;
+            destination.write(offset, &vec![0; size as usize])?;
+            patterns.push(pattern);
+        }
+        Ok(patterns)
+    }
+
+    fn request(&self, args: &Args, q: usize, size: u32, wr_id: u64, signaled: bool) -> SendRequest {
+        let offset = q as u64 * self.slice;
+        let (client, server) = (&self.client.mr, &self.server.mr);
+        let wr = match args.operation {
+            Operation::Write => SendRequest::write(wr_id, server.addr() + offset, server.rkey()),
+            Operation::Read => SendRequest::read(wr_id, server.addr() + offset, server.rkey()),
+            Operation::Send => SendRequest::send(wr_id),
+        };
+        wr.sge(client, offset, size).signaled(signaled)
+    }
+
+    fn bandwidth(&self, args: &Args, size: u32) -> Result<Bandwidth, RunError> {
+        let patterns = self.prepare(args, size)?;
+        let qps = args.qps as usize;
+        let per_qp = match args.duration {
+            Some(_) => u64::MAX,
+            None => Self::iterations(args),
+        };
+        // With a duration every WR is signaled, so stopping at any point drains cleanly.
+        let cq_mod = if args.duration.is_some() {
+            1
+        } else {
+            u64::from(args.cq_mod.min(args.tx_depth))
+        };
+        let deadline = args.duration.map(Duration::from_secs);
+        let tx_depth = u64::from(args.tx_depth);
+        let mut posted = vec![0u64; qps];
+        let mut done = vec![0u64; qps];
+        let mut since_signal = vec![0u64; qps];
+        // SEND: receives the server has posted and the sends they cover.
+        let mut credits = vec![0u64; qps];
+        if args.operation == Operation::Send {
+            for (q, qp) in self.server.qps.iter().enumerate() {
+                let ahead = u64::from(args.rx_depth).min(per_qp);
+                for _ in 0..ahead {
+                    qp.post_recv(self.receive(q))?;
+                }
+                credits[q] = ahead;
+            }
+        }
+        let mut recv_posted: Vec<u64> = credits.clone();
+        let mut wcs: Vec<WorkCompletion> = Vec::with_capacity(256);
+        let mut marks: Vec<(Instant, u64)> = Vec::new();
+        let start = Instant::now();
+        marks.push((start, 0));
+        let mut total_done = 0u64;
+        let mut stopping = false;
+        let mut last_progress = Instant::now();
+        loop {
+            if let Some(limit) = deadline {
+                stopping |= start.elapsed() >= limit;
+            }
+            let mut all_done = true;
+            for q in 0..qps {
+                while !stopping
+                    && posted[q] < per_qp
+                    && posted[q] - done[q] < tx_depth
+                    && (args.operation != Operation::Send || credits[q] > 0)
+                {
+                    let last = posted[q] + 1 == per_qp;
+                    let signaled = since_signal[q] + 1 >= cq_mod || last;
+                    let covered = since_signal[q] + 1;
+                    let wr_id = (q as u64) << 32 | covered;
+                    self.client.qps[q].post_send(self.request(args, q, size, wr_id, signaled))?;
+                    posted[q] += 1;
+                    if args.operation == Operation::Send {
+                        credits[q] -= 1;
+                    }
+                    since_signal[q] = if signaled { 0 } else { covered };
+                }
+                let finished = if stopping {
+                    done[q] == posted[q]
+                } else {
+                    done[q] >= per_qp
+                };
+                all_done &= finished;
+            }
+            if all_done {
+                break;
+            }
+            wcs.clear();
+            let mut progress = false;
+            if self.client.cq.poll_into(256, &mut wcs) > 0 {
+                progress = true;
+                for wc in &wcs {
+                    check(wc)?;
+                    let q = (wc.wr_id >> 32) as usize;
+                    let covered = wc.wr_id & 0xffff_ffff;
+                    if let Some(count) = done.get_mut(q) {
+                        *count += covered;
+                        total_done += covered;
+                    }
+                }
+                marks.push((Instant::now(), total_done));
+            }
+            if args.operation == Operation::Send {
+                wcs.clear();
+                if self.server.cq.poll_into(256, &mut wcs) > 0 {
+                    progress = true;
+                    for wc in &wcs {
+                        check(wc)?;
+                        let q = wc.wr_id as usize;
+                        if q < qps && recv_posted[q] < per_qp && !stopping {
+                            self.server.qps[q].post_recv(self.receive(q))?;
+                            recv_posted[q] += 1;
+                            credits[q] += 1;
+                        }
+                    }
+                }
+            }
+            if progress {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > STALL {
+                return Err(RunError::Stalled(STALL));
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let elapsed = start.elapsed();
+        // Receives still posted when a timed SEND run stops stay for the next size; they
+        // span the whole slice, so they fit it.
+        self.verify(args, size, &patterns)?;
+        let iterations = done.iter().copied().min().unwrap_or(0);
+        let bytes = total_done as f64 * f64::from(size);
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        Ok(Bandwidth {
+            iterations,
+            peak: peak_rate(&marks, tx_depth * qps as u64) * f64::from(size) / MIB,
+            average: bytes / seconds / MIB,
+            msg_rate: total_done as f64 / seconds / 1e6,
+        })
+    }
+
+    /// A receive spanning QP `q`'s whole slice, so receives left over from a timed run
+    /// fit any later size.
+    fn receive(&self, q: usize) -> RecvRequest {
+        RecvRequest::new(q as u64).sge(&self.server.mr, q as u64 * self.slice, self.slice as u32)
+    }
+
+    fn verify(&self, args: &Args, size: u32, patterns: &[Vec<u8>]) -> Result<(), RunError> {
+        let destination = match args.operation {
+            Operation::Read => &self.client.mr,
+            Operation::Write | Operation::Send => &self.server.mr,
+        };
+        for (q, pattern) in patterns.iter().enumerate() {
+            let got = destination.to_vec(q as u64 * self.slice, size as usize)?;
+            if &got != pattern {
+                return Err(RunError::DataMismatch(q));
+            }
+        }
+        Ok(())
+    }
+
+    fn latency(&self, args: &Args, size: u32) -> Result<Latency, RunError> {
+        let iterations = Self::iterations(args);
+        let deadline = args.duration.map(Duration::from_secs);
+        let (c, s) = (&self.client, &self.server);
+        let (cq_c, cq_s) = (&c.cq, &s.cq);
+        let inline = size <= LAT_INLINE && args.operation != Operation::Read;
+        let payload_c = c.mr.to_vec(0, size as usize)?;
+        let payload_s = s.mr.to_vec(0, size as usize)?;
+        let ping = |end: &End, peer: &End, payload: &[u8], wr_id: u64| -> Result<(), Error> {
+            let wr = match args.operation {
+                Operation::Send => SendRequest::send(wr_id),
+                _ => SendRequest::write_with_imm(wr_id, peer.mr.addr(), peer.mr.rkey(), 1),
+            };
+            let wr = if inline {
+                wr.inline(payload)
+            } else {
+                wr.sge(&end.mr, 0, size)
+            };
+            end.qps[0].post_send(wr.signaled(false))
+        };
+        let recv = |end: &End| -> Result<(), Error> {
+            let wr = match args.operation {
+                // The whole slice, so receives left over fit the next size of `-a`.
+                Operation::Send => RecvRequest::new(0).sge(&end.mr, 0, self.slice as u32),
+                _ => RecvRequest::new(0),
+            };
+            end.qps[0].post_recv(wr)
+        };
+        if args.operation != Operation::Read {
+            for _ in 0..args.rx_depth.min(64) {
+                recv(c)?;
+                recv(s)?;
+            }
+        }
+        let mut samples: Vec<f64> = Vec::with_capacity(iterations.min(1 << 24) as usize);
+        let start = Instant::now();
+        let mut wcs = Vec::with_capacity(4);
+        let mut unsignaled = 0u32;
+        let mut n = 0u64;
+        loop {
+            let more = match deadline {
+                Some(limit) => start.elapsed() < limit,
+                None => n < iterations,
+            };
+            if !more {
+                break;
+            }
+            n += 1;
+            let t0 = Instant::now();
+            match args.operation {
+                Operation::Read => {
+                    c.qps[0].post_send(
+                        SendRequest::read(n, s.mr.addr(), s.mr.rkey()).sge(&c.mr, 0, size),
+                    )?;
+                    wait_one(cq_c, &mut wcs)?;
+                    samples.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
+                Operation::Write | Operation::Send => {
+                    // Unsignaled sends need a signaled one now and then to retire them.
+                    unsignaled += 1;
+                    let signal = unsignaled >= args.tx_depth.min(64);
+                    if signal {
+                        unsignaled = 0;
+                    }
+                    ping(c, s, &payload_c, n)?;
+                    wait_receive(cq_s, &mut wcs)?;
+                    recv(s)?;
+                    ping(s, c, &payload_s, n)?;
+                    wait_receive(cq_c, &mut wcs)?;
+                    recv(c)?;
+                    samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
+                    if signal {
+                        // A signaled zero-byte WRITE from each side retires its sends.
+                        for (end, peer) in [(c, s), (s, c)] {
+                            end.qps[0].post_send(SendRequest::write(
+                                0,
+                                peer.mr.addr(),
+                                peer.mr.rkey(),
+                            ))?;
+                        }
+                        wait_one(cq_c, &mut wcs)?;
+                        wait_one(cq_s, &mut wcs)?;
+                    }
+                }
+            }
+        }
+        Ok(Latency::from_samples(samples))
+    }
+}
+
+fn check(wc: &WorkCompletion) -> Result<(), RunError> {
+    if wc.status == WcStatus::Success {
+        Ok(())
+    } else {
+        Err(RunError::Completion {
+            wr_id: wc.wr_id,
+            status: wc.status,
+            vendor_err: wc.vendor_err,
+        })
+    }
+}
+
+/// Spins (yielding) for one completion.
+fn wait_one(
+    cq: &CompletionQueue,
+    wcs: &mut Vec<WorkCompletion>,
+) -> Result<WorkCompletion, RunError> {
+    let start = Instant::now();
+    loop {
+        wcs.clear();
+        if cq.poll_into(1, wcs) == 1 {
+            let wc = wcs.remove(0);
+            check(&wc)?;
+            return Ok(wc);
+        }
+        if start.elapsed() > STALL {
+            return Err(RunError::Stalled(STALL));
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Waits for a receive completion, skipping send completions.
+fn wait_receive(cq: &CompletionQueue, wcs: &mut Vec<WorkCompletion>) -> Result<(), RunError> {
+    loop {
+        let wc = wait_one(cq, wcs)?;
+        if matches!(
+            wc.opcode,
+            crate::WcOpcode::Recv | crate::WcOpcode::RecvRdmaWithImm
+        ) {
+            return Ok(());
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The best rate (messages per second) over any stretch of at least `window` messages.
+fn peak_rate(marks: &[(Instant, u64)], window: u64) -> f64 {
+    let mut best = 0.0f64;
+    let mut first = 0;
+    for last in 1..marks.len() {
+        while first + 1 < last && marks[last].1 - marks[first + 1].1 >= window {
+            first += 1;
+        }
+        let messages = marks[last].1 - marks[first].1;
+        let seconds = (marks[last].0 - marks[first].0).as_secs_f64();
+        if messages >= window.min(marks[marks.len() - 1].1) && seconds > 0.0 {
+            best = best.max(messages as f64 / seconds);
+        }
+    }
+    best
+}
+
+struct Bandwidth {
+    iterations: u64,
+    /// MiB/s.
+    peak: f64,
+    /// MiB/s.
+    average: f64,
+    /// Millions of messages per second.
+    msg_rate: f64,
+}
+
+struct Latency {
+    iterations: usize,
+    min: f64,
+    max: f64,
+    typical: f64,
+    average: f64,
+    stdev: f64,
+    p99: f64,
+    p999: f64,
+}
+
+impl Latency {
+    fn from_samples(mut samples: Vec<f64>) -> Latency {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let at = |fraction: f64| -> f64 {
+            if n == 0 {
+                return 0.0;
+            }
+            let index = ((n as f64 * fraction).ceil() as usize).clamp(1, n) - 1;
+            samples[index]
+        };
+        let average = if n == 0 {
+            0.0
+        } else {
+            samples.iter().sum::<f64>() / n as f64
+        };
+        let variance = if n < 2 {
+            0.0
+        } else {
+            samples.iter().map(|s| (s - average).powi(2)).sum::<f64>() / (n - 1) as f64
+        };
+        Latency {
+            iterations: n,
+            min: samples.first().copied().unwrap_or(0.0),
+            max: samples.last().copied().unwrap_or(0.0),
+            typical: at(0.5),
+            average,
+            stdev: variance.sqrt(),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+}
+
+enum Report {
+    Bandwidth(Bandwidth),
+    Latency(Latency),
+}
+
+impl Report {
+    fn print(&self, args: &Args, size: u32) {
+        let operation = format!("{:?}", args.operation).to_lowercase();
+        match (self, args.json) {
+            (Report::Bandwidth(b), false) => println!(
+                " {:<10} {:<10}       {:<10.2}          {:<10.2}            {:.6}",
+                size, b.iterations, b.peak, b.average, b.msg_rate
+            ),
+            (Report::Bandwidth(b), true) => println!(
+                "{}",
+                json!({
+                    "operation": operation, "test": "bw", "qps": args.qps, "mtu": args.mtu,
+                    "bytes": size, "iterations": b.iterations,
+                    "bw_peak_mib_per_sec": b.peak, "bw_average_mib_per_sec": b.average,
+                    "msg_rate_mpps": b.msg_rate,
+                })
+            ),
+            (Report::Latency(l), false) => println!(
+                " {:<6} {:<10}     {:<10.2}     {:<10.2}   {:<10.2}       {:<10.2}     {:<10.2}      {:<10.2}             {:<10.2}",
+                size, l.iterations, l.min, l.max, l.typical, l.average, l.stdev, l.p99, l.p999
+            ),
+            (Report::Latency(l), true) => println!(
+                "{}",
+                json!({
+                    "operation": operation, "test": "lat", "mtu": args.mtu,
+                    "bytes": size, "iterations": l.iterations,
+                    "t_min_usec": l.min, "t_max_usec": l.max, "t_typical_usec": l.typical,
+                    "t_avg_usec": l.average, "t_stdev_usec": l.stdev,
+                    "p99_usec": l.p99, "p99_9_usec": l.p999,
+                })
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_statistics() {
+        let l = Latency::from_samples((1..=1000).rev().map(f64::from).collect());
+        assert_eq!((l.min, l.max, l.typical), (1.0, 1000.0, 500.0));
+        assert_eq!((l.p99, l.p999), (990.0, 999.0));
+        assert!((l.average - 500.5).abs() < 1e-9);
+        assert!((l.stdev - 288.8194).abs() < 1e-3);
+    }
+
+    #[test]
+    fn peak_covers_a_window() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        // 100 messages in the first 10 ms, then 100 in the next 100 ms.
+        let marks = [(ms(0), 0), (ms(10), 100), (ms(110), 200)];
+        let peak = peak_rate(&marks, 100);
+        assert!((peak - 10_000.0).abs() < 1.0, "{peak}");
+    }
+}
