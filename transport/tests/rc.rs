@@ -240,7 +240,7 @@ fn misaligned_atomic_is_an_invalid_request() {
 }
 
 #[test]
-fn many_messages_complete_in_order_with_ack_coalescing() {
+fn many_messages_complete_in_order() {
     let mut pair = Pair::rc();
     for i in 0..200u64 {
         pair.b.post_recv(i, i * 64, 64);

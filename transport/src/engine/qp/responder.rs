@@ -118,8 +118,9 @@ impl Responder {
             .retain(|j| matches!(j, Job::Ack { syndrome, .. } if !syndrome.is_ack()));
     }
 
-    /// Queues an ACK, merging it into a queued ACK (coalescing).
-    fn push_ack(&mut self, psn: Psn) {
+    /// Queues an ACK. Every AckReq packet gets its own ACK, as rxe sends them; with
+    /// `coalesce` (re-ACKs of duplicates) a queued ACK is moved forward instead.
+    fn push_ack(&mut self, psn: Psn, coalesce: bool) {
         let msn = self.msn;
         if let Some(Job::Ack {
             psn: p,
@@ -127,9 +128,11 @@ impl Responder {
             msn: m,
         }) = self.jobs.back_mut()
         {
-            if syndrome.is_ack() {
-                *p = psn;
-                *m = msn;
+            if coalesce && syndrome.is_ack() {
+                if psn.is_after(*p) {
+                    *p = psn;
+                    *m = msn;
+                }
                 return;
             }
         }
@@ -227,7 +230,7 @@ impl QueuePair {
                     && parsed.repr.bth.ack_req
                     && matches!(info.operation, Operation::Send | Operation::Write)
                 {
-                    self.resp.push_ack(psn);
+                    self.resp.push_ack(psn, false);
                 }
             }
             Ok(None) => {}
@@ -585,7 +588,7 @@ impl QueuePair {
         match operation {
             Operation::Send | Operation::Write => {
                 let last = self.resp.epsn.sub(1);
-                self.resp.push_ack(last);
+                self.resp.push_ack(last, true);
             }
             Operation::ReadRequest => {
                 let Some(reth) = parsed.repr.reth else {
