@@ -610,3 +610,50 @@ fn ud_pingpong_both_sides_match_rxe() {
     }
     replay("ud_send_bw.pcap", QpType::Ud, CLIENT);
 }
+
+/// rxe puts the received IPv4 header in bytes 20..40 of a UD receive buffer. Ours has
+/// the captured addresses, length, ident and DF (TTL, TOS and checksum are rebuilt: a
+/// UDP socket does not show them).
+#[test]
+fn ud_grh_holds_the_senders_ipv4_header() {
+    let packets = capture("ud_pingpong.pcap");
+    let p = packets.iter().find(|p| p.src == CLIENT).unwrap();
+    let mut server = host_of(QpType::Ud, SERVER, CLIENT, 0, 0, 1);
+    let sge = Sge {
+        addr: server.mr.addr,
+        length: 1024,
+        lkey: server.mr.lkey,
+    };
+    server
+        .engine
+        .post_recv(
+            NS,
+            server.qpn,
+            RecvWr {
+                wr_id: 1,
+                sg_list: vec![sge],
+            },
+        )
+        .unwrap();
+    server
+        .engine
+        .handle_datagram(Time::ZERO, p.meta(), &p.payload);
+    let mut grh = [0u8; 40];
+    server
+        .engine
+        .mr_read(NS, server.mr.lkey, server.mr.addr, &mut grh)
+        .unwrap();
+    assert_eq!(grh[..20], [0; 20]);
+    let ip = &grh[20..];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        20 + 8 + p.payload.len(),
+        "total length"
+    );
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), p.ident);
+    assert_eq!(ip[6] & 0x40 != 0, p.dont_frag);
+    assert_eq!(ip[9], 17);
+    assert_eq!(ip[12..16], CLIENT.octets());
+    assert_eq!(ip[16..20], SERVER.octets());
+}

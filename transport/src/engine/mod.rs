@@ -465,6 +465,7 @@ impl Engine {
                 unique.push(gid);
             }
         }
+        // Cannot fail: the id is new and the GIDs are distinct.
         let _ = engine.create_namespace(NamespaceId::DEFAULT, &unique);
         engine
     }

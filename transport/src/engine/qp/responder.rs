@@ -584,7 +584,6 @@ impl QueuePair {
         ctx: &mut Context<'_>,
     ) {
         let psn = parsed.repr.bth.psn;
-        let mtu = self.path_mtu();
         match operation {
             Operation::Send | Operation::Write => {
                 let last = self.resp.epsn.sub(1);
@@ -618,7 +617,6 @@ impl QueuePair {
                     ctx.counters.drops.duplicate_not_replayed += 1;
                     return;
                 }
-                let _ = mtu;
                 let msn = self.resp.msn;
                 self.resp.jobs.push_back(Job::Read {
                     psn,
@@ -816,7 +814,13 @@ fn grh_bytes(meta: &DatagramMeta, udp_payload_len: usize) -> [u8; GRH_LEN] {
             ip[0] = 0x45;
             ip[1] = ecn;
             ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-            ip[6] = 0x40; // DF
+            // The sender's ident and DF when the I/O layer recovered them, else what
+            // ferroce itself sends (ident 0, DF).
+            let (ident, dont_frag) = meta
+                .ipv4_ident
+                .map_or((0, true), |r| (r.ident, r.dont_frag));
+            ip[4..6].copy_from_slice(&ident.to_be_bytes());
+            ip[6] = if dont_frag { 0x40 } else { 0 };
             ip[8] = 64;
             ip[9] = 17;
             ip[12..16].copy_from_slice(&src.octets());
