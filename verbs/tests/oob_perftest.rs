@@ -652,3 +652,81 @@ proptest! {
         }
     }
 }
+
+/// Serves `input`, then fails reads with `end` instead of returning end of stream.
+struct EndsWith {
+    input: FixedInput,
+    end: Option<std::io::ErrorKind>,
+}
+
+impl std::io::Read for EndsWith {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self.input.read(buffer)? {
+            0 => match self.end {
+                Some(kind) => Err(kind.into()),
+                None => Ok(0),
+            },
+            count => Ok(count),
+        }
+    }
+}
+
+impl std::io::Write for EndsWith {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.input.write(buffer)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The client side of write_bw.pcap fed the server's bytes with the last `done`
+/// replaced by `last`, the stream then ending with `end`.
+fn client_with_last(last: &[u8], end: Option<std::io::ErrorKind>) -> Result<(), OobError> {
+    let captured = take_apart("write_bw.pcap", Verb::Write);
+    let mut input: Vec<u8> = captured
+        .messages
+        .iter()
+        .filter(|m| !m.from_client)
+        .flat_map(|m| m.payload.clone())
+        .collect();
+    input.truncate(input.len() - DONE_MESSAGE.len());
+    input.extend_from_slice(last);
+    let stream = EndsWith {
+        input: FixedInput::new(input),
+        end,
+    };
+    let mut session = client_handshake(
+        stream,
+        spec(Verb::Write, TestKind::Bandwidth, false),
+        PerftestConfig::default(),
+        |_| Ok(vec![captured.client_keys]),
+        |_| Ok(()),
+    )?;
+    session.finish(&captured.client_report).map(|_| ())
+}
+
+#[test]
+fn close_accepts_done_or_a_closed_or_reset_peer_and_nothing_else() {
+    use std::io::ErrorKind;
+    assert!(client_with_last(&DONE_MESSAGE, None).is_ok());
+    // perftest closes right after its done; ours may meet a closed or reset socket.
+    assert!(client_with_last(b"", None).is_ok());
+    assert!(client_with_last(b"", Some(ErrorKind::ConnectionReset)).is_ok());
+    assert!(matches!(
+        client_with_last(b"dXne\0", None),
+        Err(OobError::Message(MessageError::Layout { offset: 1, .. }))
+    ));
+    assert!(matches!(
+        client_with_last(b"do", None),
+        Err(OobError::Message(_))
+    ));
+    assert!(matches!(
+        client_with_last(b"do", Some(ErrorKind::ConnectionReset)),
+        Err(OobError::Io(_))
+    ));
+    assert!(matches!(
+        client_with_last(b"", Some(ErrorKind::TimedOut)),
+        Err(OobError::Io(_))
+    ));
+}
