@@ -65,7 +65,11 @@ use ferroce_wire::{Qpn, Rkey};
 use super::{expect_byte, expect_length, parse_hex, put_hex, read_into, write_message};
 use super::{MessageError, OobError, Result};
 
-/// The version string of perftest 4.5-0.17 (Debian 12), sent by ferroce.
+/// The version string of perftest 4.5-0.17 (Debian 12), sent by ferroce. Keep it
+/// below 6.28: perftest 6.28 and later (upstream `negotiate_params`) add an exchange of
+/// a parameter struct when the peer announces 6.28 or more, which this module does not
+/// speak; to an older announced version they fall back to this exchange (read in the
+/// source, not tested).
 pub const PERFTEST_VERSION: &str = "6.06";
 /// The oldest version perftest (and ferroce) accepts from a peer.
 pub const MINIMUM_VERSION: &str = "5.70";
