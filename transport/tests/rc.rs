@@ -1152,3 +1152,47 @@ fn caller_backed_memory_sits_behind_the_same_checks() {
         .unwrap();
     assert_eq!(&buf, b"\x07backed\x07");
 }
+
+#[test]
+fn psns_wrap_at_24_bits() {
+    let params = Params {
+        start_psn: 0xff_fffe,
+        mtu: ferroce_transport::engine::PathMtu::Mtu256,
+        ..Params::default()
+    };
+    let mut pair = Pair::new(QP_RC, params);
+    let data = pattern(2000, 12);
+    pair.a.write(0, &data);
+    pair.b.write(8192, &data);
+    pair.b.post_recv(1, 0, 4096);
+    // Lose one packet past the wrap so go-back-N works across it too.
+    let mut dropped = false;
+    pair.filter = Box::new(move |dir, r, _| {
+        if dir == Dir::AtoB && r.bth.psn == Psn::new(2) && !dropped {
+            dropped = true;
+            return false;
+        }
+        true
+    });
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 2000)]));
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr + 8192,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a
+        .post_send(send_wr(2, op, vec![pair.a.sge(4096, 2000)]));
+    pair.run();
+    assert_eq!(pair.b.read(0, 2000), data);
+    assert_eq!(pair.a.read(4096, 2000), data);
+    let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(1, WcStatus::Success), (2, WcStatus::Success)]);
+    let psns: Vec<u32> = pair
+        .log
+        .iter()
+        .filter(|(d, _, _)| *d == Dir::AtoB)
+        .map(|(_, r, _)| r.bth.psn.value())
+        .collect();
+    assert_eq!(&psns[..4], &[0xff_fffe, 0xff_ffff, 0, 1]);
+    assert_eq!(pair.a.engine.counters().naks_received.psn_sequence, 1);
+}

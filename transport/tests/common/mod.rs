@@ -137,6 +137,8 @@ pub struct Params {
     pub min_rnr_timer: u8,
     pub max_rd_atomic: u8,
     pub qp_access: AccessFlags,
+    /// First PSN both ways.
+    pub start_psn: u32,
 }
 
 impl Default for Params {
@@ -151,6 +153,7 @@ impl Default for Params {
             qp_access: AccessFlags::REMOTE_WRITE
                 | AccessFlags::REMOTE_READ
                 | AccessFlags::REMOTE_ATOMIC,
+            start_psn: 0x100,
         }
     }
 }
@@ -187,7 +190,7 @@ pub fn connect(
         }),
         path_mtu: Some(p.mtu),
         dest_qpn: Some(peer_qpn),
-        rq_psn: Some(Psn::new(0x100)),
+        rq_psn: Some(Psn::new(p.start_psn)),
         ..QpAttr::default()
     };
     if rc {
@@ -197,7 +200,7 @@ pub fn connect(
     engine.modify_qp(ns, qpn, &rtr).unwrap();
     let mut rts = QpAttr {
         state: Some(QpState::Rts),
-        sq_psn: Some(Psn::new(0x100)),
+        sq_psn: Some(Psn::new(p.start_psn)),
         ..QpAttr::default()
     };
     if rc {
