@@ -226,3 +226,12 @@ fn rc_reorder_and_duplicates_only() {
         workload(seed, 0, 30);
     }
 }
+
+/// A long sweep for rare interleavings: `cargo test --release --test lossy -- --ignored`.
+#[test]
+#[ignore]
+fn rc_long_sweep() {
+    for seed in 1000..3000 {
+        workload(seed, seed % 20, (seed / 20) % 15);
+    }
+}
