@@ -102,7 +102,9 @@ struct Expected {
 
 fn u64_at(memory: &[u8], offset: u64) -> u64 {
     let start = offset as usize;
-    u64::from_ne_bytes(memory[start..start + 8].try_into().unwrap())
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&memory[start..start + 8]);
+    u64::from_ne_bytes(word)
 }
 
 /// Posts `ops` (all signaled) on A, the receives they need on B, and returns what must

@@ -1,6 +1,8 @@
 //! Two engines in the deterministic simulator, each with a PD, one CQ, one MR and one RC
 //! QP connected to the other: what the `sim_*` property tests drive.
 #![allow(dead_code)]
+// A failed setup step is a failed test: unwrap is the clearest way to say so here.
+#![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
