@@ -100,11 +100,11 @@ fn every_operation_and_corruption() {
             "--size",
             "3000",
             "--count",
-            "30",
+            "60",
             "--loss",
             "3%",
             "--corrupt",
-            "2%",
+            "5%",
             "--reorder",
             "3%",
             "--dup",
@@ -117,7 +117,7 @@ fn every_operation_and_corruption() {
         let text = stdout(&output);
         assert_eq!(output.status.code(), Some(0), "{op}: {text}");
         assert!(
-            text.contains("data integrity: OK (30 operations verified)"),
+            text.contains("data integrity: OK (60 operations verified)"),
             "{op}: {text}"
         );
         assert!(
