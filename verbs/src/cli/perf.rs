@@ -107,6 +107,9 @@ pub struct Args {
     /// One JSON object per result line instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Print both devices' engine and engine-thread counters to stderr at the end.
+    #[arg(long)]
+    pub counters: bool,
 }
 
 /// `-a` runs every power of two from 2 bytes up to this.
@@ -173,6 +176,14 @@ pub fn run(args: &Args) -> ExitCode {
     }
     if !args.json {
         println!("{}", "-".repeat(RULE));
+    }
+    if args.counters {
+        for (name, end) in [("client", &bench.client), ("server", &bench.server)] {
+            match end.device.counters() {
+                Ok((engine, thread)) => eprintln!("{name}: {engine:?}\n{name}: {thread:?}"),
+                Err(error) => eprintln!("{name}: counters unavailable: {error}"),
+            }
+        }
     }
     if failed {
         ExitCode::from(1)
