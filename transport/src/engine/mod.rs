@@ -2,6 +2,62 @@
 //! deterministic state machine. It never reads a clock or a socket: time comes in as a
 //! [`Time`] argument, datagrams come in through `handle_datagram` and go out through
 //! `poll_transmit`.
+//!
+//! Two engines back to back, one RC SEND (the I/O layer or the simulator moves the
+//! datagrams in real use):
+//!
+//! ```
+//! use ferroce_transport::engine::*;
+//! use ferroce_transport::wire::{Psn, Qpn};
+//!
+//! let ns = NamespaceId::DEFAULT;
+//! let addrs = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+//! let mut hosts = Vec::new();
+//! for (i, addr) in addrs.iter().enumerate() {
+//!     let config = EngineConfig { default_gids: vec![*addr], ..EngineConfig::default() };
+//!     let mut engine = Engine::new(config, i as u64);
+//!     let pd = engine.alloc_pd(ns)?;
+//!     let cq = engine.create_cq(ns, 16)?;
+//!     let mr = engine.reg_mr(ns, pd, 4096, AccessFlags::LOCAL_WRITE)?;
+//!     let cap = QpCap { max_send_wr: 4, max_recv_wr: 4, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
+//!     let init = QpInitAttr { qp_type: QpType::Rc, pd, send_cq: cq, recv_cq: cq, srq: None, cap, sq_sig_all: true };
+//!     let qpn = engine.create_qp(ns, init)?;
+//!     hosts.push((engine, cq, mr, qpn));
+//! }
+//! for i in 0..2 {
+//!     let (peer, peer_qpn) = (addrs[1 - i], hosts[1 - i].3);
+//!     let (engine, _, _, qpn) = &mut hosts[i];
+//!     let init = QpAttr { state: Some(QpState::Init), pkey_index: Some(0), port_num: Some(1),
+//!                         access: Some(AccessFlags::NONE), ..QpAttr::default() };
+//!     engine.modify_qp(ns, *qpn, &init)?;
+//!     let rtr = QpAttr { state: Some(QpState::Rtr), av: Some(AddressVector { remote: peer, local: None }),
+//!                        path_mtu: Some(PathMtu::Mtu1024), dest_qpn: Some(peer_qpn), rq_psn: Some(Psn::new(0)),
+//!                        max_dest_rd_atomic: Some(1), min_rnr_timer: Some(12), ..QpAttr::default() };
+//!     engine.modify_qp(ns, *qpn, &rtr)?;
+//!     let rts = QpAttr { state: Some(QpState::Rts), sq_psn: Some(Psn::new(0)), timeout: Some(14),
+//!                        retry_cnt: Some(7), rnr_retry: Some(7), max_rd_atomic: Some(1), ..QpAttr::default() };
+//!     engine.modify_qp(ns, *qpn, &rts)?;
+//! }
+//! // hosts[0] sends to hosts[1].
+//! let (sender, receiver) = hosts.split_at_mut(1);
+//! let (s_engine, s_cq, s_mr, s_qpn) = &mut sender[0];
+//! let (r_engine, r_cq, r_mr, r_qpn) = &mut receiver[0];
+//! r_engine.post_recv(ns, *r_qpn, RecvWr { wr_id: 7, sg_list: vec![Sge { addr: r_mr.addr, length: 64, lkey: r_mr.lkey }] })?;
+//! s_engine.mr_write(ns, s_mr.lkey, s_mr.addr, b"hello")?;
+//! let sge = Sge { addr: s_mr.addr, length: 5, lkey: s_mr.lkey };
+//! s_engine.post_send(ns, *s_qpn, SendWr::new(1, SendOp::Send, vec![sge]))?;
+//! let now = Time::ZERO;
+//! while let Some(d) = s_engine.poll_transmit(now) {
+//!     r_engine.handle_datagram(now, d.meta, &d.payload);
+//!     while let Some(ack) = r_engine.poll_transmit(now) {
+//!         s_engine.handle_datagram(now, ack.meta, &ack.payload);
+//!     }
+//! }
+//! let wc = &r_engine.poll_cq(ns, *r_cq, 1)?[0];
+//! assert_eq!((wc.wr_id, wc.status, wc.byte_len), (7, WcStatus::Success, 5));
+//! assert_eq!(s_engine.poll_cq(ns, *s_cq, 1)?[0].status, WcStatus::Success);
+//! # Ok::<(), VerbsError>(())
+//! ```
 
 pub mod cq;
 pub mod error;
