@@ -115,7 +115,11 @@ pub struct Device {
 
 impl Device {
     /// Binds the addresses and starts the engine thread.
-    pub fn open(config: DeviceConfig) -> Result<Device> {
+    pub fn open(mut config: DeviceConfig) -> Result<Device> {
+        // An IPv4-mapped GID is the IPv4 address: bind an IPv4 socket for it.
+        for address in &mut config.addresses {
+            *address = address.to_canonical();
+        }
         if config.addresses.is_empty() {
             return Err(Error::InvalidArgument(
                 "a device needs at least one address",
