@@ -143,6 +143,19 @@ fn host_of(
     sq_psn: u32,
     rd_atomic: u8,
 ) -> Host {
+    host_labelled(qp_type, me, peer, rq_psn, sq_psn, rd_atomic, None)
+}
+
+/// As `host_of`, with an address-vector flow label (rdma_cm sets one).
+fn host_labelled(
+    qp_type: QpType,
+    me: Ipv4Addr,
+    peer: Ipv4Addr,
+    rq_psn: u32,
+    sq_psn: u32,
+    rd_atomic: u8,
+    flow_label: Option<u32>,
+) -> Host {
     let config = EngineConfig {
         default_gids: vec![me.into()],
         ..EngineConfig::default()
@@ -204,6 +217,7 @@ fn host_of(
             path_mtu: Some(PathMtu::Mtu1024),
             dest_qpn: Some(Qpn::new(0x11)),
             rq_psn: Some(Psn::new(rq_psn)),
+            flow_label,
             max_dest_rd_atomic: rc.then_some(rd_atomic),
             min_rnr_timer: rc.then_some(12),
             ..QpAttr::default()
@@ -448,6 +462,15 @@ fn replay(
     qp_type: QpType,
     me: Ipv4Addr,
 ) -> Vec<ferroce_transport::engine::WorkCompletion> {
+    replay_labelled(name, qp_type, me, None)
+}
+
+fn replay_labelled(
+    name: &str,
+    qp_type: QpType,
+    me: Ipv4Addr,
+    flow_label: Option<u32>,
+) -> Vec<ferroce_transport::engine::WorkCompletion> {
     let packets: Vec<Captured> = capture(name)
         .into_iter()
         .filter(|p| p.repr().bth.dest_qp == Qpn::new(0x11))
@@ -464,7 +487,15 @@ fn replay(
             .find(|p| p.src == who && requester(p))
             .map_or(0, |p| p.repr().bth.psn.value())
     };
-    let mut host = host_of(qp_type, me, peer, first_psn(peer), first_psn(me), 16);
+    let mut host = host_labelled(
+        qp_type,
+        me,
+        peer,
+        first_psn(peer),
+        first_psn(me),
+        16,
+        flow_label,
+    );
     for k in 0..64u64 {
         let sge = Sge {
             addr: host.mr.addr + 0x8_0000 + 8192 * k,
@@ -527,6 +558,16 @@ fn replay(
                             rkey: reth.rkey,
                         },
                         sge(len),
+                    )
+                }
+                (ferroce_transport::wire::opcode::Operation::ReadRequest, Some(reth), None) => {
+                    SendWr::new(
+                        messages,
+                        SendOp::RdmaRead {
+                            remote_addr: reth.virtual_address,
+                            rkey: reth.rkey,
+                        },
+                        sge(reth.dma_length),
                     )
                 }
                 (ferroce_transport::wire::opcode::Operation::Send, _, None) => {
@@ -794,4 +835,105 @@ fn write_bw_server_side_matches_rxe() {
         .mr_read(NS, server.mr.lkey, server.mr.addr + 0x1000, &mut got)
         .unwrap();
     assert_eq!(got, last);
+}
+
+/// rping over rdma_cm: the CM MADs go UD to QP1 with the GSI Q_Key and AckReq set, from
+/// source port `hash_32(1)`; the RC connection uses the flow label rdma_cm put in the
+/// address vector (0x12ff gives rxe's source port 0xd2ff).
+#[test]
+fn rping_cm_gsi_mads_and_labelled_rc_match_rxe() {
+    use ferroce_transport::wire::deth::GSI_QKEY;
+    let packets = capture("rping_cm.pcap");
+    let mads: Vec<&Captured> = packets
+        .iter()
+        .filter(|p| p.repr().bth.dest_qp == Qpn::GSI)
+        .collect();
+    // The server's QP1 takes the client's first MAD and sends its own, as rxe did.
+    let config = EngineConfig {
+        default_gids: vec![SERVER.into()],
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, 3);
+    let pd = engine.alloc_pd(NS).unwrap();
+    let cq = engine.create_cq(NS, 16).unwrap();
+    let mr = engine
+        .reg_mr(NS, pd, 8192, AccessFlags::LOCAL_WRITE)
+        .unwrap();
+    let gsi = engine
+        .create_gsi_qp(NS, init_attr(QpType::Ud, pd, cq))
+        .unwrap();
+    assert_eq!(gsi, Qpn::GSI);
+    assert!(
+        engine
+            .create_gsi_qp(NS, init_attr(QpType::Ud, pd, cq))
+            .is_err(),
+        "one QP1"
+    );
+    let server_mad = mads.iter().find(|p| p.src == SERVER).unwrap();
+    let steps = [
+        QpAttr {
+            state: Some(QpState::Init),
+            pkey_index: Some(0),
+            port_num: Some(1),
+            qkey: Some(GSI_QKEY),
+            ..QpAttr::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rtr),
+            ..QpAttr::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rts),
+            sq_psn: Some(server_mad.repr().bth.psn),
+            ..QpAttr::default()
+        },
+    ];
+    for attr in steps {
+        engine.modify_qp(NS, gsi, &attr).unwrap();
+    }
+    let sge = Sge {
+        addr: mr.addr,
+        length: 4096,
+        lkey: mr.lkey,
+    };
+    engine
+        .post_recv(
+            NS,
+            gsi,
+            RecvWr {
+                wr_id: 1,
+                sg_list: vec![sge],
+            },
+        )
+        .unwrap();
+    let client_mad = mads.iter().find(|p| p.src == CLIENT).unwrap();
+    engine.handle_datagram(Time::ZERO, client_mad.meta(), &client_mad.payload);
+    let wc = engine.poll_cq(NS, cq, 1).unwrap().remove(0);
+    assert_eq!(
+        (wc.status, wc.byte_len, wc.src_qp),
+        (WcStatus::Success, 40 + 256, Qpn::GSI)
+    );
+    let mad = packet::parse(&server_mad.payload).unwrap().payload.to_vec();
+    engine.mr_write(NS, mr.lkey, mr.addr + 4096, &mad).unwrap();
+    let sge = Sge {
+        addr: mr.addr + 4096,
+        length: mad.len() as u32,
+        lkey: mr.lkey,
+    };
+    let mut wr = SendWr::new(2, SendOp::Send, vec![sge]);
+    wr.ud = Some(ferroce_transport::engine::UdDestination {
+        address: CLIENT.into(),
+        qpn: Qpn::GSI,
+        qkey: GSI_QKEY,
+    });
+    engine.post_send(NS, gsi, wr).unwrap();
+    let ours = engine.poll_transmit(Time::ZERO).unwrap();
+    assert_same(&ours, server_mad, "server MAD");
+
+    // The RC connection rdma_cm set up, server side (the client side answers READs and
+    // WRITEs that name rxe's memory, which ours is not).
+    let wcs = replay_labelled("rping_cm.pcap", QpType::Rc, SERVER, Some(0x12ff));
+    assert!(wcs
+        .iter()
+        .any(|w| w.opcode == ferroce_transport::engine::WcOpcode::RdmaRead));
 }

@@ -919,16 +919,7 @@ impl Engine {
     /// Creates a QP in RESET; its QPN is allocated inside the namespace.
     pub fn create_qp(&mut self, ns: NamespaceId, init: QpInitAttr) -> Result<Qpn> {
         let limits = self.config.limits;
-        let cap = init.cap;
-        if cap.max_send_wr > limits.max_qp_wr || cap.max_recv_wr > limits.max_qp_wr {
-            return Err(VerbsError::LimitExceeded("max_qp_wr"));
-        }
-        if cap.max_send_sge > limits.max_sge || cap.max_recv_sge > limits.max_sge {
-            return Err(VerbsError::LimitExceeded("max_sge"));
-        }
-        if cap.max_inline_data > limits.max_inline_data {
-            return Err(VerbsError::LimitExceeded("max_inline_data"));
-        }
+        self.check_cap(&init.cap)?;
         let ud_mtu = self.config.active_mtu.bytes();
         let space = self.ns_mut(ns)?;
         if space.qps.len() >= limits.max_qp as usize {
@@ -952,6 +943,46 @@ impl Engine {
         qp.req.ud_mtu = ud_mtu;
         space.qps.insert(qpn, qp);
         Ok(qpn)
+    }
+
+    fn check_cap(&self, cap: &QpCap) -> Result<()> {
+        let limits = &self.config.limits;
+        if cap.max_send_wr > limits.max_qp_wr || cap.max_recv_wr > limits.max_qp_wr {
+            return Err(VerbsError::LimitExceeded("max_qp_wr"));
+        }
+        if cap.max_send_sge > limits.max_sge || cap.max_recv_sge > limits.max_sge {
+            return Err(VerbsError::LimitExceeded("max_sge"));
+        }
+        if cap.max_inline_data > limits.max_inline_data {
+            return Err(VerbsError::LimitExceeded("max_inline_data"));
+        }
+        Ok(())
+    }
+
+    /// Creates the namespace's QP1 (GSI) for RDMA CM and other MADs: a UD QP numbered 1
+    /// (`init.qp_type` must be UD); its Q_Key should be set to
+    /// [`ferroce_wire::deth::GSI_QKEY`] when it is moved to INIT.
+    pub fn create_gsi_qp(&mut self, ns: NamespaceId, init: QpInitAttr) -> Result<Qpn> {
+        if init.qp_type != QpType::Ud {
+            return Err(VerbsError::InvalidArgument("QP1 is a UD QP"));
+        }
+        self.check_cap(&init.cap)?;
+        let ud_mtu = self.config.active_mtu.bytes();
+        let space = self.ns_mut(ns)?;
+        if space.qps.contains_key(&Qpn::GSI) {
+            return Err(VerbsError::AlreadyExists("QP1"));
+        }
+        if !space.pds.contains(&init.pd) {
+            return Err(VerbsError::NotFound("PD"));
+        }
+        if !space.cqs.contains_key(&init.send_cq) || !space.cqs.contains_key(&init.recv_cq) {
+            return Err(VerbsError::NotFound("CQ"));
+        }
+        let mut qp = QueuePair::new(Qpn::GSI, &init);
+        qp.req.ud_mtu = ud_mtu;
+        qp.gsi = true;
+        space.qps.insert(Qpn::GSI, qp);
+        Ok(Qpn::GSI)
     }
 
     /// Destroys a QP (its outstanding work is dropped without completions).

@@ -135,6 +135,10 @@ pub struct QpAttr {
     pub rnr_retry: Option<u8>,
     /// Peer address (RC/UC).
     pub av: Option<AddressVector>,
+    /// The address vector's GRH flow label (`ah_attr.grh.flow_label`, 20 bits; rdma_cm
+    /// sets one). It picks the UDP source port as in rxe; 0 or unset derives the label
+    /// from the two QPNs. Allowed wherever `av` is.
+    pub flow_label: Option<u32>,
 }
 
 /// Work queue sizes (`ibv_qp_cap`).
@@ -359,8 +363,9 @@ impl AttrMask {
     const RETRY_CNT: u32 = 1 << 12;
     const RNR_RETRY: u32 = 1 << 13;
     const AV: u32 = 1 << 14;
+    const FLOW_LABEL: u32 = 1 << 15;
 
-    const NAMES: [&'static str; 15] = [
+    const NAMES: [&'static str; 16] = [
         "pkey_index",
         "port_num",
         "qkey",
@@ -376,6 +381,7 @@ impl AttrMask {
         "retry_cnt",
         "rnr_retry",
         "av",
+        "flow_label",
     ];
 
     fn of(attr: &QpAttr) -> AttrMask {
@@ -395,6 +401,7 @@ impl AttrMask {
             attr.retry_cnt.is_some(),
             attr.rnr_retry.is_some(),
             attr.av.is_some(),
+            attr.flow_label.is_some(),
         ];
         AttrMask(
             bits.iter()
@@ -584,6 +591,9 @@ pub struct QueuePair {
     pub(crate) resp: Responder,
     /// UDP source port: rxe's `0xC000 + hash_32(qpn, 14)`.
     pub(crate) src_port: u16,
+    /// QP1, the General Services Interface (MADs of RDMA CM): a UD QP whose sends carry
+    /// AckReq, as rxe's IB_QPT_GSI sends do.
+    pub(crate) gsi: bool,
 }
 
 /// rxe's source port for a QP before it has a peer, and for UD QPs
@@ -600,7 +610,12 @@ pub fn connected_udp_source_port(local: Qpn, remote: Qpn) -> u16 {
     let mut v = u64::from(local.value()) * u64::from(remote.value());
     v ^= v >> 20;
     v ^= v >> 40;
-    let flow_label = (v & 0xf_ffff) as u32;
+    flow_label_udp_source_port((v & 0xf_ffff) as u32)
+}
+
+/// `rdma_flow_label_to_udp_sport`: the low 14 bits of a flow label folded with its top
+/// 6, in the RoCEv2 source port range.
+pub fn flow_label_udp_source_port(flow_label: u32) -> u16 {
     let low = (flow_label & 0x3fff) ^ ((flow_label & 0xf_c000) >> 14);
     0xC000 | low as u16
 }
@@ -624,6 +639,7 @@ fn initial_attr() -> QpAttr {
         retry_cnt: Some(0),
         rnr_retry: Some(0),
         av: None,
+        flow_label: Some(0),
     }
 }
 
@@ -653,6 +669,7 @@ impl QueuePair {
             req: Requester::default(),
             resp: Responder::default(),
             src_port: udp_source_port(qpn),
+            gsi: false,
         }
     }
 
@@ -701,6 +718,12 @@ impl QueuePair {
                 from,
                 to,
             })?;
+        // The flow label is part of the address vector.
+        let optional = if (required | optional) & AttrMask::AV != 0 {
+            optional | AttrMask::FLOW_LABEL
+        } else {
+            optional
+        };
         let given = AttrMask::of(attr).0;
         let missing = required & !given;
         if missing != 0 {
@@ -732,6 +755,9 @@ impl QueuePair {
         {
             return Err(VerbsError::LimitExceeded("max_dest_rd_atomic"));
         }
+        if attr.flow_label.is_some_and(|l| l > 0xf_ffff) {
+            return Err(VerbsError::InvalidArgument("flow_label is 20 bits"));
+        }
         let local = match &attr.av {
             Some(av) => Some(
                 resolve_local(av).ok_or(VerbsError::InvalidArgument("av: no such local GID"))?,
@@ -761,12 +787,17 @@ impl QueuePair {
             timeout,
             retry_cnt,
             rnr_retry,
-            av
+            av,
+            flow_label
         );
         self.local = local;
-        if attr.av.is_some() && self.qp_type != QpType::Ud {
-            self.src_port =
-                connected_udp_source_port(self.qpn, self.attr.dest_qpn.unwrap_or_default());
+        if (attr.av.is_some() || attr.flow_label.is_some()) && self.qp_type != QpType::Ud {
+            let label = self.attr.flow_label.unwrap_or(0);
+            self.src_port = if label != 0 {
+                flow_label_udp_source_port(label)
+            } else {
+                connected_udp_source_port(self.qpn, self.attr.dest_qpn.unwrap_or_default())
+            };
         }
         if let Some(psn) = attr.rq_psn {
             self.resp.epsn = psn;

@@ -300,7 +300,7 @@ impl QueuePair {
                         _ => OpCode::UdSendOnly,
                     };
                     let ud = wqe.wr.ud?;
-                    let mut bth = self.bth(opcode, psn, false);
+                    let mut bth = self.bth(opcode, psn, self.gsi);
                     bth.dest_qp = ud.qpn;
                     repr = packet::Repr::new(bth);
                     // High bit set: use the QP's own Q_Key (ibverbs rule).

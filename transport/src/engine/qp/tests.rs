@@ -179,7 +179,7 @@ fn each_required_attribute_is_required() {
         ] {
             let full = required(qp_type, from, to);
             let fields = AttrMask::of(&full).0;
-            for bit in 0..15 {
+            for bit in 0..16 {
                 if fields & (1 << bit) == 0 {
                     continue;
                 }
@@ -215,7 +215,8 @@ fn clear(attr: &mut QpAttr, bit: usize) {
         11 => attr.timeout = None,
         12 => attr.retry_cnt = None,
         13 => attr.rnr_retry = None,
-        _ => attr.av = None,
+        14 => attr.av = None,
+        _ => attr.flow_label = None,
     }
 }
 
