@@ -569,3 +569,66 @@ fn ipv6_rc_write_and_send() {
     let (counters, _) = device.counters().unwrap();
     assert_eq!(counters.icrc_errors, 0);
 }
+
+/// Receives from a shared receive queue, and the device queries.
+#[test]
+fn shared_receive_queue_and_queries() {
+    let net = 13;
+    let a = side(address(net, 1), DriverKind::Auto, QpType::Rc);
+    let b_device = open(address(net, 2), DriverKind::Auto);
+    let port = b_device.query_port().unwrap();
+    assert_eq!(port.state, ferroce::PortState::Active);
+    assert_eq!(port.active_mtu, PathMtu::Mtu1024);
+    assert_eq!(port.gid_tbl_len, 1);
+    assert_eq!(b_device.query_gid(0).unwrap(), address(net, 2));
+    assert!(b_device.query_gid(1).is_err());
+    assert_eq!(
+        b_device.query_device().unwrap().limits,
+        DeviceLimits::default()
+    );
+
+    let pd = b_device.alloc_pd().unwrap();
+    let cq = b_device.create_cq(16, None).unwrap();
+    let mr = pd.reg_mr(4096, access()).unwrap();
+    let srq = pd.create_srq(8, 1).unwrap();
+    let mut init = QpInitAttributes::new(QpType::Rc, &cq);
+    init.srq = Some(&srq);
+    let b_qp = pd.create_qp(&init).unwrap();
+    let end_a = RemoteEndpoint {
+        address: address(net, 1),
+        qpn: a.qp.qp_num(),
+        psn: Psn::new(1),
+    };
+    let end_b = RemoteEndpoint {
+        address: address(net, 2),
+        qpn: b_qp.qp_num(),
+        psn: Psn::new(2),
+    };
+    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, access())
+        .unwrap();
+    b_qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, access())
+        .unwrap();
+    assert!(
+        b_qp.post_recv(RecvRequest::new(0).sge(&mr, 0, 8)).is_err(),
+        "the QP takes receives from its SRQ"
+    );
+    for i in 0..2u64 {
+        srq.post_recv(RecvRequest::new(40 + i).sge(&mr, i * 1024, 1024))
+            .unwrap();
+    }
+    assert!(srq
+        .post_recv(RecvRequest::new(0).sge(&mr, 0, 8).sge(&mr, 8, 8))
+        .is_err());
+    srq.modify(1).unwrap();
+    assert_eq!(srq.query().unwrap().srq_limit, 1);
+    a.qp.post_send(SendRequest::send(1).inline(b"first"))
+        .unwrap();
+    a.qp.post_send(SendRequest::send(2).inline(b"second"))
+        .unwrap();
+    let wcs = cq.poll_wait(2, WAIT);
+    let got: Vec<(u64, u32)> = wcs.iter().map(|w| (w.wr_id, w.byte_len)).collect();
+    assert_eq!(got, vec![(40, 5), (41, 6)]);
+    assert_eq!(mr.to_vec(0, 5).unwrap(), b"first");
+    assert_eq!(mr.to_vec(1024, 6).unwrap(), b"second");
+    assert_eq!(a.cq.poll_wait(2, WAIT).len(), 2);
+}
