@@ -403,6 +403,22 @@ fn send_opcode(op: SendOp) -> WcOpcode {
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
 
+/// Applies up to [`WORK_BATCH`] queued work items, in order; returns how many.
+fn take_work(core: &mut Core, shared: &Shared) -> usize {
+    let mut worked = 0;
+    while worked < WORK_BATCH {
+        let Some(work) = shared.queue.pop() else {
+            break;
+        };
+        worked += 1;
+        match work {
+            Work::Post(post) => core.apply(post),
+            Work::Call(call) => call(core),
+        }
+    }
+    worked
+}
+
 enum Work {
     Post(Post),
     Call(Call),
@@ -633,18 +649,8 @@ impl Runner {
     /// One round; true when anything happened.
     fn round(&mut self) -> bool {
         let now = self.now();
-        let received = self.receive(now);
-        let mut worked = 0;
-        while worked < WORK_BATCH {
-            let Some(work) = self.shared.queue.pop() else {
-                break;
-            };
-            worked += 1;
-            match work {
-                Work::Post(post) => self.core.apply(post),
-                Work::Call(call) => call(&mut self.core),
-            }
-        }
+        let (received, mut worked) = self.receive(now);
+        worked += take_work(&mut self.core, &self.shared);
         let mut timers = false;
         if self.core.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.core.engine.handle_timeout(now);
@@ -655,17 +661,28 @@ impl Runner {
         received + worked + sent + completed > 0 || timers
     }
 
-    fn receive(&mut self, now: Time) -> usize {
+    /// Receives a batch from every driver; returns datagrams received and work items
+    /// taken.
+    fn receive(&mut self, now: Time) -> (usize, usize) {
         let Runner {
             core,
             ports,
             solvers,
+            shared,
             ..
         } = self;
         let mut total = 0;
+        let mut worked = 0;
         for port in ports.iter_mut() {
             let local_port = port.port;
+            let mut first = true;
             let result = port.driver.recv_batch(|received| {
+                // The batch is already out of the socket, so any datagram in it was sent
+                // after the work queued so far (a receive posted before the peer was told
+                // to send, say): take that work first, as a post returning promises.
+                if std::mem::take(&mut first) {
+                    worked += take_work(core, shared);
+                }
                 if received.truncated {
                     core.counters.truncated += 1;
                     return;
@@ -706,7 +723,7 @@ impl Runner {
                 }
             }
         }
-        total
+        (total, worked)
     }
 
     fn transmit(&mut self, now: Time) -> usize {
@@ -776,5 +793,99 @@ impl Runner {
         }
         self.shared.sleeping.store(false, Ordering::SeqCst);
         self.shared.doorbell.drain();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(wr_id: u64) -> WorkCompletion {
+        WorkCompletion {
+            wr_id,
+            status: WcStatus::Success,
+            opcode: WcOpcode::Send,
+            byte_len: 0,
+            imm_data: None,
+            invalidated_rkey: None,
+            qp_num: Qpn::new(0x11),
+            src_qp: Qpn::new(0),
+            grh: false,
+            pkey_index: 0,
+            vendor_err: 0,
+        }
+    }
+
+    #[test]
+    fn ring_wakes_waiters_and_notifies_once_per_arming() {
+        let channel = Arc::new(EventChannel::new());
+        let ring = Arc::new(CompletionRing::new(4, Some((channel.clone(), 9))));
+        assert!(!ring.wait(Some(Duration::from_millis(10))));
+        ring.req_notify();
+        let waiter = {
+            let ring = ring.clone();
+            std::thread::spawn(move || ring.wait(Some(Duration::from_secs(10))))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        ring.deliver([completion(1), completion(2)]);
+        assert!(waiter.join().unwrap());
+        assert_eq!(channel.get_event(Some(Duration::from_secs(1))), Some(9));
+        // Not re-armed: no event for the next completion.
+        ring.deliver([completion(3)]);
+        assert_eq!(channel.get_event(Some(Duration::from_millis(10))), None);
+        assert_eq!((ring.len(), ring.room()), (3, 1));
+        let mut out = Vec::new();
+        assert_eq!(ring.poll(2, &mut out), 2);
+        assert_eq!(ring.poll(5, &mut out), 1);
+        let ids: Vec<u64> = out.iter().map(|w| w.wr_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(ring.is_empty());
+    }
+
+    /// A thread with no drivers still runs calls in order and stops when dropped; calls
+    /// after the end report it.
+    #[test]
+    fn calls_run_in_order_and_the_thread_stops() {
+        let thread = EngineThread::spawn(EngineThreadConfig {
+            engine: EngineConfig::default(),
+            seed: 1,
+            addresses: Vec::new(),
+            driver: DriverKind::Socket,
+            busy_poll: Duration::from_micros(10),
+            name: "ferroce-test".into(),
+        })
+        .unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..100 {
+            let order = order.clone();
+            thread.submit(move |_| order.lock().unwrap().push(i));
+        }
+        let pd = thread
+            .call(|core| core.engine.alloc_pd(NamespaceId::DEFAULT))
+            .unwrap();
+        assert!(pd.is_ok());
+        assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>());
+        let shared = thread.shared.clone();
+        drop(thread);
+        assert!(!shared.alive.load(Ordering::SeqCst));
+    }
+
+    /// A call that panics ends the thread; later calls fail instead of hanging.
+    #[test]
+    fn a_dead_thread_answers_calls_with_an_error() {
+        let thread = EngineThread::spawn(EngineThreadConfig {
+            engine: EngineConfig::default(),
+            seed: 1,
+            addresses: Vec::new(),
+            driver: DriverKind::Socket,
+            busy_poll: Duration::ZERO,
+            name: "ferroce-test".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            thread.call(|_| -> u8 { panic!("boom") }),
+            Err(EngineStopped)
+        );
+        assert_eq!(thread.call(|_| 1), Err(EngineStopped));
     }
 }
