@@ -3,8 +3,11 @@
 
 use std::process::ExitCode;
 
+pub mod address;
 pub mod decode;
+pub mod devinfo;
 pub mod perf;
+pub mod pingpong;
 pub mod sim;
 
 /// ferroce: a software RoCEv2 stack and its tools.
@@ -25,6 +28,10 @@ pub enum Command {
     Sim(sim::Args),
     /// perftest's bandwidth and latency tests (`perf write bw --loopback -s 65536`).
     Perf(perf::Args),
+    /// rdma-core's ibv_rc_pingpong / ibv_ud_pingpong (`pingpong rc [SERVER]`).
+    Pingpong(pingpong::Args),
+    /// The device, as ibv_devinfo prints it.
+    Devinfo(devinfo::Args),
 }
 
 impl Command {
@@ -34,6 +41,8 @@ impl Command {
             Command::Decode(args) => decode::run(args),
             Command::Sim(args) => sim::run(args),
             Command::Perf(args) => perf::run(args),
+            Command::Pingpong(args) => pingpong::run(args),
+            Command::Devinfo(args) => devinfo::run(args),
         }
     }
 }

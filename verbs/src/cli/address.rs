@@ -1,0 +1,278 @@
+//! Which local addresses (GIDs) a command-line tool gives its device, chosen the way
+//! rdma-core users expect of a RoCE device:
+//!
+//! - a client uses the source address the kernel picks to reach its peer (the address
+//!   of the interface that routes there);
+//! - a server uses every non-loopback address of the host (IPv4 first, then global
+//!   IPv6), or 127.0.0.1 when there is none;
+//! - `--bind` overrides both.
+//!
+//! Addresses come from `/proc/net/fib_trie` (IPv4 local addresses) and
+//! `/proc/net/if_inet6`, so no C library call is needed.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+
+use ferroce_transport::engine::PathMtu;
+
+use crate::{Device, DeviceConfig, Error};
+
+/// Why a tool could not open its device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another socket holds UDP 4791 on one of the addresses.
+    #[error(
+        "UDP port {port} on {address} is in use (kernel rxe or another ferroce?); \
+         choose another address with --bind"
+    )]
+    PortBusy {
+        /// The address whose port is taken.
+        address: IpAddr,
+        /// The UDP port.
+        port: u16,
+    },
+    /// An address that is not one of this host's.
+    #[error("{0} is not an address of this host")]
+    NotLocal(IpAddr),
+    /// Anything else.
+    #[error("cannot open the device on {addresses:?}: {source}")]
+    Other {
+        /// The addresses asked for.
+        addresses: Vec<IpAddr>,
+        /// What failed.
+        source: Error,
+    },
+}
+
+/// Opens a device on `addresses` (UDP 4791) with the active MTU [`active_mtu`] gives,
+/// naming the address when one cannot be bound.
+pub fn open_device(addresses: &[IpAddr]) -> Result<Device, OpenError> {
+    let mut config = DeviceConfig::with_address(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    config.addresses = addresses.to_vec();
+    config.active_mtu = active_mtu(addresses);
+    let port = config.port;
+    let first = addresses
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match Device::open(config) {
+        Ok(device) => Ok(device),
+        Err(Error::Io(error)) if error.kind() == io::ErrorKind::AddrInUse => {
+            // The device let go of what it bound; probing again names the address.
+            let address = addresses
+                .iter()
+                .copied()
+                .find(|a| UdpSocket::bind(SocketAddr::new(*a, port)).is_err())
+                .unwrap_or(first);
+            Err(OpenError::PortBusy { address, port })
+        }
+        Err(Error::Io(error)) if error.kind() == io::ErrorKind::AddrNotAvailable => {
+            let address = addresses
+                .iter()
+                .copied()
+                .find(|a| UdpSocket::bind(SocketAddr::new(*a, 0)).is_err())
+                .unwrap_or(first);
+            Err(OpenError::NotLocal(address))
+        }
+        Err(source) => Err(OpenError::Other {
+            addresses: addresses.to_vec(),
+            source,
+        }),
+    }
+}
+
+/// The source address the kernel uses for datagrams to `peer` (a connected UDP socket's
+/// local address; nothing is sent).
+pub fn route_source(peer: IpAddr) -> io::Result<IpAddr> {
+    let any: IpAddr = match peer {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    socket.connect(SocketAddr::new(
+        peer,
+        ferroce_transport::wire::ROCEV2_UDP_PORT,
+    ))?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// The host's non-loopback addresses: IPv4 ones first, then global IPv6 ones (link-local
+/// IPv6 addresses need a scope a GID cannot carry, so they are left out).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = std::fs::read_to_string("/proc/net/fib_trie")
+        .map(|text| local_ipv4_addresses(&text))
+        .unwrap_or_default()
+        .into_iter()
+        .map(IpAddr::V4)
+        .collect();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") {
+        addresses.extend(global_ipv6_addresses(&text).into_iter().map(IpAddr::V6));
+    }
+    addresses
+}
+
+/// A server's default GIDs: every non-loopback address, or 127.0.0.1 when there is none.
+pub fn server_addresses() -> Vec<IpAddr> {
+    let addresses = host_addresses();
+    if addresses.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    } else {
+        addresses
+    }
+}
+
+/// The active MTU a device on `addresses` reports. rxe derives it from the netdev MTU
+/// (minus 80, rounded down to an IB MTU): the loopback interface (MTU 65536) gives 4096,
+/// standard Ethernet (1500) gives 1024, which is also the safe choice for any other link.
+pub fn active_mtu(addresses: &[IpAddr]) -> PathMtu {
+    if !addresses.is_empty() && addresses.iter().all(|a| a.to_canonical().is_loopback()) {
+        PathMtu::Mtu4096
+    } else {
+        PathMtu::Mtu1024
+    }
+}
+
+/// The GID of an address: IPv4 addresses are IPv4-mapped (`::ffff:a.b.c.d`).
+pub fn gid(address: IpAddr) -> Ipv6Addr {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// The IPv4 addresses `/proc/net/fib_trie` lists as `/32 host LOCAL`, loopback excluded,
+/// in order, without duplicates (the file lists the main and local tables).
+fn local_ipv4_addresses(fib_trie: &str) -> Vec<Ipv4Addr> {
+    let mut found = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in fib_trie.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("|-- ") {
+            last = rest.trim().parse().ok();
+        } else if line.starts_with("/32 host LOCAL") {
+            if let Some(address) = last.take() {
+                if !address.is_loopback() && !found.contains(&address) {
+                    found.push(address);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Global-scope IPv6 addresses from `/proc/net/if_inet6` (columns: address, ifindex,
+/// prefix length, scope, flags, name), skipping tentative and DAD-failed ones.
+fn global_ipv6_addresses(if_inet6: &str) -> Vec<Ipv6Addr> {
+    const SCOPE_GLOBAL: u32 = 0x00;
+    const IFA_F_DADFAILED: u32 = 0x08;
+    const IFA_F_TENTATIVE: u32 = 0x40;
+    let mut found = Vec::new();
+    for line in if_inet6.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [hex, _, _, scope, flags, ..] = fields.as_slice() else {
+            continue;
+        };
+        let (Ok(bits), Ok(scope), Ok(flags)) = (
+            u128::from_str_radix(hex, 16),
+            u32::from_str_radix(scope, 16),
+            u32::from_str_radix(flags, 16),
+        ) else {
+            continue;
+        };
+        let address = Ipv6Addr::from(bits);
+        if hex.len() == 32
+            && scope == SCOPE_GLOBAL
+            && flags & (IFA_F_DADFAILED | IFA_F_TENTATIVE) == 0
+            && !address.is_loopback()
+            && !found.contains(&address)
+        {
+            found.push(address);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIB_TRIE: &str = "Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+        +-- 192.0.2.0/30 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+        |-- 192.0.2.255
+           /32 link BROADCAST
+     |-- 10.77.0.11
+        /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+           |-- 192.0.2.2
+              /32 host LOCAL
+";
+
+    const IF_INET6: &str = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fd000000000000000000000000000002 04 40 00 82     eth0
+fd000000000000000000000000000003 04 40 00 c0     eth0
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+";
+
+    #[test]
+    fn fib_trie_local_addresses_without_loopback_or_duplicates() {
+        assert_eq!(
+            local_ipv4_addresses(FIB_TRIE),
+            vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(10, 77, 0, 11)]
+        );
+        assert!(local_ipv4_addresses("").is_empty());
+    }
+
+    #[test]
+    fn if_inet6_global_addresses_only() {
+        assert_eq!(
+            global_ipv6_addresses(IF_INET6),
+            vec!["fd00::2".parse::<Ipv6Addr>().expect("literal")]
+        );
+        assert!(global_ipv6_addresses("garbage line\n").is_empty());
+    }
+
+    #[test]
+    fn route_source_of_loopback_is_loopback() {
+        let source = route_source(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("loopback route");
+        assert!(source.is_loopback());
+    }
+
+    #[test]
+    fn gids_and_mtus() {
+        assert_eq!(
+            gid("10.77.0.1".parse().expect("literal")).to_string(),
+            "::ffff:10.77.0.1"
+        );
+        assert_eq!(
+            active_mtu(&["127.0.0.1".parse().expect("literal")]),
+            PathMtu::Mtu4096
+        );
+        assert_eq!(
+            active_mtu(&[
+                "127.0.0.1".parse().expect("literal"),
+                "10.0.0.1".parse().expect("literal")
+            ]),
+            PathMtu::Mtu1024
+        );
+        assert!(!server_addresses().is_empty());
+    }
+}
