@@ -267,6 +267,9 @@ impl QueuePair {
         if wr.sge_count() > self.cap.max_send_sge as usize {
             return Err(VerbsError::LimitExceeded("max_send_sge").into());
         }
+        if !self.pd.device.thread.is_alive() {
+            return Err(Error::DeviceStopped);
+        }
         self.pd.device.thread.post(Post::Send {
             ns: self.pd.device.ns,
             qpn: self.qpn,
@@ -287,6 +290,9 @@ impl QueuePair {
         }
         if wr.sge_count() > self.cap.max_recv_sge as usize {
             return Err(VerbsError::LimitExceeded("max_recv_sge").into());
+        }
+        if !self.pd.device.thread.is_alive() {
+            return Err(Error::DeviceStopped);
         }
         self.pd.device.thread.post(Post::Recv {
             ns: self.pd.device.ns,
