@@ -378,3 +378,88 @@ fn devinfo_prints_the_device_like_ibv_devinfo() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(missing.stderr.contains("IB device 'mlx5_0' wasn't found"));
 }
+
+/// A TCP peer that answers the exchange with a QP at an address where nothing listens
+/// on UDP 4791, then keeps the connection until the client is done.
+fn fake_server(dead_gid: &str) -> (u16, std::thread::JoinHandle<()>) {
+    use ferroce::oob::pingpong::{server_exchange, PingpongDest};
+    use ferroce::wire::{Psn, Qpn};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gid = format!("::ffff:{dead_gid}").parse().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let local = PingpongDest {
+            lid: 0,
+            qpn: Qpn::new(0x11),
+            psn: Psn::new(0x123456),
+            gid,
+        };
+        server_exchange(&mut stream, &local, |_| Ok(())).unwrap();
+    });
+    (port, thread)
+}
+
+#[test]
+fn rc_peer_that_never_answers_times_out() {
+    let (port, server) = fake_server("127.78.55.9");
+    let args = strings(&[
+        "pingpong",
+        "rc",
+        "127.0.0.1",
+        "--bind",
+        "127.78.55.2",
+        "-p",
+        &port.to_string(),
+        "-n",
+        "5",
+        "--timeout",
+        "2",
+    ]);
+    let outcome = finish(spawn(&args), String::new(), None);
+    server.join().unwrap();
+    assert_eq!(outcome.status.code(), Some(1), "{outcome:?}");
+    assert!(
+        outcome.stdout.contains(
+            "  remote address: LID 0x0000, QPN 0x000011, PSN 0x123456, GID ::ffff:127.78.55.9"
+        ),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stderr.contains(
+            "no completion for 2 s after 0 sends and 0 receives of 5: the peer stopped or is \
+             unreachable (RC retransmits forever"
+        ),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn ud_peer_that_never_answers_times_out() {
+    let (port, server) = fake_server("127.78.56.9");
+    let args = strings(&[
+        "pingpong",
+        "ud",
+        "127.0.0.1",
+        "--bind",
+        "127.78.56.2",
+        "-p",
+        &port.to_string(),
+        "-n",
+        "5",
+        "--timeout",
+        "1",
+    ]);
+    let outcome = finish(spawn(&args), String::new(), None);
+    server.join().unwrap();
+    assert_eq!(outcome.status.code(), Some(1), "{outcome:?}");
+    assert!(
+        outcome
+            .stderr
+            .contains("no completion for 1 s after 1 sends and 0 receives of 5"),
+        "{}",
+        outcome.stderr
+    );
+}
