@@ -355,7 +355,9 @@ impl QueuePair {
                     return Err(invalid());
                 };
                 let end = u64::from(*offset) + parsed.payload.len() as u64;
-                if end > sg_capacity(&recv.sg_list) {
+                // Messages are at most 2^31 bytes; a peer sending Middles forever stops
+                // here even when overlapping SGEs add up to more.
+                if end > sg_capacity(&recv.sg_list) || end > 1 << 31 {
                     return Err(refuse(NakCode::InvalidRequest, WcStatus::LocLenErr));
                 }
                 if Self::scatter(self.pd, &recv.sg_list, *offset, parsed.payload, ctx.memory)
