@@ -15,6 +15,9 @@ use super::super::{AsyncEvent, DatagramMeta};
 use super::requester::packets_for;
 use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr};
 
+/// The longest message IBA allows (2^31 bytes).
+pub const MAX_MESSAGE: u32 = 1 << 31;
+
 /// Length of the GRH space at the start of a UD receive buffer.
 pub const GRH_LEN: usize = 40;
 
@@ -357,7 +360,7 @@ impl QueuePair {
                 let end = u64::from(*offset) + parsed.payload.len() as u64;
                 // Messages are at most 2^31 bytes; a peer sending Middles forever stops
                 // here even when overlapping SGEs add up to more.
-                if end > sg_capacity(&recv.sg_list) || end > 1 << 31 {
+                if end > sg_capacity(&recv.sg_list) || end > u64::from(MAX_MESSAGE) {
                     return Err(refuse(NakCode::InvalidRequest, WcStatus::LocLenErr));
                 }
                 if Self::scatter(self.pd, &recv.sg_list, *offset, parsed.payload, ctx.memory)
@@ -452,6 +455,12 @@ impl QueuePair {
                     return Err(invalid());
                 }
                 let reth = parsed.repr.reth.ok_or_else(invalid)?;
+                if reth.dma_length > MAX_MESSAGE {
+                    return Err(invalid());
+                }
+                if reth.dma_length > MAX_MESSAGE {
+                    return Err(invalid());
+                }
                 if reth.dma_length > 0 {
                     ctx.memory
                         .check(
@@ -524,6 +533,9 @@ impl QueuePair {
         let invalid = || refuse(NakCode::InvalidRequest, WcStatus::RemInvReqErr);
         if position.starts_message() {
             let reth = parsed.repr.reth.ok_or_else(invalid)?;
+            if reth.dma_length > MAX_MESSAGE {
+                return Err(invalid());
+            }
             if reth.dma_length > 0 {
                 ctx.memory
                     .check(
