@@ -865,8 +865,10 @@ impl QueuePair {
             }
             None => wr.sg_list.iter().map(|s| u64::from(s.length)).sum(),
         };
-        let length =
-            u32::try_from(length).map_err(|_| VerbsError::InvalidArgument("message over 2 GiB"))?;
+        let length = u32::try_from(length)
+            .ok()
+            .filter(|&l| l <= responder::MAX_MESSAGE)
+            .ok_or(VerbsError::InvalidArgument("message over 2 GiB"))?;
         let allowed = match self.qp_type {
             QpType::Rc => true,
             QpType::Uc => matches!(
