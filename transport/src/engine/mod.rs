@@ -1071,6 +1071,17 @@ impl Engine {
 
     /// A datagram arrived (the UDP payload from the BTH to the ICRC).
     pub fn handle_datagram(&mut self, now: Time, meta: DatagramMeta, payload: &[u8]) {
+        self.receive(now, meta, payload, false);
+    }
+
+    /// A datagram arrived whose ICRC the I/O layer has already verified: recovering the
+    /// IPv4 identification with `ferroce_wire::ident::IdentSolver` succeeds only for a
+    /// valid ICRC, so checking it again would be a second pass over every byte.
+    pub fn handle_verified_datagram(&mut self, now: Time, meta: DatagramMeta, payload: &[u8]) {
+        self.receive(now, meta, payload, true);
+    }
+
+    fn receive(&mut self, now: Time, meta: DatagramMeta, payload: &[u8], icrc_verified: bool) {
         use ferroce_wire::opcode::Operation;
         use ferroce_wire::{icrc, packet, Transport};
         self.counters.packets_in += 1;
@@ -1084,7 +1095,7 @@ impl Engine {
             self.counters.drops.malformed += 1;
             return;
         };
-        if !matches!(icrc::verify(&env, payload), Ok(true)) {
+        if !icrc_verified && !matches!(icrc::verify(&env, payload), Ok(true)) {
             self.counters.icrc_errors += 1;
             return;
         }

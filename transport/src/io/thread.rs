@@ -708,6 +708,10 @@ impl Runner {
                             Ok(Some(found)) => {
                                 core.counters.ident_nonzero += u64::from(found.ident != 0);
                                 meta.ipv4_ident = Some(found);
+                                // Recovery succeeded, so the ICRC is valid.
+                                core.engine
+                                    .handle_verified_datagram(now, meta, received.payload);
+                                return;
                             }
                             _ => core.counters.ident_unrecovered += 1,
                         }
