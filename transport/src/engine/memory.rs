@@ -222,6 +222,7 @@ impl MemoryTable {
 
     /// Registers a zeroed region of `length` bytes; `key_byte` and `addr_bits` come from
     /// the engine's seeded generator.
+    #[cfg(test)]
     pub(crate) fn register(
         &mut self,
         pd: ProtectionDomain,

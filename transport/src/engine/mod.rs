@@ -665,24 +665,13 @@ impl Engine {
         length: u64,
         access: AccessFlags,
     ) -> Result<MemoryRegion> {
-        let limits = self.config.limits;
-        if length > limits.max_mr_size {
+        // Refuse before allocating: the length comes from the caller.
+        if length > self.config.limits.max_mr_size {
             return Err(VerbsError::LimitExceeded("max_mr_size"));
         }
-        check_mr_access(access)?;
-        let space = self.ns_mut(ns)?;
-        if !space.pds.contains(&pd) {
-            return Err(VerbsError::NotFound("PD"));
-        }
-        if space.memory.len() >= limits.max_mr as usize {
-            return Err(VerbsError::LimitExceeded("max_mr"));
-        }
-        let key_byte = space.rng.next() as u8;
-        let addr_bits = space.rng.next() as u32;
-        space
-            .memory
-            .register(pd, length, access, key_byte, addr_bits)
-            .map_err(|_| VerbsError::LimitExceeded("MR table"))
+        let length =
+            usize::try_from(length).map_err(|_| VerbsError::LimitExceeded("max_mr_size"))?;
+        self.reg_mr_backed(ns, pd, Box::new(vec![0u8; length]), access)
     }
 
     /// Registers memory the caller provides (caller-registered or shared memory) behind
