@@ -37,6 +37,19 @@ pub enum Operation {
     Read,
     /// SEND (ib_send_bw / ib_send_lat).
     Send,
+    /// Atomic fetch-and-add or compare-and-swap on 8 bytes (ib_atomic_bw / ib_atomic_lat).
+    Atomic,
+}
+
+/// Which atomic operation `atomic` tests (perftest's `-A`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtomicKind {
+    /// Compare and swap.
+    #[value(name = "CMP_AND_SWAP")]
+    CompareAndSwap,
+    /// Fetch and add (perftest's default).
+    #[value(name = "FETCH_AND_ADD")]
+    FetchAndAdd,
 }
 
 /// Bandwidth or latency.
@@ -62,27 +75,60 @@ pub enum Driver {
 /// Arguments of `ferroce perf`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Operation: write, read or send.
+    /// Operation: write, read, send or atomic.
     #[arg(value_enum)]
     pub operation: Operation,
     /// Test: bw or lat.
     #[arg(value_enum)]
     pub test: Test,
-    /// Run both ends in this process on two loopback devices (the only mode so far).
+    /// The server to connect to (name or address); without it, wait for a client.
+    #[arg(conflicts_with = "loopback")]
+    pub server: Option<String>,
+    /// Run both ends in this process on two loopback devices.
     #[arg(long)]
     pub loopback: bool,
-    /// Message size in bytes.
-    #[arg(short = 's', long = "size", default_value_t = 65536)]
-    pub size: u32,
+    /// TCP port of the out-of-band exchange (perftest's).
+    #[arg(short = 'p', long = "port", default_value_t = 18515)]
+    pub port: u16,
+    /// Local RoCE address (the GID): by default a client uses the address that routes to
+    /// the server, a server every non-loopback address (127.0.0.1 when there is none).
+    #[arg(long = "bind", value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+    /// Device name (accepted for perftest compatibility; ferroce has one device).
+    #[arg(short = 'd', long = "ib-dev")]
+    pub device: Option<String>,
+    /// Which of the device's addresses is the GID (default: the one the peer talks to,
+    /// else the first).
+    #[arg(short = 'x', long = "gid-index", short_alias = 'g')]
+    pub gid_index: Option<u32>,
+    /// Atomic operation of `atomic`.
+    #[arg(
+        short = 'A',
+        long = "atomic_type",
+        value_enum,
+        default_value = "FETCH_AND_ADD"
+    )]
+    pub atomic_type: AtomicKind,
+    /// Messages up to this size are sent inline (default 220 for lat, 0 for bw).
+    #[arg(short = 'I', long = "inline_size")]
+    pub inline_size: Option<u32>,
+    /// Do not fail on CPU frequency warnings (perftest's `-F`; ferroce measures with the
+    /// monotonic clock, so there is nothing to check).
+    #[arg(short = 'F', long = "CPU-freq")]
+    pub cpu_freq: bool,
+    /// Message size in bytes (default 65536 for bw, 2 for lat, 8 for atomic).
+    #[arg(short = 's', long = "size")]
+    pub size: Option<u32>,
     /// Iterations per QP (perftest's default: 5000 for bw, 1000 for lat).
     #[arg(short = 'n', long = "iters")]
     pub iterations: Option<u64>,
     /// Number of QPs (bw).
     #[arg(short = 'q', long = "qp", default_value_t = 1)]
     pub qps: u32,
-    /// Path MTU: 256, 512, 1024, 2048 or 4096.
-    #[arg(short = 'm', long = "mtu", default_value_t = 1024)]
-    pub mtu: u32,
+    /// Path MTU: 256, 512, 1024, 2048 or 4096 (default: 1024 with --loopback, else the
+    /// port's active MTU).
+    #[arg(short = 'm', long = "mtu")]
+    pub mtu: Option<u32>,
     /// Run for this many seconds instead of a number of iterations.
     #[arg(short = 'D', long = "duration")]
     pub duration: Option<u64>,
@@ -118,14 +164,54 @@ const MAX_ALL_SIZE: u32 = 1 << 23;
 const LAT_INLINE: u32 = 220;
 /// How long a run may wait for a completion before it counts as failed.
 const STALL: Duration = Duration::from_secs(10);
+/// perftest's atomic message size.
+const ATOMIC_SIZE: u32 = 8;
+
+mod net;
+
+/// `-s`, or perftest's default for the test: 8 for atomics, 2 for latency, 65536 for
+/// bandwidth.
+fn default_size(args: &Args) -> u32 {
+    args.size.unwrap_or(match (args.operation, args.test) {
+        (Operation::Atomic, _) => ATOMIC_SIZE,
+        (_, Test::Lat) => 2,
+        (_, Test::Bw) => 65536,
+    })
+}
+
+/// The MTU of a loopback run: `-m`, else 1024.
+fn loopback_mtu(args: &Args) -> u32 {
+    args.mtu.unwrap_or(1024)
+}
+
+/// perftest's column titles.
+fn print_columns(test: Test) {
+    match test {
+        Test::Bw => println!(
+            " #bytes     #iterations    BW peak[MiB/sec]    BW average[MiB/sec]   MsgRate[Mpps]"
+        ),
+        Test::Lat => println!(
+            " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]"
+        ),
+    }
+}
+
+/// perftest's name of the operation in its banner.
+fn operation_title(operation: Operation) -> &'static str {
+    match operation {
+        Operation::Write => "RDMA_Write",
+        Operation::Read => "RDMA_Read",
+        Operation::Send => "Send",
+        Operation::Atomic => "Atomic",
+    }
+}
 
 /// Runs `ferroce perf`.
 pub fn run(args: &Args) -> ExitCode {
-    if !args.loopback {
-        eprintln!("ferroce perf: only --loopback is implemented so far (server/client over TCP comes later)");
-        return ExitCode::from(2);
-    }
-    if PathMtu::from_bytes(args.mtu).is_none() {
+    if args
+        .mtu
+        .is_some_and(|mtu| PathMtu::from_bytes(mtu).is_none())
+    {
         eprintln!("ferroce perf: -m must be 256, 512, 1024, 2048 or 4096");
         return ExitCode::from(2);
     }
@@ -133,12 +219,13 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("ferroce perf: -q, -t, -r and -Q must be at least 1");
         return ExitCode::from(2);
     }
-    if args.size == 0 && !args.all {
+    let size = default_size(args);
+    if size == 0 && !args.all {
         eprintln!("ferroce perf: -s must be at least 1");
         return ExitCode::from(2);
     }
-    if args.addresses.len() != 2 || args.addresses[0] == args.addresses[1] {
-        eprintln!("ferroce perf: --addresses needs two different addresses");
+    if args.operation == Operation::Atomic && (size != ATOMIC_SIZE || args.all) {
+        eprintln!("ferroce perf: atomic tests use 8-byte messages (no -s other than 8, no -a)");
         return ExitCode::from(2);
     }
     let sizes: Vec<u32> = if args.all {
@@ -146,9 +233,16 @@ pub fn run(args: &Args) -> ExitCode {
             .map(|shift| 1u32 << shift)
             .collect()
     } else {
-        vec![args.size]
+        vec![size]
     };
-    let largest = sizes.iter().copied().max().unwrap_or(args.size).max(8);
+    if !args.loopback {
+        return net::run(args, &sizes);
+    }
+    if args.addresses.len() != 2 || args.addresses[0] == args.addresses[1] {
+        eprintln!("ferroce perf: --addresses needs two different addresses");
+        return ExitCode::from(2);
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(size).max(8);
     let bench = match Bench::open(args, largest) {
         Ok(bench) => bench,
         Err(error) => {
@@ -166,7 +260,7 @@ pub fn run(args: &Args) -> ExitCode {
             Test::Lat => bench.latency(args, size).map(Report::Latency),
         };
         match result {
-            Ok(report) => report.print(args, size),
+            Ok(report) => report.print(args, loopback_mtu(args), size),
             Err(error) => {
                 eprintln!("ferroce perf: {size} bytes: {error}");
                 failed = true;
@@ -228,12 +322,15 @@ struct Bench {
 }
 
 fn access() -> AccessFlags {
-    AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ
+    AccessFlags::LOCAL_WRITE
+        | AccessFlags::REMOTE_WRITE
+        | AccessFlags::REMOTE_READ
+        | AccessFlags::REMOTE_ATOMIC
 }
 
 impl Bench {
     fn open(args: &Args, largest: u32) -> Result<Bench, Error> {
-        let mtu = PathMtu::from_bytes(args.mtu).unwrap_or(PathMtu::Mtu1024);
+        let mtu = PathMtu::from_bytes(loopback_mtu(args)).unwrap_or(PathMtu::Mtu1024);
         let slice = u64::from(largest);
         let end = |address: IpAddr| -> Result<End, Error> {
             let mut config = DeviceConfig::with_address(address);
@@ -291,11 +388,7 @@ impl Bench {
     }
 
     fn print_header(&self, args: &Args) {
-        let name = match args.operation {
-            Operation::Write => "RDMA_Write",
-            Operation::Read => "RDMA_Read",
-            Operation::Send => "Send",
-        };
+        let name = operation_title(args.operation);
         let test = match args.test {
             Test::Bw => "BW",
             Test::Lat => "Latency",
@@ -318,7 +411,8 @@ impl Bench {
         );
         println!(
             " Connection type   : RC     Number of qps : {}     MTU : {}",
-            args.qps, args.mtu
+            args.qps,
+            loopback_mtu(args)
         );
         if args.test == Test::Bw {
             println!(
@@ -327,14 +421,7 @@ impl Bench {
             );
         }
         println!("{}", "-".repeat(RULE));
-        match args.test {
-            Test::Bw => println!(
-                " #bytes     #iterations    BW peak[MiB/sec]    BW average[MiB/sec]   MsgRate[Mpps]"
-            ),
-            Test::Lat => println!(
-                " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]"
-            ),
-        }
+        print_columns(args.test);
     }
 
     fn iterations(args: &Args) -> u64 {
@@ -348,7 +435,9 @@ impl Bench {
     fn prepare(&self, args: &Args, size: u32) -> Result<Vec<Vec<u8>>, Error> {
         let (source, destination) = match args.operation {
             Operation::Read => (&self.server.mr, &self.client.mr),
-            Operation::Write | Operation::Send => (&self.client.mr, &self.server.mr),
+            Operation::Write | Operation::Send | Operation::Atomic => {
+                (&self.client.mr, &self.server.mr)
+            }
         };
         let mut patterns = Vec::new();
         for q in 0..args.qps as usize {
@@ -374,6 +463,12 @@ impl Bench {
             Operation::Write => SendRequest::write(wr_id, server.addr() + offset, server.rkey()),
             Operation::Read => SendRequest::read(wr_id, server.addr() + offset, server.rkey()),
             Operation::Send => SendRequest::send(wr_id),
+            Operation::Atomic => atomic_request(
+                args.atomic_type,
+                wr_id,
+                server.addr() + offset,
+                server.rkey(),
+            ),
         };
         wr.sge(client, offset, size).signaled(signaled)
     }
@@ -510,6 +605,8 @@ impl Bench {
         let destination = match args.operation {
             Operation::Read => &self.client.mr,
             Operation::Write | Operation::Send => &self.server.mr,
+            // Atomics change the target by their own rule; their completions are checked.
+            Operation::Atomic => return Ok(()),
         };
         for (q, pattern) in patterns.iter().enumerate() {
             let got = destination.to_vec(q as u64 * self.slice, size as usize)?;
@@ -525,7 +622,8 @@ impl Bench {
         let deadline = args.duration.map(Duration::from_secs);
         let (c, s) = (&self.client, &self.server);
         let (cq_c, cq_s) = (&c.cq, &s.cq);
-        let inline = size <= LAT_INLINE && args.operation != Operation::Read;
+        let one_sided = matches!(args.operation, Operation::Read | Operation::Atomic);
+        let inline = size <= args.inline_size.unwrap_or(LAT_INLINE) && !one_sided;
         let payload_c = c.mr.to_vec(0, size as usize)?;
         let payload_s = s.mr.to_vec(0, size as usize)?;
         let ping = |end: &End, peer: &End, payload: &[u8], wr_id: u64| -> Result<(), Error> {
@@ -550,7 +648,7 @@ impl Bench {
         };
         // Receives are posted ahead once; each round trip consumes and reposts one, so
         // later sizes of `-a` find them in place.
-        if args.operation != Operation::Read && !self.receives_posted.replace(true) {
+        if !one_sided && !self.receives_posted.replace(true) {
             for _ in 0..args.rx_depth.min(64) {
                 recv(c)?;
                 recv(s)?;
@@ -572,10 +670,13 @@ impl Bench {
             n += 1;
             let t0 = Instant::now();
             match args.operation {
-                Operation::Read => {
-                    c.qps[0].post_send(
-                        SendRequest::read(n, s.mr.addr(), s.mr.rkey()).sge(&c.mr, 0, size),
-                    )?;
+                Operation::Read | Operation::Atomic => {
+                    let wr = if args.operation == Operation::Read {
+                        SendRequest::read(n, s.mr.addr(), s.mr.rkey())
+                    } else {
+                        atomic_request(args.atomic_type, n, s.mr.addr(), s.mr.rkey())
+                    };
+                    c.qps[0].post_send(wr.sge(&c.mr, 0, size))?;
                     wait_one(cq_c, &mut wcs)?;
                     samples.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
@@ -609,6 +710,21 @@ impl Bench {
             }
         }
         Ok(Latency::from_samples(samples))
+    }
+}
+
+/// perftest's atomic work request: add 1, or swap in the counter when it still holds 0
+/// (perftest compares against 0 and swaps in a fixed value; either way one 8-byte
+/// request and response).
+fn atomic_request(
+    kind: AtomicKind,
+    wr_id: u64,
+    remote_addr: u64,
+    rkey: crate::wire::Rkey,
+) -> SendRequest {
+    match kind {
+        AtomicKind::FetchAndAdd => SendRequest::fetch_add(wr_id, remote_addr, rkey, 1),
+        AtomicKind::CompareAndSwap => SendRequest::compare_swap(wr_id, remote_addr, rkey, 0, 1),
     }
 }
 
@@ -737,7 +853,7 @@ enum Report {
 }
 
 impl Report {
-    fn print(&self, args: &Args, size: u32) {
+    fn print(&self, args: &Args, mtu: u32, size: u32) {
         let operation = format!("{:?}", args.operation).to_lowercase();
         match (self, args.json) {
             (Report::Bandwidth(b), false) => println!(
@@ -747,7 +863,7 @@ impl Report {
             (Report::Bandwidth(b), true) => println!(
                 "{}",
                 json!({
-                    "operation": operation, "test": "bw", "qps": args.qps, "mtu": args.mtu,
+                    "operation": operation, "test": "bw", "qps": args.qps, "mtu": mtu,
                     "bytes": size, "iterations": b.iterations,
                     "bw_peak_mib_per_sec": b.peak, "bw_average_mib_per_sec": b.average,
                     "msg_rate_mpps": b.msg_rate,
@@ -760,7 +876,7 @@ impl Report {
             (Report::Latency(l), true) => println!(
                 "{}",
                 json!({
-                    "operation": operation, "test": "lat", "mtu": args.mtu,
+                    "operation": operation, "test": "lat", "mtu": mtu,
                     "bytes": size, "iterations": l.iterations,
                     "t_min_usec": l.min, "t_max_usec": l.max, "t_typical_usec": l.typical,
                     "t_avg_usec": l.average, "t_stdev_usec": l.stdev,
