@@ -338,40 +338,52 @@ impl UringDriver {
     }
 }
 
-impl Drop for UringDriver {
-    fn drop(&mut self) {
-        // Cancel the receive and wait until the kernel has let go of every buffer.
-        if self.recv_armed {
-            let cancel = opcode::AsyncCancel::new(RECV_TOKEN)
-                .build()
-                .user_data(CANCEL_TOKEN);
-            if self.push(&cancel).is_ok() {
-                for _ in 0..100 {
-                    let _ = self.ring.submit_and_wait(1);
-                    for cqe in self.ring.completion() {
-                        if cqe.user_data() == RECV_TOKEN && !cqueue::more(cqe.flags()) {
-                            self.recv_armed = false;
-                        }
+impl UringDriver {
+    /// Waits up to 100 ms for completions and retires them: the receive's last one,
+    /// the cancel's, and sends' (whose messages are then freed).
+    fn drain_for_drop(&mut self) {
+        let ts = Timespec::new().nsec(100_000_000);
+        let args = SubmitArgs::new().timespec(&ts);
+        let _ = self.ring.submitter().submit_with_args(1, &args);
+        for cqe in self.ring.completion() {
+            match cqe.user_data() {
+                RECV_TOKEN => {
+                    if !cqueue::more(cqe.flags()) {
+                        self.recv_armed = false;
                     }
-                    if !self.recv_armed {
-                        break;
+                }
+                // Nothing to cancel: the receive had ended already.
+                CANCEL_TOKEN if cqe.result() == -libc::ENOENT => self.recv_armed = false,
+                CANCEL_TOKEN => {}
+                slot => {
+                    if let Some(send) = self.sends.get_mut(slot as usize) {
+                        *send = None;
                     }
                 }
             }
         }
-        // Sends in flight still point into `self.sends`: wait for them too.
-        let mut in_flight = self.sends.iter().filter(|s| s.is_some()).count();
-        let mut rounds = 0;
-        while in_flight > 0 && rounds < 100 {
-            let _ = self.ring.submit_and_wait(1);
-            for cqe in self.ring.completion() {
-                if let Some(slot) = self.sends.get_mut(cqe.user_data() as usize) {
-                    if slot.take().is_some() {
-                        in_flight -= 1;
-                    }
-                }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Cancel the receive and wait until the kernel has let go of every buffer: the
+        // receive's, and those of sends in flight (their messages live in `self.sends`).
+        // Every completion is retired as it comes (a send's may arrive while we wait
+        // for the receive's), and each wait is bounded, so drop cannot hang.
+        if self.recv_armed {
+            let cancel = opcode::AsyncCancel::new(RECV_TOKEN)
+                .build()
+                .user_data(CANCEL_TOKEN);
+            if self.push(&cancel).is_err() {
+                self.recv_armed = false;
             }
-            rounds += 1;
+        }
+        for _ in 0..100 {
+            if !self.recv_armed && self.sends.iter().all(Option::is_none) {
+                break;
+            }
+            self.drain_for_drop();
         }
         let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
     }
