@@ -619,7 +619,7 @@ impl<'a> End<'a> {
                     received[q] += 1;
                     total += 1;
                     self.outstanding[q] = self.outstanding[q].saturating_sub(1);
-                    if per_qp.map_or(true, |n| reposted[q] < n) {
+                    if per_qp.is_none_or(|n| reposted[q] < n) {
                         self.post_receive(q)?;
                         reposted[q] += 1;
                     }
