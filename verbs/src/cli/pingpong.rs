@@ -282,7 +282,10 @@ enum PingpongError {
     Verbs(#[from] Error),
     #[error("{what}: {source}")]
     Step { what: String, source: Error },
-    #[error("can't read sgid of index {0} (the device has {1} GIDs)")]
+    #[error(
+        "can't read sgid of index {0}: the device has {1} GID(s), its addresses, index 0 \
+         first (rxe's -g 1 is ferroce's -g 0; --bind adds addresses)"
+    )]
     GidIndex(u32, usize),
     #[error("Requested size larger than port MTU ({0})")]
     SizeAboveMtu(u32),
