@@ -131,7 +131,9 @@ impl IdentSolver {
     /// instead of 0 (DF unchanged): XOR it into the ICRC. Senders use it to fix up each
     /// segment of a UDP GSO batch, which the kernel numbers 0, 1, 2, … instead of 0.
     pub fn icrc_delta(&self, ident: u16) -> u32 {
-        (0..16).filter(|bit| ident & (1 << bit) != 0).fold(0, |acc, bit| acc ^ self.basis[bit])
+        (0..16)
+            .filter(|bit| ident & (1 << bit) != 0)
+            .fold(0, |acc, bit| acc ^ self.basis[bit])
     }
 
     /// Finds the identification and DF flag with which `udp_payload` (sent from `src`
@@ -251,7 +253,10 @@ mod tests {
             let (_, at_ident) = datagram(1052, 0x33, ident, true);
             let solver = IdentSolver::new(1052).unwrap();
             let carried = |b: &[u8]| icrc::carried(b).unwrap();
-            assert_eq!(carried(&at_zero) ^ solver.icrc_delta(ident), carried(&at_ident));
+            assert_eq!(
+                carried(&at_zero) ^ solver.icrc_delta(ident),
+                carried(&at_ident)
+            );
         }
     }
 
