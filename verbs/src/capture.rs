@@ -186,7 +186,46 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
-impl Datagram<'_> {
+impl<'a> Datagram<'a> {
+    /// The datagrams of a UDP GSO send, when this is one: a capture taken where the
+    /// kernel had not segmented it yet (on `lo`, or before a NIC that segments) shows
+    /// the whole run as one datagram, which the receiving side splits into equal-sized
+    /// datagrams (the last maybe shorter), numbering IPv4 identifications up from the
+    /// run's. The segment size is not in the frame, so it is found: the first size (a
+    /// multiple of 4, as every RoCEv2 packet is) at which the next BTH names the same
+    /// P_Key and destination QP and the first segment has a good ICRC. `None` when the
+    /// datagram's own ICRC is good, or no such size exists.
+    pub fn gso_segments(&self) -> Option<Vec<Datagram<'a>>> {
+        use ferroce_wire::{icrc, ICRC_LEN};
+        const BTH: usize = ferroce_wire::bth::HEADER_LEN;
+        let payload = self.payload;
+        if payload.len() < 2 * (BTH + ICRC_LEN) || icrc::verify(&self.envelope, payload) == Ok(true)
+        {
+            return None;
+        }
+        let (pkey, dest_qp) = (&payload[2..4], &payload[5..8]);
+        let size = (BTH + ICRC_LEN..=payload.len() - (BTH + ICRC_LEN))
+            .step_by(4)
+            .filter(|&s| payload[s + 2..s + 4] == *pkey && payload[s + 5..s + 8] == *dest_qp)
+            .find(|&s| icrc::verify(&self.envelope, &payload[..s]) == Ok(true))?;
+        let segments = payload
+            .chunks(size)
+            .enumerate()
+            .map(|(i, bytes)| {
+                let mut envelope = self.envelope;
+                if let IpFields::V4 { ident, .. } = &mut envelope.ip {
+                    *ident = ident.wrapping_add(i as u16);
+                }
+                Datagram {
+                    envelope,
+                    ecn: self.ecn,
+                    payload: bytes,
+                }
+            })
+            .collect();
+        Some(segments)
+    }
+
     /// Source address and UDP port.
     pub fn source(&self) -> SocketAddr {
         let ip = match self.envelope.ip {

@@ -18,12 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Once};
 use std::time::Duration;
 
-use ferroce::capture::{FrameContent, Reader};
-use ferroce::wire::icrc::{self, Envelope, IpFields};
 use ferroce::{Device, DeviceConfig};
-use pcap_file::Endianness;
-
-use crate::capture_util::{ipv4_frame, write_pcap, Record};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 const PREFIX: &str = "ferroce-";
@@ -450,84 +445,4 @@ impl Drop for KeepOnFailure {
             }
         }
     }
-}
-
-/// What [`split_gso`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Split {
-    /// RoCEv2 frames whose ICRC holds as captured (single datagrams).
-    pub single: usize,
-    /// Frames that were GSO runs, and the datagrams cut from them.
-    pub runs: usize,
-    pub segments: usize,
-    /// RoCEv2 frames that are neither (left as they are, for the decoder to flag).
-    pub unexplained: usize,
-}
-
-/// The capture as the receiving kernel's sockets see it: on `lo` the kernel hands a GSO
-/// send over whole (the capture tap sees one frame of up to 64 KiB) and only the
-/// receiver's UDP stack cuts it into datagrams, numbering their IPv4 IDs on from the
-/// first. The segment size is not in the frame, so it is found: the size `s` (a multiple
-/// of 4, as every RoCEv2 packet is) at which the next BTH names the same QP and P_Key
-/// and the first `s` bytes carry a good ICRC. Each segment is written as its own IPv4
-/// frame with the ID the kernel gives it; frames that are single datagrams are written
-/// as they are. Every segment's ICRC is then the decoder's to check.
-pub fn split_gso(pcap: &[u8]) -> (Vec<u8>, Split) {
-    let reader = Reader::new(pcap).expect("a readable capture");
-    let mut records = Vec::new();
-    let mut split = Split::default();
-    for frame in reader {
-        let frame = frame.expect("a readable frame");
-        let FrameContent::RoceV2(datagram) = frame.content else {
-            continue;
-        };
-        let IpFields::V4 { ident, .. } = datagram.envelope.ip else {
-            panic!("IPv4 traffic only");
-        };
-        let payload = datagram.payload;
-        let mut push = |envelope: &Envelope, bytes: &[u8]| {
-            let data = ipv4_frame(envelope, datagram.ecn, bytes);
-            records.push(Record {
-                timestamp: frame.timestamp,
-                original_len: data.len() as u32,
-                data,
-            });
-        };
-        if icrc::verify(&datagram.envelope, payload) == Ok(true) {
-            split.single += 1;
-            push(&datagram.envelope, payload);
-            continue;
-        }
-        match segment_size(&datagram.envelope, payload) {
-            Some(size) => {
-                split.runs += 1;
-                for (i, segment) in payload.chunks(size).enumerate() {
-                    let mut envelope = datagram.envelope;
-                    if let IpFields::V4 { ident: id, .. } = &mut envelope.ip {
-                        *id = ident.wrapping_add(i as u16);
-                    }
-                    split.segments += 1;
-                    push(&envelope, segment);
-                }
-            }
-            None => {
-                split.unexplained += 1;
-                push(&datagram.envelope, payload);
-            }
-        }
-    }
-    (write_pcap(1, &records, Endianness::Little), split)
-}
-
-fn segment_size(envelope: &Envelope, payload: &[u8]) -> Option<usize> {
-    const BTH: usize = 12;
-    if payload.len() < 2 * (BTH + 4) {
-        return None;
-    }
-    let (pkey, dest_qp) = (&payload[2..4], &payload[5..8]);
-    (BTH + 4..payload.len())
-        .step_by(4)
-        .filter(|&s| payload.len() - s >= BTH + 4)
-        .filter(|&s| &payload[s + 2..s + 4] == pkey && &payload[s + 5..s + 8] == dest_qp)
-        .find(|&s| icrc::verify(envelope, &payload[..s]) == Ok(true))
 }

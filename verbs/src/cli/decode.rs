@@ -99,6 +99,8 @@ pub struct Summary {
     pub frames: u64,
     /// UDP datagrams to the RoCEv2 port.
     pub rocev2: u64,
+    /// UDP GSO runs captured before segmentation, decoded as their datagrams.
+    pub gso_runs: u64,
     /// RoCEv2 packets whose ICRC matches.
     pub icrc_ok: u64,
     /// RoCEv2 packets whose ICRC does not match.
@@ -139,6 +141,9 @@ impl Summary {
             "summary: frames={} rocev2={} icrc_ok={} icrc_bad={} malformed={} other={}",
             self.frames, self.rocev2, self.icrc_ok, self.icrc_bad, self.malformed, self.other
         );
+        if self.gso_runs > 0 {
+            let _ = write!(line, " gso_runs={}", self.gso_runs);
+        }
         let mut sep = " |";
         for (&opcode, count) in &self.opcodes {
             let _ = write!(line, "{sep} {}={count}", OpCode::from(opcode));
@@ -170,6 +175,7 @@ impl Summary {
             "type": "summary",
             "frames": self.frames,
             "rocev2": self.rocev2,
+            "gso_runs": self.gso_runs,
             "icrc_ok": self.icrc_ok,
             "icrc_bad": self.icrc_bad,
             "malformed": self.malformed,
@@ -202,7 +208,7 @@ pub fn decode(capture: &[u8], options: Options, out: &mut dyn Write) -> io::Resu
                 break;
             }
         };
-        if let Some(report) = decoder.handle_frame(&frame) {
+        for report in decoder.handle_frame(&frame) {
             if options.json {
                 writeln!(out, "{}", report.json())?;
             } else {
@@ -252,6 +258,8 @@ struct PacketReport<'a> {
     time_ns: i128,
     timestamp: Duration,
     datagram: Option<Datagram<'a>>,
+    /// Segment `i` of `n` of a GSO run captured before segmentation.
+    gso: Option<(usize, usize)>,
     /// The BTH, when at least that could be read.
     bth: Option<bth::Repr>,
     repr: Option<Repr>,
@@ -262,14 +270,17 @@ struct PacketReport<'a> {
 }
 
 impl Decoder {
-    fn handle_frame<'a>(&mut self, frame: &Frame<'a>) -> Option<PacketReport<'a>> {
+    /// The reports of one frame: none for non-RoCE frames, one per datagram otherwise
+    /// (a GSO run captured before segmentation is several datagrams).
+    fn handle_frame<'a>(&mut self, frame: &Frame<'a>) -> Vec<PacketReport<'a>> {
         self.summary.frames += 1;
         let first = *self.first_timestamp.get_or_insert(frame.timestamp);
-        let mut report = PacketReport {
+        let report = || PacketReport {
             frame: frame.number,
             time_ns: frame.timestamp.as_nanos() as i128 - first.as_nanos() as i128,
             timestamp: frame.timestamp,
             datagram: None,
+            gso: None,
             bth: None,
             repr: None,
             payload_len: None,
@@ -277,21 +288,36 @@ impl Decoder {
             mad: None,
             problems: Vec::new(),
         };
+        let mut reports = Vec::new();
         match frame.content {
-            FrameContent::Other => {
-                self.summary.other += 1;
-                return None;
+            FrameContent::Other => self.summary.other += 1,
+            FrameContent::Malformed(e) => {
+                let mut r = report();
+                r.problems.push(e.to_string());
+                reports.push(r);
             }
-            FrameContent::Malformed(e) => report.problems.push(e.to_string()),
-            FrameContent::RoceV2(datagram) => {
-                self.summary.rocev2 += 1;
-                self.handle_datagram(&datagram, &mut report);
-            }
+            FrameContent::RoceV2(datagram) => match datagram.gso_segments() {
+                Some(segments) => {
+                    self.summary.gso_runs += 1;
+                    let count = segments.len();
+                    for (i, segment) in segments.iter().enumerate() {
+                        self.summary.rocev2 += 1;
+                        let mut r = report();
+                        r.gso = Some((i, count));
+                        self.handle_datagram(segment, &mut r);
+                        reports.push(r);
+                    }
+                }
+                None => {
+                    self.summary.rocev2 += 1;
+                    let mut r = report();
+                    self.handle_datagram(&datagram, &mut r);
+                    reports.push(r);
+                }
+            },
         }
-        if !report.problems.is_empty() {
-            self.summary.malformed += 1;
-        }
-        Some(report)
+        self.summary.malformed += reports.iter().filter(|r| !r.problems.is_empty()).count() as u64;
+        reports
     }
 
     fn handle_datagram<'a>(&mut self, datagram: &Datagram<'a>, report: &mut PacketReport<'a>) {
@@ -686,6 +712,9 @@ impl fmt::Display for PacketReport<'_> {
         if let Some(d) = &self.datagram {
             write!(f, " {} -> {}", d.source(), d.destination())?;
         }
+        if let Some((i, n)) = self.gso {
+            write!(f, " gso={}/{n}", i + 1)?;
+        }
         // The wire Display starts with "BTH "; the opcode name says enough here.
         let headers = match (&self.repr, &self.bth) {
             (Some(repr), _) => Some(repr.to_string()),
@@ -726,6 +755,10 @@ impl PacketReport<'_> {
         let mut o = Map::new();
         o.insert("type".into(), json!("packet"));
         o.insert("frame".into(), json!(self.frame));
+        if let Some((i, n)) = self.gso {
+            o.insert("gso_segment".into(), json!(i + 1));
+            o.insert("gso_segments".into(), json!(n));
+        }
         o.insert("time".into(), json!(self.time_ns as f64 / 1e9));
         o.insert(
             "epoch_ns".into(),
