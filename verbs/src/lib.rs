@@ -57,16 +57,16 @@ pub use ferroce_transport as transport;
 pub use ferroce_wire as wire;
 
 pub mod capture;
+pub mod cli;
 pub mod cq;
 pub mod device;
 pub mod error;
 pub mod mr;
+pub mod oob;
 pub mod pd;
 pub mod qp;
 pub mod srq;
 pub mod wr;
-pub mod cli;
-pub mod oob;
 
 pub use cq::{CompletionChannel, CompletionQueue};
 pub use device::{Device, DeviceConfig, PortAttributes, PortState};
@@ -76,8 +76,8 @@ pub use pd::ProtectionDomain;
 pub use qp::{QpInitAttributes, QueuePair, RemoteEndpoint};
 pub use srq::SharedReceiveQueue;
 pub use transport::engine::{
-    AccessFlags, AddressVector, Counters, DeviceAttributes, DeviceLimits, PathMtu, QpAttr,
-    QpCap, QpInfo, QpState, QpType, Sge, SrqAttr, WcOpcode, WcStatus, WorkCompletion,
+    AccessFlags, AddressVector, Counters, DeviceAttributes, DeviceLimits, PathMtu, QpAttr, QpCap,
+    QpInfo, QpState, QpType, Sge, SrqAttr, WcOpcode, WcStatus, WorkCompletion,
 };
 pub use transport::io::DriverKind;
 pub use wr::{RecvRequest, SendRequest};
