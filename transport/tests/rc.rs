@@ -1196,3 +1196,122 @@ fn psns_wrap_at_24_bits() {
     assert_eq!(&psns[..4], &[0xff_fffe, 0xff_ffff, 0, 1]);
     assert_eq!(pair.a.engine.counters().naks_received.psn_sequence, 1);
 }
+
+/// Moves every datagram A has to send over to B.
+fn a_to_b(pair: &mut Pair) {
+    while let Some(d) = pair.a.engine.poll_transmit(pair.now) {
+        pair.b.engine.handle_datagram(pair.now, d.meta, &d.payload);
+    }
+}
+
+/// Takes up to `n` datagrams from B; returns them with their (PSN offset, opcode).
+fn take_from_b(
+    pair: &mut Pair,
+    n: usize,
+) -> Vec<(ferroce_transport::engine::Datagram, (u32, OpCode))> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(d) = pair.b.engine.poll_transmit(pair.now) else {
+            break;
+        };
+        let repr = ferroce_transport::wire::packet::parse(&d.payload)
+            .unwrap()
+            .repr;
+        let key = (repr.bth.psn.value() - 0x100, repr.bth.opcode);
+        out.push((d, key));
+    }
+    out
+}
+
+fn deliver_to_a(pair: &mut Pair, datagrams: Vec<ferroce_transport::engine::Datagram>) {
+    for d in datagrams {
+        pair.a.engine.handle_datagram(pair.now, d.meta, &d.payload);
+    }
+}
+
+#[test]
+fn duplicate_read_restarts_the_stream_in_progress() {
+    use OpCode::*;
+    let mut pair = Pair::rc();
+    let data = pattern(8 * 1024, 3);
+    pair.b.write(0, &data);
+    pair.b.write(16_000, &5u64.to_ne_bytes());
+    let op = SendOp::RdmaRead {
+        remote_addr: pair.b.mr.addr,
+        rkey: pair.b.mr.rkey,
+    };
+    pair.a
+        .post_send(send_wr(1, op, vec![pair.a.sge(0, 8 * 1024)]));
+    let add = SendOp::FetchAdd {
+        remote_addr: pair.b.mr.addr + 16_000,
+        rkey: pair.b.mr.rkey,
+        add: 1,
+    };
+    pair.a
+        .post_send(send_wr(2, add, vec![pair.a.sge(16_000, 8)]));
+    a_to_b(&mut pair);
+    // B has sent PSNs 0..=3 of the READ (8 packets, PSN 0..=7) when PSN 1 is lost.
+    let mut sent = take_from_b(&mut pair, 4);
+    sent.remove(1);
+    deliver_to_a(&mut pair, sent.into_iter().map(|(d, _)| d).collect());
+    // A asks again from PSN 1, then the fetch-add again (go-back-N).
+    a_to_b(&mut pair);
+    let rest: Vec<_> = take_from_b(&mut pair, 100)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    let mut expected = vec![(1, RcReadResponseFirst)];
+    expected.extend((2..7).map(|p| (p, RcReadResponseMiddle)));
+    expected.extend([(7, RcReadResponseLast), (8, RcAtomicAcknowledge)]);
+    // The duplicate fetch-add is answered again from the saved result.
+    expected.push((8, RcAtomicAcknowledge));
+    assert_eq!(
+        rest, expected,
+        "one stream, restarted at PSN 1, then the atomic"
+    );
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(1, WcStatus::Success), (2, WcStatus::Success)]);
+    assert_eq!(pair.a.read(0, data.len()), data);
+    assert_eq!(pair.b.read(16_000, 8), 6u64.to_ne_bytes(), "added once");
+}
+
+#[test]
+fn duplicate_of_a_finished_read_keeps_responses_in_order() {
+    use OpCode::*;
+    let mut pair = Pair::rc();
+    let data = pattern(10 * 1024, 9);
+    pair.b.write(0, &data);
+    // READ 1 is PSN 0..=1, READ 2 is PSN 2..=9.
+    for (wr_id, offset, len) in [(1u64, 0u64, 2048u32), (2, 2048, 8 * 1024)] {
+        let op = SendOp::RdmaRead {
+            remote_addr: pair.b.mr.addr + offset,
+            rkey: pair.b.mr.rkey,
+        };
+        pair.a
+            .post_send(send_wr(wr_id, op, vec![pair.a.sge(offset, len)]));
+    }
+    a_to_b(&mut pair);
+    // READ 1's last packet (PSN 1) is lost; READ 2 is under way (PSN 2..=4 sent).
+    let mut sent = take_from_b(&mut pair, 5);
+    sent.remove(1);
+    deliver_to_a(&mut pair, sent.into_iter().map(|(d, _)| d).collect());
+    // READ 2's responses cannot complete READ 1: A waits for its retransmit timer,
+    // then asks for PSN 1 again and READ 2 from its start (go-back-N).
+    pair.now = pair.a.engine.poll_timeout().unwrap();
+    pair.a.engine.handle_timeout(pair.now);
+    a_to_b(&mut pair);
+    let rest: Vec<_> = take_from_b(&mut pair, 100)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    // READ 2's old stream is dropped; READ 1's replay comes before READ 2's.
+    let mut expected = vec![(1, RcReadResponseOnly), (2, RcReadResponseFirst)];
+    expected.extend((3..9).map(|p| (p, RcReadResponseMiddle)));
+    expected.push((9, RcReadResponseLast));
+    assert_eq!(rest, expected);
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(1, WcStatus::Success), (2, WcStatus::Success)]);
+    assert_eq!(pair.a.read(0, data.len()), data);
+}

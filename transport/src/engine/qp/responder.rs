@@ -76,6 +76,15 @@ enum Job {
     },
 }
 
+impl Job {
+    /// The PSN of the next packet this job sends.
+    fn psn(&self) -> Psn {
+        match *self {
+            Job::Ack { psn, .. } | Job::Read { psn, .. } | Job::Atomic { psn, .. } => psn,
+        }
+    }
+}
+
 /// Responder state of a QP.
 #[derive(Debug, Default)]
 pub(crate) struct Responder {
@@ -160,6 +169,32 @@ impl Responder {
         // The oldest entry is overwritten, as in rxe.
         self.resources[self.resource_head] = Some(resource);
         self.resource_head = (self.resource_head + 1) % self.resources.len();
+    }
+
+    /// Queues `replay`, a duplicate READ's answer, for the READ whose PSNs are
+    /// `first..=last`. Like rxe, which resets the responder resource, a stream of that
+    /// READ still queued or being sent is replaced, not followed by a second one: the
+    /// requester drops everything after a gap, so the old stream is wasted and every
+    /// further loss would add one more replay of the remainder. The replay takes the old
+    /// stream's place when only answers to later requests follow it; when answers to
+    /// earlier requests (replayed since) follow it, it goes to the back so responses
+    /// still go out in the order the requester asked for them.
+    fn queue_read_replay(&mut self, first: Psn, last: Psn, replay: Job) {
+        let in_read = |psn: Psn| !psn.is_before(first) && !psn.is_after(last);
+        let same_read = |job: &Job| matches!(*job, Job::Read { psn, .. } if in_read(psn));
+        if let Some(index) = self.jobs.iter().position(same_read) {
+            let only_later_behind = self
+                .jobs
+                .iter()
+                .skip(index + 1)
+                .all(|job| job.psn().is_after(last));
+            if only_later_behind {
+                self.jobs[index] = replay;
+                return;
+            }
+            self.jobs.remove(index);
+        }
+        self.jobs.push_back(replay);
     }
 
     fn complete_message(&mut self) {
@@ -615,11 +650,11 @@ impl QueuePair {
                         rkey,
                         length,
                     } if !psn.is_before(first_psn) && !psn.is_after(last_psn) => {
-                        Some((va, rkey, length))
+                        Some((first_psn, last_psn, va, rkey, length))
                     }
                     _ => None,
                 });
-                let Some((va, rkey, length)) = found else {
+                let Some((first_psn, last_psn, va, rkey, length)) = found else {
                     ctx.counters.drops.duplicate_not_replayed += 1;
                     return;
                 };
@@ -631,15 +666,15 @@ impl QueuePair {
                     ctx.counters.drops.duplicate_not_replayed += 1;
                     return;
                 }
-                let msn = self.resp.msn;
-                self.resp.jobs.push_back(Job::Read {
+                let replay = Job::Read {
                     psn,
                     va: reth.virtual_address,
                     rkey,
                     remaining: reth.dma_length,
                     first: true,
-                    msn,
-                });
+                    msn: self.resp.msn,
+                };
+                self.resp.queue_read_replay(first_psn, last_psn, replay);
             }
             Operation::CompareSwap | Operation::FetchAdd => {
                 let found = self.resp.resources.iter().flatten().find_map(|r| match *r {
