@@ -108,9 +108,11 @@ fn duration_bounds_the_run() {
 #[test]
 fn bad_flags_exit_2() {
     assert_eq!(
-        ferroce(&["perf", "write", "bw"]).status.code(),
+        ferroce(&["perf", "write", "bw", "--loopback", "127.0.0.1"])
+            .status
+            .code(),
         Some(2),
-        "no --loopback"
+        "--loopback with a server"
     );
     assert_eq!(
         perf(10, &["write", "bw", "-m", "1000"]).status.code(),
@@ -121,4 +123,19 @@ fn bad_flags_exit_2() {
         ferroce(&["perf", "fly", "bw", "--loopback"]).status.code(),
         Some(2)
     );
+}
+
+#[test]
+fn atomics_run_in_loopback() {
+    for (net, test, kind) in [
+        (11, "bw", "FETCH_AND_ADD"),
+        (12, "bw", "CMP_AND_SWAP"),
+        (13, "lat", "FETCH_AND_ADD"),
+    ] {
+        let out = perf(net, &["atomic", test, "-n", "50", "-A", kind, "--json"]);
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 1, "{test} {kind}");
+        assert_eq!(lines[0]["bytes"].as_u64(), Some(8));
+        assert_eq!(lines[0]["iterations"].as_u64(), Some(50));
+    }
 }

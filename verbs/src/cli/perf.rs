@@ -1,18 +1,26 @@
-//! `ferroce perf {write,read,send} {bw,lat} --loopback`: perftest's bandwidth and latency
-//! tests, with both ends in this process on two loopback devices (127.0.0.1 and
-//! 127.0.0.2 by default), through the embedded verbs API over real UDP sockets.
+//! `ferroce perf {write,read,send,atomic} {bw,lat} [SERVER]`: perftest's bandwidth and
+//! latency tests.
+//!
+//! - Without `SERVER`: listen on TCP `-p` (18515), serve one test to a ferroce or perftest
+//!   client, exit. With `SERVER`: connect to a ferroce or perftest server and run the
+//!   test. Both speak perftest's out-of-band exchange and run perftest's traffic
+//!   pattern (see [`net`]). The local RoCE address is `--bind`, else the one routing to
+//!   the server (client) or every non-loopback address (server; see `cli::address`).
+//! - `--loopback`: both ends in this process on two loopback devices (127.0.0.1 and
+//!   127.0.0.2 by default), no setup needed.
 //!
 //! Flags are spelled as perftest spells them (`-s` size, `-n` iterations, `-q` QPs,
-//! `-m` MTU, `-D` seconds, `-a` all sizes, `-t` TX depth) and so are the columns.
-//! Bandwidth runs end by checking that the bytes that arrived are the bytes sent.
-//! Latency: SEND and READ as perftest measures them (send: half the round trip of a
-//! ping-pong; read: the whole READ); WRITE is a ping-pong of RDMA WRITEs with immediate,
-//! half the round trip, because ferroce's regions are not mapped into the application
-//! for perftest's poll-the-last-byte.
-//! TCP server/client mode (with perftest's out-of-band exchange) comes later.
+//! `-m` MTU, `-D` seconds, `-a` all sizes, `-t` TX depth, `-I` inline, `-A` atomic kind,
+//! `-p` port, `-d`/`-x` device and GID index, `-F`) and so are the columns.
+//! Loopback bandwidth runs end by checking that the bytes that arrived are the bytes
+//! sent. Loopback latency: SEND, READ and atomics as perftest measures them (send: half
+//! the round trip of a ping-pong; read/atomic: the whole request); WRITE is a ping-pong
+//! of RDMA WRITEs with immediate, half the round trip (the networked mode polls the
+//! last byte as perftest does).
 //!
-//! Exit status: 0 on success, 1 when a completion failed or the data did not check out,
-//! 2 on bad flags or when the devices cannot be opened.
+//! Exit status: 0 on success, 1 when a completion failed, the data did not check out or
+//! the exchange broke, 2 on bad flags, unusable addresses or ports, or an unreachable
+//! server.
 #![allow(clippy::disallowed_methods)] // A benchmark measures real time.
 
 use std::net::IpAddr;
@@ -84,7 +92,7 @@ pub struct Args {
     /// The server to connect to (name or address); without it, wait for a client.
     #[arg(conflicts_with = "loopback")]
     pub server: Option<String>,
-    /// Run both ends in this process on two loopback devices.
+    /// Run both ends in this process on two loopback devices (no server, no client).
     #[arg(long)]
     pub loopback: bool,
     /// TCP port of the out-of-band exchange (perftest's).
