@@ -305,8 +305,8 @@ fn check_delivery(
         );
     }
     Ok(Observed {
-        corrupted: pair.net.stats().corrupted,
-        dropped: pair.net.stats().dropped,
+        corrupted: pair.net.stats().links.corrupted,
+        dropped: pair.net.stats().links.dropped,
         retransmissions: pair.net.roce_stats().retransmissions,
         icrc_errors: pair.net.node(A).counters().icrc_errors
             + pair.net.node(B).counters().icrc_errors,

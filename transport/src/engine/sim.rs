@@ -20,7 +20,7 @@
 //! let a = network.add_node(Quiet, ["10.0.0.1".parse().unwrap()]);
 //! let b = network.add_node(Quiet, ["10.0.0.2".parse().unwrap()]);
 //! network.run_until(Time::from_nanos(1_000_000));
-//! assert_eq!(network.stats().sent, 0);
+//! assert_eq!(network.stats().links.sent, 0);
 //! # let _ = (a, b);
 //! ```
 
@@ -153,26 +153,8 @@ impl LinkStats {
 /// Network-wide counters: every link's [`LinkStats`] summed, plus what no link took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetworkStats {
-    /// Datagrams handed to any link.
-    pub sent: u64,
-    /// Bytes handed to any link.
-    pub bytes_sent: u64,
-    /// Datagrams lost at random.
-    pub dropped: u64,
-    /// Datagrams dropped by full link queues.
-    pub queue_dropped: u64,
-    /// Extra copies made by duplication.
-    pub duplicated: u64,
-    /// Copies with a flipped bit.
-    pub corrupted: u64,
-    /// Copies held back for reordering.
-    pub reordered: u64,
-    /// Copies marked ECN CE.
-    pub ecn_marked: u64,
-    /// Copies handed to a node.
-    pub delivered: u64,
-    /// Bytes handed to a node.
-    pub bytes_delivered: u64,
+    /// Every link's counters, summed.
+    pub links: LinkStats,
     /// Datagrams whose destination address no node owns.
     pub unroutable: u64,
     /// Timeouts delivered to nodes.
@@ -613,16 +595,7 @@ impl<N: Node> Network<N> {
             sum.add(&link.stats);
         }
         NetworkStats {
-            sent: sum.sent,
-            bytes_sent: sum.bytes_sent,
-            dropped: sum.dropped,
-            queue_dropped: sum.queue_dropped,
-            duplicated: sum.duplicated,
-            corrupted: sum.corrupted,
-            reordered: sum.reordered,
-            ecn_marked: sum.ecn_marked,
-            delivered: sum.delivered,
-            bytes_delivered: sum.bytes_delivered,
+            links: sum,
             unroutable: self.unroutable,
             timeouts: self.timeouts,
         }
@@ -1108,7 +1081,7 @@ mod tests {
             network.run_until_idle(Time::from_nanos(u64::MAX)),
             RunOutcome::Idle
         );
-        let stats = network.stats();
+        let stats = network.stats().links;
         assert_eq!(stats.sent, 100);
         assert_eq!(stats.delivered, 100);
         assert_eq!(stats.bytes_delivered, 100 * 100);
@@ -1133,7 +1106,7 @@ mod tests {
             [address(2)],
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
-        let stats = network.stats();
+        let stats = network.stats().links;
         assert_eq!(stats.sent, 20_000);
         assert_eq!(stats.dropped + stats.delivered, 20_000);
         assert_eq!(network.node(1).received.len() as u64, stats.delivered);
@@ -1163,7 +1136,7 @@ mod tests {
             [address(2)],
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
-        let stats = network.stats();
+        let stats = network.stats().links;
         assert_eq!(stats.delivered, 10_000 + stats.duplicated);
         // Binomial(10000, 0.1): mean 1000, sigma 30.
         assert!((850..=1150).contains(&stats.duplicated), "{stats:?}");
@@ -1192,7 +1165,7 @@ mod tests {
                 [address(2)],
             );
             network.run_until_idle(Time::from_nanos(u64::MAX));
-            (numbers(&network.node(1).received), network.stats())
+            (numbers(&network.node(1).received), network.stats().links)
         };
         let (in_order, _) = run(0.0);
         assert_eq!(in_order, (0..1000).collect::<Vec<_>>());
@@ -1256,7 +1229,7 @@ mod tests {
         network.run_until_idle(Time::from_nanos(u64::MAX));
         // Each datagram takes 100 µs; the 12th would wait 1.1 ms.
         assert_eq!(network.node(1).received.len(), 11);
-        assert_eq!(network.stats().queue_dropped, 89);
+        assert_eq!(network.stats().links.queue_dropped, 89);
     }
 
     #[test]
@@ -1312,8 +1285,8 @@ mod tests {
         network.add_node(Box::new(EcnCounter::default()), [address(2)]);
         network.run_until_idle(Time::from_nanos(u64::MAX));
         // Waits: 0, 100, 200, 300 µs …: the first three pass unmarked.
-        assert_eq!(network.stats().ecn_marked, 7);
-        assert_eq!(network.stats().delivered, 10);
+        assert_eq!(network.stats().links.ecn_marked, 7);
+        assert_eq!(network.stats().links.delivered, 10);
     }
 
     #[test]
@@ -1336,7 +1309,7 @@ mod tests {
         network.run_until_idle(Time::from_nanos(u64::MAX));
         let received = &network.node(1).received;
         assert_eq!(received.len(), 200);
-        assert_eq!(network.stats().corrupted, 200);
+        assert_eq!(network.stats().links.corrupted, 200);
         let mut flipped_positions = std::collections::BTreeSet::new();
         for (index, (_, bytes)) in received.iter().enumerate() {
             // The original: the index in the first four bytes, zeros after.
@@ -1382,8 +1355,8 @@ mod tests {
         );
         assert_eq!(network.now(), Time::from_nanos(1_000_000));
         let stats = network.stats();
-        assert_eq!(stats.sent, 10);
-        assert_eq!(stats.delivered, 10);
+        assert_eq!(stats.links.sent, 10);
+        assert_eq!(stats.links.delivered, 10);
         assert_eq!(stats.timeouts, 4);
         let echoes: Vec<Time> = network
             .trace()

@@ -211,7 +211,7 @@ impl Report {
             self.requester.packets_out,
             self.responder.packets_out
         );
-        let n = &self.network;
+        let n = &self.network.links;
         let _ = writeln!(
             out,
             "network:          delivered {}, lost {}, duplicated {}, corrupted {}, reordered {}",
@@ -261,7 +261,7 @@ impl Report {
     fn json(&self) -> serde_json::Value {
         let a = &self.args;
         let naks = &self.responder.naks_sent;
-        let n = &self.network;
+        let n = &self.network.links;
         json!({
             "op": format!("{:?}", a.op).to_lowercase(),
             "size": self.size,
