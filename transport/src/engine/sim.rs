@@ -1088,22 +1088,38 @@ mod tests {
         assert_eq!(network.now(), Time::from_nanos(10_000));
     }
 
-    #[test]
-    fn loss_rate_is_statistically_right() {
-        let mut network = Network::new(
-            9,
-            LinkConfig {
-                loss: 0.05,
-                ..LinkConfig::default()
-            },
-        );
+    /// Node 1 sends `count` datagrams of `len` bytes, `gap` apart, to node 2, which
+    /// sends nothing: the network most of these tests run.
+    fn two_senders(
+        seed: u64,
+        link: LinkConfig,
+        count: u32,
+        len: usize,
+        gap: Duration,
+    ) -> Network<Sender> {
+        let mut network = Network::new(seed, link);
         network.add_node(
-            Sender::new(address(1), address(2), 20_000, 8, Duration::ZERO),
+            Sender::new(address(1), address(2), count, len, gap),
             [address(1)],
         );
         network.add_node(
             Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
             [address(2)],
+        );
+        network
+    }
+
+    #[test]
+    fn loss_rate_is_statistically_right() {
+        let mut network = two_senders(
+            9,
+            LinkConfig {
+                loss: 0.05,
+                ..LinkConfig::default()
+            },
+            20_000,
+            8,
+            Duration::ZERO,
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
         let stats = network.stats().links;
@@ -1120,20 +1136,15 @@ mod tests {
 
     #[test]
     fn duplication_rate_is_statistically_right() {
-        let mut network = Network::new(
+        let mut network = two_senders(
             10,
             LinkConfig {
                 duplicate: 0.1,
                 ..LinkConfig::default()
             },
-        );
-        network.add_node(
-            Sender::new(address(1), address(2), 10_000, 8, Duration::ZERO),
-            [address(1)],
-        );
-        network.add_node(
-            Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
-            [address(2)],
+            10_000,
+            8,
+            Duration::ZERO,
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
         let stats = network.stats().links;
@@ -1149,20 +1160,15 @@ mod tests {
     #[test]
     fn reorder_really_reorders() {
         let run = |reorder: f64| {
-            let mut network = Network::new(
+            let mut network = two_senders(
                 3,
                 LinkConfig {
                     reorder,
                     ..LinkConfig::default()
                 },
-            );
-            network.add_node(
-                Sender::new(address(1), address(2), 1000, 8, Duration::from_micros(1)),
-                [address(1)],
-            );
-            network.add_node(
-                Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
-                [address(2)],
+                1000,
+                8,
+                Duration::from_micros(1),
             );
             network.run_until_idle(Time::from_nanos(u64::MAX));
             (numbers(&network.node(1).received), network.stats().links)
@@ -1182,21 +1188,16 @@ mod tests {
     #[test]
     fn bandwidth_limits_throughput() {
         // 1000 datagrams of 1000 bytes sent at once over 10 MB/s take 100 ms to drain.
-        let mut network = Network::new(
+        let mut network = two_senders(
             4,
             LinkConfig {
                 rate_bytes_per_sec: Some(10_000_000),
                 delay: Duration::from_micros(5),
                 ..LinkConfig::default()
             },
-        );
-        network.add_node(
-            Sender::new(address(1), address(2), 1000, 1000, Duration::ZERO),
-            [address(1)],
-        );
-        network.add_node(
-            Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
-            [address(2)],
+            1000,
+            1000,
+            Duration::ZERO,
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
         let received = &network.node(1).received;
@@ -1210,21 +1211,16 @@ mod tests {
 
     #[test]
     fn queue_limit_drops_the_tail() {
-        let mut network = Network::new(
+        let mut network = two_senders(
             4,
             LinkConfig {
                 rate_bytes_per_sec: Some(10_000_000),
                 queue_limit: Some(Duration::from_micros(1000)),
                 ..LinkConfig::default()
             },
-        );
-        network.add_node(
-            Sender::new(address(1), address(2), 100, 1000, Duration::ZERO),
-            [address(1)],
-        );
-        network.add_node(
-            Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
-            [address(2)],
+            100,
+            1000,
+            Duration::ZERO,
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
         // Each datagram takes 100 µs; the 12th would wait 1.1 ms.
@@ -1291,20 +1287,15 @@ mod tests {
 
     #[test]
     fn corruption_flips_exactly_one_bit() {
-        let mut network = Network::new(
+        let mut network = two_senders(
             5,
             LinkConfig {
                 corrupt: 1.0,
                 ..LinkConfig::default()
             },
-        );
-        network.add_node(
-            Sender::new(address(1), address(2), 200, 64, Duration::ZERO),
-            [address(1)],
-        );
-        network.add_node(
-            Sender::new(address(2), address(1), 0, 8, Duration::ZERO),
-            [address(2)],
+            200,
+            64,
+            Duration::ZERO,
         );
         network.run_until_idle(Time::from_nanos(u64::MAX));
         let received = &network.node(1).received;
