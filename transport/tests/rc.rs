@@ -293,14 +293,7 @@ fn ack_request_at_least_every_64_packets() {
 fn lost_packet_is_resent_after_the_retransmit_timer() {
     let mut pair = Pair::rc();
     // Drop the last packet of the message (the one with AckReq) the first time.
-    let mut dropped = false;
-    pair.filter = Box::new(move |dir, r, _| {
-        if dir == Dir::AtoB && r.bth.opcode == OpCode::RcSendLast && !dropped {
-            dropped = true;
-            return false;
-        }
-        true
-    });
+    pair.drop_once(Dir::AtoB, |r| r.bth.opcode == OpCode::RcSendLast);
     let data = pattern(2048, 1);
     pair.a.write(0, &data);
     pair.b.post_recv(1, 0, 4096);
@@ -321,14 +314,7 @@ fn lost_packet_is_resent_after_the_retransmit_timer() {
 #[test]
 fn psn_sequence_nak_once_per_gap_then_go_back_n() {
     let mut pair = Pair::rc();
-    let mut dropped = false;
-    pair.filter = Box::new(move |dir, r, _| {
-        if dir == Dir::AtoB && r.bth.psn == Psn::new(0x101) && !dropped {
-            dropped = true;
-            return false;
-        }
-        true
-    });
+    pair.drop_once(Dir::AtoB, |r| r.bth.psn == Psn::new(0x101));
     let data = pattern(6000, 9);
     pair.a.write(0, &data);
     pair.b.post_recv(1, 0, 8192);
@@ -560,14 +546,7 @@ fn duplicate_read_is_replayed_from_the_resource_ring() {
     let data = pattern(3000, 5);
     pair.b.write(0, &data);
     // Lose the READ response Middle once: the requester re-reads from that PSN.
-    let mut dropped = false;
-    pair.filter = Box::new(move |dir, r, _| {
-        if dir == Dir::BtoA && r.bth.opcode == OpCode::RcReadResponseMiddle && !dropped {
-            dropped = true;
-            return false;
-        }
-        true
-    });
+    pair.drop_once(Dir::BtoA, |r| r.bth.opcode == OpCode::RcReadResponseMiddle);
     let op = SendOp::RdmaRead {
         remote_addr: pair.b.mr.addr,
         rkey: pair.b.mr.rkey,
@@ -591,14 +570,7 @@ fn duplicate_read_is_replayed_from_the_resource_ring() {
 fn duplicate_atomic_resends_the_saved_result_and_never_reexecutes() {
     let mut pair = Pair::rc();
     pair.b.write(8, &10u64.to_ne_bytes());
-    let mut dropped = false;
-    pair.filter = Box::new(move |dir, r, _| {
-        if dir == Dir::BtoA && r.bth.opcode == OpCode::RcAtomicAcknowledge && !dropped {
-            dropped = true;
-            return false;
-        }
-        true
-    });
+    pair.drop_once(Dir::BtoA, |r| r.bth.opcode == OpCode::RcAtomicAcknowledge);
     let op = SendOp::FetchAdd {
         remote_addr: pair.b.mr.addr + 8,
         rkey: pair.b.mr.rkey,
@@ -1166,14 +1138,7 @@ fn psns_wrap_at_24_bits() {
     pair.b.write(8192, &data);
     pair.b.post_recv(1, 0, 4096);
     // Lose one packet past the wrap so go-back-N works across it too.
-    let mut dropped = false;
-    pair.filter = Box::new(move |dir, r, _| {
-        if dir == Dir::AtoB && r.bth.psn == Psn::new(2) && !dropped {
-            dropped = true;
-            return false;
-        }
-        true
-    });
+    pair.drop_once(Dir::AtoB, |r| r.bth.psn == Psn::new(2));
     pair.a
         .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 2000)]));
     let op = SendOp::RdmaRead {

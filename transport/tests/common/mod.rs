@@ -233,6 +233,22 @@ pub fn all_access() -> AccessFlags {
 }
 
 impl Pair {
+    /// Loses the first packet going `dir` that `matches`; every other one passes.
+    pub fn drop_once(
+        &mut self,
+        dir: Dir,
+        mut matches: impl FnMut(&packet::Repr) -> bool + 'static,
+    ) {
+        let mut dropped = false;
+        self.filter = Box::new(move |d, r, _| {
+            if d == dir && !dropped && matches(r) {
+                dropped = true;
+                return false;
+            }
+            true
+        });
+    }
+
     pub fn new(qp_type: QpType, p: Params) -> Pair {
         Pair::between(
             Ipv4Addr::new(10, 0, 0, 1).into(),
