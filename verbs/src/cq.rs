@@ -58,8 +58,9 @@ impl Drop for CqInner {
     }
 }
 
-/// A completion queue (`ibv_cq`). Completions reach it from the engine thread through a
-/// lock-free queue; `poll` never blocks and takes no lock. QPs using it keep it alive.
+/// A completion queue (`ibv_cq`). Completions reach it through a lock-free queue; `poll`
+/// never blocks (it runs an engine round only when the engine is free). QPs using it keep
+/// it alive.
 #[derive(Debug, Clone)]
 pub struct CompletionQueue {
     pub(crate) inner: Arc<CqInner>,
@@ -104,26 +105,43 @@ impl CompletionQueue {
     }
 
     /// Takes up to `max` completions, oldest first (`ibv_poll_cq`).
+    ///
+    /// When none waits, the calling thread runs a round of the engine itself (receives,
+    /// processes, transmits) if no other thread is running one, then looks again: a
+    /// polling application drives its device with no hand-off to another thread.
     pub fn poll(&self, max: usize) -> Vec<WorkCompletion> {
         let mut out = Vec::new();
-        self.inner.ring.poll(max, &mut out);
+        self.poll_into(max, &mut out);
         out
     }
 
-    /// Appends up to `max` completions to `out`; returns how many.
+    /// Appends up to `max` completions to `out`; returns how many. Drives the engine as
+    /// [`CompletionQueue::poll`] does.
     pub fn poll_into(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
+        let taken = self.inner.ring.poll(max, out);
+        if taken > 0 || max == 0 {
+            return taken;
+        }
+        self.inner.device.thread.drive();
         self.inner.ring.poll(max, out)
     }
 
     /// Arms the notification (`ibv_req_notify_cq`): the next completion added puts an
     /// event on the CQ's channel. ferroce notifies on every completion, solicited or not.
+    /// An application arms before it blocks on the channel, so the engine thread takes
+    /// over the driving here.
     pub fn req_notify(&self) {
         self.inner.ring.req_notify();
+        self.inner.device.thread.hand_off();
     }
 
     /// Blocks until a completion waits or `timeout` passes (`None`: forever); returns
-    /// whether one waits. Needs no channel.
+    /// whether one waits. Needs no channel. The engine thread drives meanwhile.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if !self.inner.ring.is_empty() {
+            return true;
+        }
+        self.inner.device.thread.hand_off();
         self.inner.ring.wait(timeout)
     }
 

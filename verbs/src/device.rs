@@ -33,6 +33,10 @@ pub struct DeviceConfig {
     /// How long the engine thread polls with nothing to do before it blocks (latency
     /// against CPU).
     pub busy_poll: Duration,
+    /// How long an RC responder may hold a plain ACK to send it with its next reply or
+    /// fold it into the next ACK (`EngineConfig::ack_delay`; zero: one ACK per AckReq,
+    /// as rxe). Completions of the peer's signaled requests wait up to this long.
+    pub ack_delay: Duration,
     /// Seed of the key generator (`None`: random per device).
     pub seed: Option<u64>,
 }
@@ -47,6 +51,7 @@ impl DeviceConfig {
             limits: DeviceLimits::default(),
             active_mtu: PathMtu::Mtu1024,
             busy_poll: Duration::from_micros(50),
+            ack_delay: Duration::from_micros(20),
             seed: None,
         }
     }
@@ -137,6 +142,7 @@ impl Device {
             default_gids: config.addresses.clone(),
             // The sockets send from their bound port, and the ICRC covers it.
             udp_src_port: SourcePortPolicy::Fixed(config.port),
+            ack_delay: config.ack_delay,
         };
         let thread = EngineThread::spawn(EngineThreadConfig {
             engine,

@@ -260,22 +260,36 @@ impl QueuePair {
     /// Posts a send work request (`ibv_post_send`). Refused here when the QP is not
     /// ready to send or the request has too many SGEs.
     pub fn post_send(&self, wr: SendRequest) -> Result<()> {
+        self.post_send_list([wr])
+    }
+
+    /// Posts a list of send work requests at once (`ibv_post_send` with a chain): all
+    /// are checked first, so either every one is posted or none, and they reach the
+    /// engine together, which sends them in one batch.
+    pub fn post_send_list(&self, wrs: impl IntoIterator<Item = SendRequest>) -> Result<()> {
         match self.state() {
             QpState::Rts | QpState::Sqd | QpState::Err => {}
             state => return Err(VerbsError::InvalidState(state).into()),
         }
-        if wr.sge_count() > self.cap.max_send_sge as usize {
+        let wrs: Vec<SendRequest> = wrs.into_iter().collect();
+        if wrs
+            .iter()
+            .any(|wr| wr.sge_count() > self.cap.max_send_sge as usize)
+        {
             return Err(VerbsError::LimitExceeded("max_send_sge").into());
         }
         if !self.pd.device.thread.is_alive() {
             return Err(Error::DeviceStopped);
         }
-        self.pd.device.thread.post(Post::Send {
-            ns: self.pd.device.ns,
-            qpn: self.qpn,
-            wr: wr.into_engine(),
-            errors: self.send_cq.ring.clone(),
-        });
+        let device = &self.pd.device;
+        device
+            .thread
+            .post_list(wrs.into_iter().map(|wr| Post::Send {
+                ns: device.ns,
+                qpn: self.qpn,
+                wr: wr.into_engine(),
+                errors: self.send_cq.ring.clone(),
+            }));
         Ok(())
     }
 

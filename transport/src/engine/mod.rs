@@ -266,6 +266,12 @@ pub struct EngineConfig {
     pub default_gids: Vec<IpAddr>,
     /// UDP source port of outgoing packets.
     pub udp_src_port: SourcePortPolicy,
+    /// How long an RC responder may hold a plain ACK back (0: send each at once, as rxe
+    /// does). A held ACK goes out with the QP's next request packet, when this delay
+    /// has passed, or when another ACK would follow it — one ACK then acknowledges
+    /// every message before it, so ping-pong traffic sends its ACKs in the same batch
+    /// as its replies and a stream of WRITEs gets one ACK per batch.
+    pub ack_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -275,6 +281,7 @@ impl Default for EngineConfig {
             active_mtu: PathMtu::Mtu1024,
             default_gids: Vec::new(),
             udp_src_port: SourcePortPolicy::PerQp,
+            ack_delay: Duration::ZERO,
         }
     }
 }
@@ -475,6 +482,8 @@ pub struct Engine {
     counters: Counters,
     /// QPs that may have something to send, round-robin.
     active: VecDeque<(NamespaceId, Qpn)>,
+    /// Last packets of destroyed QPs (their held ACKs), sent before anything else.
+    parting: VecDeque<Datagram>,
     active_set: BTreeSet<(NamespaceId, Qpn)>,
     /// Every QP's earliest timer, ordered, so `poll_timeout` is not a scan of all QPs.
     timers: BTreeSet<(Time, NamespaceId, Qpn)>,
@@ -504,6 +513,7 @@ impl Engine {
             routes: BTreeMap::new(),
             counters: Counters::default(),
             active: VecDeque::new(),
+            parting: VecDeque::new(),
             active_set: BTreeSet::new(),
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
@@ -910,6 +920,7 @@ impl Engine {
         let limits = self.config.limits;
         self.check_cap(&init.cap)?;
         let ud_mtu = self.config.active_mtu.bytes();
+        let ack_delay = self.config.ack_delay;
         let space = self.ns_mut(ns)?;
         if space.qps.len() >= limits.max_qp as usize {
             return Err(VerbsError::LimitExceeded("max_qp"));
@@ -930,6 +941,7 @@ impl Engine {
             .ok_or(VerbsError::LimitExceeded("QPN space"))?;
         let mut qp = QueuePair::new(qpn, &init);
         qp.req.ud_mtu = ud_mtu;
+        qp.ack_delay = ack_delay;
         space.qps.insert(qpn, qp);
         Ok(qpn)
     }
@@ -976,10 +988,25 @@ impl Engine {
 
     /// Destroys a QP (its outstanding work is dropped without completions).
     pub fn destroy_qp(&mut self, ns: NamespaceId, qpn: Qpn) -> Result<()> {
-        self.ns_mut(ns)?
-            .qps
-            .remove(&qpn)
-            .ok_or(VerbsError::NotFound("QP"))?;
+        let space = self
+            .namespaces
+            .get_mut(&ns)
+            .ok_or(VerbsError::NotFound("namespace"))?;
+        let mut qp = space.qps.remove(&qpn).ok_or(VerbsError::NotFound("QP"))?;
+        // An ACK held back (`ack_delay`) still goes out: the requests it acknowledges
+        // were executed, and the peer would otherwise retry them against a gone QP.
+        if qp.resp.ack_due().is_some() {
+            qp.resp.release_ack(Time::ZERO);
+            let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+            let out = qp.poll_response(&mut ctx);
+            let src_port = match self.config.udp_src_port {
+                SourcePortPolicy::PerQp => qp.src_port,
+                SourcePortPolicy::Fixed(port) => port,
+            };
+            if let Some(datagram) = out.and_then(|out| self.build(out, src_port)) {
+                self.parting.push_back(datagram);
+            }
+        }
         self.refresh_timer(ns, qpn);
         Ok(())
     }
@@ -1142,6 +1169,11 @@ impl Engine {
 
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
+        if let Some(datagram) = self.parting.pop_front() {
+            self.counters.packets_out += 1;
+            self.counters.bytes_out += datagram.payload.len() as u64;
+            return Some(datagram);
+        }
         for _ in 0..self.active.len() {
             let (ns, qpn) = self.active.pop_front()?;
             let Some(space) = self.namespaces.get_mut(&ns) else {

@@ -1,18 +1,29 @@
 //! The engine thread: one per device, owning the [`Engine`] and one [`Driver`] per local
-//! address, in a run-to-completion loop.
+//! address, in a run-to-completion loop — and the applications' threads, which run the
+//! same loop themselves when they post or poll.
 //!
 //! Each round: receive a batch from every driver and feed it to the engine (recovering
 //! the IPv4 identification the ICRC covers), take the work applications queued (posted
 //! WRs and control calls, in the order they were queued), drain `poll_transmit` into
 //! `send_batch` (what the kernel did not take waits for the next round), run due timers,
-//! and move new completions into the applications' [`CompletionRing`]s. With nothing to
-//! do for a short busy-poll window, the thread blocks in `ppoll` on the drivers and a
-//! doorbell eventfd until a datagram, queued work or the engine's next timeout.
+//! and move new completions into the applications' [`CompletionRing`]s.
 //!
-//! Applications never take a lock per packet: work goes through a lock-free queue (the
-//! doorbell is rung only when the thread sleeps) and completions come back through
-//! lock-free per-CQ queues; a mutex/condvar pair is touched only by a thread that blocks
-//! waiting for a completion.
+//! Who runs a round: the engine, its drivers and the rings sit behind one mutex, and
+//! whichever thread takes it runs the round. An application that posts work or polls an
+//! empty completion queue runs a round right there ([`EngineThread::drive`]), so a work
+//! request reaches the wire, and a datagram its completion, on the caller's own thread
+//! with no hand-off; on a 2-core machine that is the difference between one busy thread
+//! and three. The engine thread is the progress thread for the rest: while applications
+//! drive (one did within [`APP_WINDOW`]) it stays out of their way, blocked on its
+//! doorbell; otherwise it runs rounds, keeps polling for a short busy-poll window, then
+//! blocks in `ppoll` on the drivers and the doorbell until a datagram, a hand-off (an
+//! application about to block, [`EngineThread::hand_off`]) or the engine's next timeout.
+//! Work is queued before the mutex is tried, and a round's runner looks at the queue
+//! again after letting go, so queued work is never stranded.
+//!
+//! Applications never take a lock per packet they do not process: work goes through a
+//! lock-free queue and completions come back through lock-free per-CQ queues; a
+//! mutex/condvar pair is touched only by a thread that blocks waiting for a completion.
 //!
 //! Real time enters the engine here and nowhere else: one `Instant` taken when the
 //! thread starts, and `Time::from_nanos(elapsed)` each round.
@@ -22,8 +33,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -403,53 +414,103 @@ fn send_opcode(op: SendOp) -> WcOpcode {
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
 
-/// Applies up to [`WORK_BATCH`] queued work items, in order; returns how many.
-fn take_work(core: &mut Core, shared: &Shared) -> usize {
-    let mut worked = 0;
-    while worked < WORK_BATCH {
-        let Some(work) = shared.queue.pop() else {
-            break;
-        };
-        worked += 1;
-        match work {
-            Work::Post(post) => core.apply(post),
-            Work::Call(call) => call(core),
-        }
-    }
-    worked
-}
-
 enum Work {
     Post(Post),
     Call(Call),
 }
 
+/// How long after an application last ran a round the engine thread leaves the driving
+/// to applications (it blocks on its doorbell meanwhile).
+pub const APP_WINDOW: Duration = Duration::from_micros(500);
+
+/// What the engine thread and the applications' threads share.
 struct Shared {
     queue: SegQueue<Work>,
+    /// The engine, its drivers and the completion rings; whoever holds it runs rounds.
+    runner: Mutex<Runner>,
     doorbell: Doorbell,
-    sleeping: AtomicBool,
+    /// The doorbell and every driver's descriptor, for the engine thread's `ppoll`.
+    wait_fds: Vec<RawFd>,
+    /// Engine time (ns, at least 1) of the last round an application ran; 0 after a
+    /// hand-off.
+    app_round: AtomicU64,
     stop: AtomicBool,
     alive: AtomicBool,
+    start: Instant,
+    busy_poll: Duration,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("queued", &self.queue.len())
-            .field("sleeping", &self.sleeping)
             .field("alive", &self.alive)
             .finish()
     }
 }
 
 impl Shared {
+    fn now(&self) -> Time {
+        Time::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Marks the engine dead and drops queued work, so callers waiting for replies see
+    /// the end.
+    fn die(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        while self.queue.pop().is_some() {}
+    }
+
+    /// True while an application ran a round less than [`APP_WINDOW`] ago.
+    fn applications_drive(&self, now: Time) -> bool {
+        let last = self.app_round.load(Ordering::Relaxed);
+        last != 0 && now.as_nanos().saturating_sub(last) < APP_WINDOW.as_nanos() as u64
+    }
+
+    /// Runs rounds on the calling application thread while the engine is free and work
+    /// waits; returns whether anything happened. A thread that finds the engine taken
+    /// leaves: the holder looks at the queue after letting go. A poster's round
+    /// (`receive` false) only takes work and transmits: looking for datagrams right after
+    /// posting finds none and costs a system call. Only receiving rounds count as the
+    /// application driving, so one that posts and never polls leaves the receiving to
+    /// the engine thread.
+    fn drive(&self, receive: bool) -> bool {
+        let mut progressed = false;
+        while self.alive.load(Ordering::Relaxed) {
+            let mut runner = match self.runner.try_lock() {
+                Ok(runner) => runner,
+                Err(TryLockError::WouldBlock) => return progressed,
+                Err(TryLockError::Poisoned(_)) => {
+                    self.die();
+                    return progressed;
+                }
+            };
+            let now = self.now();
+            // An engine bug must not unwind through the application's post or poll: the
+            // engine dies (its calls then fail with `EngineStopped`) and the caller goes on.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runner.round(now, &self.queue, receive)
+            }));
+            let Ok(busy) = round else {
+                self.die();
+                return progressed;
+            };
+            progressed |= busy;
+            if receive {
+                self.app_round
+                    .store(now.as_nanos().max(1), Ordering::Relaxed);
+            }
+            drop(runner);
+            if self.queue.is_empty() {
+                break;
+            }
+        }
+        progressed
+    }
+
     fn push(&self, work: Work) {
         self.queue.push(work);
-        // The thread announces sleep before its last look at the queue, so either it
-        // sees this work or we see it sleeping (both SeqCst).
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.doorbell.ring();
-        }
+        self.drive(false);
     }
 }
 
@@ -495,9 +556,6 @@ struct Runner {
     core: Core,
     ports: Vec<Port>,
     solvers: HashMap<usize, IdentSolver>,
-    shared: Arc<Shared>,
-    start: Instant,
-    busy_poll: Duration,
 }
 
 /// Marks the thread dead however it ends (a panic included) and drops queued work, so
@@ -506,8 +564,7 @@ struct AliveGuard(Arc<Shared>);
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::SeqCst);
-        while self.0.queue.pop().is_some() {}
+        self.0.die();
     }
 }
 
@@ -529,31 +586,34 @@ impl EngineThread {
             .iter()
             .map(|p| (p.driver.local_addr(), p.driver.kind()))
             .collect();
+        let doorbell = Doorbell::new()?;
+        let mut wait_fds = vec![doorbell.as_raw_fd()];
+        wait_fds.extend(ports.iter().map(|p| p.driver.poll_fd()));
         let shared = Arc::new(Shared {
             queue: SegQueue::new(),
-            doorbell: Doorbell::new()?,
-            sleeping: AtomicBool::new(false),
+            runner: Mutex::new(Runner {
+                core: Core {
+                    engine: Engine::new(config.engine, config.seed),
+                    rings: BTreeMap::new(),
+                    counters: ThreadCounters::default(),
+                },
+                ports,
+                solvers: HashMap::new(),
+            }),
+            doorbell,
+            wait_fds,
+            app_round: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             alive: AtomicBool::new(true),
-        });
-        let runner = Runner {
-            core: Core {
-                engine: Engine::new(config.engine, config.seed),
-                rings: BTreeMap::new(),
-                counters: ThreadCounters::default(),
-            },
-            ports,
-            solvers: HashMap::new(),
-            shared: shared.clone(),
             start: Instant::now(),
             busy_poll: config.busy_poll,
-        };
+        });
+        let thread_shared = shared.clone();
         let join = std::thread::Builder::new()
             .name(config.name)
             .spawn(move || {
-                let _alive = AliveGuard(runner.shared.clone());
-                let mut runner = runner;
-                runner.run();
+                let _alive = AliveGuard(thread_shared.clone());
+                progress(&thread_shared);
             })?;
         Ok(EngineThread {
             shared,
@@ -572,19 +632,41 @@ impl EngineThread {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
-    /// Queues a posted work request (no reply; refusals become error completions).
+    /// Queues a posted work request (no reply; refusals become error completions) and
+    /// runs it on the calling thread when the engine is free.
     pub fn post(&self, post: Post) {
         self.shared.push(Work::Post(post));
     }
 
-    /// Queues `f` to run on the engine thread, after all work queued before it, without
-    /// waiting for it.
+    /// Queues posted work requests and runs them in one round when the engine is free
+    /// (one doorbell for a list of WRs, as `ibv_post_send` with a chain).
+    pub fn post_list(&self, posts: impl IntoIterator<Item = Post>) {
+        for post in posts {
+            self.shared.queue.push(Work::Post(post));
+        }
+        self.shared.drive(false);
+    }
+
+    /// Queues `f` to run on the engine, after all work queued before it, without
+    /// waiting for it (it runs on this thread when the engine is free).
     pub fn submit(&self, f: impl FnOnce(&mut Core) + Send + 'static) {
         self.shared.push(Work::Call(Box::new(f)));
     }
 
-    /// Runs `f` on the engine thread, after all work queued before it, and returns its
-    /// result.
+    /// Runs a round on the calling thread when the engine is free (what polling an empty
+    /// completion queue does); returns whether anything happened.
+    pub fn drive(&self) -> bool {
+        self.shared.drive(true)
+    }
+
+    /// Tells the engine thread to take over the driving now: the caller is about to
+    /// block (waiting for a completion) and will not run rounds meanwhile.
+    pub fn hand_off(&self) {
+        self.shared.app_round.store(0, Ordering::Relaxed);
+        self.shared.doorbell.ring();
+    }
+
+    /// Runs `f` on the engine, after all work queued before it, and returns its result.
     pub fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Core) -> R + Send + 'static,
@@ -622,35 +704,107 @@ impl Drop for EngineThread {
     }
 }
 
-impl Runner {
-    fn now(&self) -> Time {
-        Time::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
-    }
-
-    fn run(&mut self) {
-        let mut idle_since: Option<Instant> = None;
-        while !self.shared.stop.load(Ordering::SeqCst) {
-            self.core.counters.rounds += 1;
-            let busy = self.round();
-            if busy {
-                idle_since = None;
-                continue;
+/// The engine thread's loop: rounds while nobody else drives, a busy-poll window, then
+/// a blocking wait.
+fn progress(shared: &Shared) {
+    let mut idle_since: Option<Instant> = None;
+    while !shared.stop.load(Ordering::SeqCst) && shared.alive.load(Ordering::SeqCst) {
+        let now = shared.now();
+        if shared.applications_drive(now) {
+            // Stay off the engine (and the CPU) until the window passes or a hand-off.
+            let since = now
+                .as_nanos()
+                .saturating_sub(shared.app_round.load(Ordering::Relaxed));
+            let left = APP_WINDOW.saturating_sub(Duration::from_nanos(since));
+            if let Err(error) = wait_readable(&shared.wait_fds[..1], Some(left)) {
+                tracing::warn!(%error, "ppoll failed");
             }
-            let idle = *idle_since.get_or_insert_with(Instant::now);
-            if idle.elapsed() < self.busy_poll {
-                std::thread::yield_now();
-                continue;
-            }
-            self.sleep();
+            shared.doorbell.drain();
             idle_since = None;
+            continue;
+        }
+        let busy = {
+            let Ok(mut runner) = shared.runner.lock() else {
+                return;
+            };
+            runner.round(now, &shared.queue, true)
+        };
+        if busy {
+            idle_since = None;
+            continue;
+        }
+        let idle = *idle_since.get_or_insert_with(Instant::now);
+        if idle.elapsed() < shared.busy_poll {
+            std::thread::yield_now();
+            continue;
+        }
+        sleep(shared);
+        idle_since = None;
+    }
+}
+
+/// Blocks the engine thread until a datagram, the doorbell or the engine's next timeout.
+fn sleep(shared: &Shared) {
+    let timeout = {
+        let Ok(mut runner) = shared.runner.lock() else {
+            return;
+        };
+        if !shared.queue.is_empty() || shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = shared.now();
+        let mut timeout = runner
+            .core
+            .engine
+            .poll_timeout()
+            .map(|t| t.saturating_since(now));
+        if runner.ports.iter().any(|p| !p.pending.is_empty()) {
+            // A backlog the kernel refused: try again soon.
+            timeout = Some(timeout.map_or(Duration::from_micros(100), |t| {
+                t.min(Duration::from_micros(100))
+            }));
+        }
+        runner.core.counters.sleeps += 1;
+        timeout
+    };
+    // Work queued from here on is run by the thread that queued it (the engine is free),
+    // so the doorbell is only for hand-offs and stopping.
+    if let Err(error) = wait_readable(&shared.wait_fds, timeout) {
+        if let Ok(mut runner) = shared.runner.lock() {
+            runner.core.counters.io_errors += 1;
+        }
+        tracing::warn!(%error, "ppoll failed");
+    }
+    shared.doorbell.drain();
+}
+
+/// Applies up to [`WORK_BATCH`] queued work items, in order; returns how many.
+fn take_work(core: &mut Core, queue: &SegQueue<Work>) -> usize {
+    let mut worked = 0;
+    while worked < WORK_BATCH {
+        let Some(work) = queue.pop() else {
+            break;
+        };
+        worked += 1;
+        match work {
+            Work::Post(post) => core.apply(post),
+            Work::Call(call) => call(core),
         }
     }
+    worked
+}
 
-    /// One round; true when anything happened.
-    fn round(&mut self) -> bool {
-        let now = self.now();
-        let (received, mut worked) = self.receive(now);
-        worked += take_work(&mut self.core, &self.shared);
+impl Runner {
+    /// One round at `now` (without the receiving step unless `receive`); true when
+    /// anything happened.
+    fn round(&mut self, now: Time, queue: &SegQueue<Work>, receive: bool) -> bool {
+        self.core.counters.rounds += 1;
+        let (received, mut worked) = if receive {
+            self.receive(now, queue)
+        } else {
+            (0, 0)
+        };
+        worked += take_work(&mut self.core, queue);
         let mut timers = false;
         if self.core.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.core.engine.handle_timeout(now);
@@ -663,13 +817,11 @@ impl Runner {
 
     /// Receives a batch from every driver; returns datagrams received and work items
     /// taken.
-    fn receive(&mut self, now: Time) -> (usize, usize) {
+    fn receive(&mut self, now: Time, queue: &SegQueue<Work>) -> (usize, usize) {
         let Runner {
             core,
             ports,
             solvers,
-            shared,
-            ..
         } = self;
         let mut total = 0;
         let mut worked = 0;
@@ -681,7 +833,7 @@ impl Runner {
                 // after the work queued so far (a receive posted before the peer was told
                 // to send, say): take that work first, as a post returning promises.
                 if std::mem::take(&mut first) {
-                    worked += take_work(core, shared);
+                    worked += take_work(core, queue);
                 }
                 if received.truncated {
                     core.counters.truncated += 1;
@@ -768,35 +920,6 @@ impl Runner {
                 return sent;
             }
         }
-    }
-
-    fn sleep(&mut self) {
-        self.shared.sleeping.store(true, Ordering::SeqCst);
-        if !self.shared.queue.is_empty() || self.shared.stop.load(Ordering::SeqCst) {
-            self.shared.sleeping.store(false, Ordering::SeqCst);
-            return;
-        }
-        let now = self.now();
-        let mut timeout = self
-            .core
-            .engine
-            .poll_timeout()
-            .map(|t| t.saturating_since(now));
-        if self.ports.iter().any(|p| !p.pending.is_empty()) {
-            // A backlog the kernel refused: try again soon.
-            timeout = Some(timeout.map_or(Duration::from_micros(100), |t| {
-                t.min(Duration::from_micros(100))
-            }));
-        }
-        let mut fds: Vec<RawFd> = vec![self.shared.doorbell.as_raw_fd()];
-        fds.extend(self.ports.iter().map(|p| p.driver.poll_fd()));
-        self.core.counters.sleeps += 1;
-        if let Err(error) = wait_readable(&fds, timeout) {
-            self.core.counters.io_errors += 1;
-            tracing::warn!(%error, "ppoll failed");
-        }
-        self.shared.sleeping.store(false, Ordering::SeqCst);
-        self.shared.doorbell.drain();
     }
 }
 

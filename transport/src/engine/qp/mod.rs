@@ -7,6 +7,7 @@ mod responder;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ferroce_wire::{packet, Psn, Qpn, Rkey};
 
@@ -594,6 +595,8 @@ pub struct QueuePair {
     /// QP1, the General Services Interface (MADs of RDMA CM): a UD QP whose sends carry
     /// AckReq, as rxe's IB_QPT_GSI sends do.
     pub(crate) gsi: bool,
+    /// How long a plain ACK may wait ([`crate::engine::EngineConfig::ack_delay`]).
+    pub(crate) ack_delay: Duration,
 }
 
 /// rxe's source port for a QP before it has a peer, and for UD QPs
@@ -670,6 +673,7 @@ impl QueuePair {
             resp: Responder::default(),
             src_port: udp_source_port(qpn),
             gsi: false,
+            ack_delay: Duration::ZERO,
         }
     }
 
@@ -1073,15 +1077,23 @@ impl QueuePair {
         }
         let out = self.poll_request(ctx);
         self.complete_front(ctx);
+        if out.is_some() {
+            // A held ACK goes out in the same batch as this request.
+            self.resp.release_ack(ctx.now);
+        }
         out
     }
 
     /// The earliest time this QP wants `handle_timeout`.
     pub(crate) fn timeout(&self) -> Option<Time> {
-        match (self.req.retransmit_at, self.req.rnr_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.req.retransmit_at,
+            self.req.rnr_until,
+            self.resp.ack_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Copies `out.len()` bytes of the WR's message at `offset` from its gather list

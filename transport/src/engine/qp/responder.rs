@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ferroce_wire::opcode::Operation;
 use ferroce_wire::packet::Parsed;
@@ -11,7 +12,7 @@ use ferroce_wire::{aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Posi
 
 use super::super::cq::{WcOpcode, WcStatus};
 use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
-use super::super::{AsyncEvent, DatagramMeta};
+use super::super::{AsyncEvent, DatagramMeta, Time};
 use super::requester::packets_for;
 use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr};
 
@@ -100,6 +101,8 @@ pub(crate) struct Responder {
     resources: Vec<Option<Resource>>,
     resource_head: usize,
     jobs: VecDeque<Job>,
+    /// A plain ACK alone in `jobs` is held back until then (see `ack_delay`).
+    ack_hold: Option<Time>,
 }
 
 /// How a request failed (class A/C errors of IBA 9.9.3).
@@ -130,8 +133,29 @@ impl Responder {
             .retain(|j| matches!(j, Job::Ack { syndrome, .. } if !syndrome.is_ack()));
     }
 
-    /// Queues an ACK. Every AckReq packet gets its own ACK, as rxe sends them; with
-    /// `coalesce` (re-ACKs of duplicates) a queued ACK is moved forward instead.
+    /// When a held ACK is due, if one is held.
+    pub fn ack_due(&self) -> Option<Time> {
+        self.ack_hold.filter(|_| !self.jobs.is_empty())
+    }
+
+    /// Lets a held ACK go at the next `poll_response`.
+    pub fn release_ack(&mut self, now: Time) {
+        if let Some(hold) = &mut self.ack_hold {
+            *hold = (*hold).min(now);
+        }
+    }
+
+    /// Holds the ACK just queued for `delay` (unless one is already held: the first
+    /// sets the deadline, so no ACK waits longer than `delay`).
+    fn hold_ack(&mut self, now: Time, delay: Duration) {
+        if !delay.is_zero() && self.ack_hold.is_none() {
+            self.ack_hold = Some(now + delay);
+        }
+    }
+
+    /// Queues an ACK. Without `coalesce` every AckReq packet gets its own ACK, as rxe
+    /// sends them; with it (re-ACKs of duplicates, held ACKs) a plain ACK queued last
+    /// is moved forward instead: an ACK acknowledges every PSN before it.
     fn push_ack(&mut self, psn: Psn, coalesce: bool) {
         let msn = self.msn;
         if let Some(Job::Ack {
@@ -268,7 +292,11 @@ impl QueuePair {
                     && parsed.repr.bth.ack_req
                     && matches!(info.operation, Operation::Send | Operation::Write)
                 {
-                    self.resp.push_ack(psn, false);
+                    let hold = !self.ack_delay.is_zero();
+                    self.resp.push_ack(psn, hold);
+                    if hold {
+                        self.resp.hold_ack(ctx.now, self.ack_delay);
+                    }
                 }
             }
             Ok(None) => {}
@@ -715,7 +743,17 @@ impl QueuePair {
         }
         let src = self.local?;
         let dst = self.attr.av?.remote;
+        if let (Some(hold), [Job::Ack { syndrome, .. }]) =
+            (self.resp.ack_hold, self.resp.jobs.as_slices().0)
+        {
+            if syndrome.is_ack() && ctx.now < hold && self.resp.jobs.len() == 1 {
+                return None;
+            }
+        }
         let job = self.resp.jobs.pop_front()?;
+        if matches!(job, Job::Ack { .. }) {
+            self.resp.ack_hold = None;
+        }
         let mtu = self.path_mtu();
         let mut read_from = None;
         let repr = match job {
