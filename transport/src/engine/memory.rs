@@ -4,8 +4,18 @@
 //! namespace's table, then the PD, the access flags and the bounds are checked. Keys are
 //! `index << 8 | key` with a random 8-bit key per registration, so a stale or guessed
 //! key fails; deregistration removes the entry, so no later access can reach the bytes.
+//!
+//! A region's bytes are a [`RegionMemory`]: either a [`MemoryBacking`] the engine owns
+//! and may borrow as slices (`Vec<u8>` for `reg_mr`), or [`CallerMemory`], the
+//! application's own memory, which the engine never borrows: it copies through raw
+//! pointers, as a DMA engine would, because the application may hold pointers to it too.
+
+// Caller memory is reached through raw pointers; every `unsafe` block says why it holds.
+#![allow(unsafe_code)]
 
 use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferroce_wire::Rkey;
 
@@ -126,6 +136,17 @@ pub enum AtomicOp {
     },
 }
 
+impl AtomicOp {
+    /// The value the 8 bytes hold after the operation, given what they held.
+    fn apply(self, original: u64) -> u64 {
+        match self {
+            AtomicOp::CompareSwap { compare, swap } if original == compare => swap,
+            AtomicOp::CompareSwap { .. } => original,
+            AtomicOp::FetchAdd { add } => original.wrapping_add(add),
+        }
+    }
+}
+
 /// Every access the QP code makes to registered memory. `required` names the access
 /// flags the operation needs; local reads need none (as in ibverbs).
 pub trait MemoryAccess {
@@ -171,14 +192,21 @@ pub trait MemoryAccess {
     fn invalidate(&mut self, key: Key, pd: ProtectionDomain) -> Result<(), AccessError>;
 }
 
-/// The bytes behind a memory region. The engine owns a `Vec<u8>` for `reg_mr`; the verbs
-/// layer plugs caller-registered or shared (memfd) memory in through this trait, and
-/// every key, PD, flag and bounds check stays in [`MemoryTable`].
+/// The bytes behind a memory region that the engine may borrow: a `Vec<u8>` for
+/// `reg_mr`, or any buffer nothing else can reach while it is registered (the engine
+/// forms `&[u8]`/`&mut [u8]` over it). Memory the application can still reach is
+/// [`CallerMemory`] instead. Every key, PD, flag and bounds check stays in
+/// [`MemoryTable`].
 pub trait MemoryBacking: fmt::Debug + Send {
     /// The region's bytes.
     fn bytes(&self) -> &[u8];
     /// The region's bytes, writable.
     fn bytes_mut(&mut self) -> &mut [u8];
+    /// The address (iova) of byte 0 that peers and SGEs use; `None` lets the engine pick
+    /// one (page-aligned and different per registration).
+    fn address(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl MemoryBacking for Vec<u8> {
@@ -191,6 +219,225 @@ impl MemoryBacking for Vec<u8> {
     }
 }
 
+/// The application's own memory, registered as `ibv_reg_mr(pd, addr, length, access)`
+/// does: its address is the region's iova (peers target the application's addresses),
+/// and the engine reaches it only through raw-pointer copies and atomics, never through
+/// a Rust reference, because the application may hold pointers into it at the same
+/// time.
+#[derive(Debug)]
+pub struct CallerMemory {
+    start: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `CallerMemory` is a pointer and a length; it owns nothing and has no thread
+// affinity. The contract of `CallerMemory::new` makes the memory valid for reads and
+// writes from any thread (the engine's, or an application thread that drives the
+// engine) until the region is deregistered, and every access goes through `&self` or
+// `&mut self` of the table that holds it, so the engine never races with itself.
+// Races with the application's own accesses are the application's to avoid, as the
+// `new` contract says. It is deliberately not `Sync`: nothing needs to share it.
+unsafe impl Send for CallerMemory {}
+
+impl CallerMemory {
+    /// Caller memory of `len` bytes at `start`; `None` when `start` is null or the range
+    /// wraps the address space or exceeds `isize::MAX` bytes.
+    ///
+    /// # Safety
+    ///
+    /// From this call until the [`MemoryTable`] entry it is registered in is dropped
+    /// (deregistration, or the engine itself dropped) — or until this value is dropped,
+    /// if it is never registered:
+    /// - `start..start + len` is one allocation, valid for reads and writes, and is
+    ///   neither freed nor moved (nor unmapped, nor remapped read-only);
+    /// - the application holds no Rust reference (`&`/`&mut`) to any of those bytes
+    ///   that the engine may write (receives, RDMA WRITE, READ responses, atomics): it
+    ///   is DMA memory, reached through raw pointers only;
+    /// - the application does not access bytes while the engine may be reading or
+    ///   writing them (from the engine thread, or an application thread running an
+    ///   engine round): it reads after the completion that wrote them and writes before
+    ///   posting the request that reads them, as with a hardware HCA. Concurrent
+    ///   8-byte-aligned `AtomicU64` accesses are the exception: the engine's atomics on
+    ///   caller memory are `AtomicU64` operations.
+    pub unsafe fn new(start: *mut u8, len: usize) -> Option<CallerMemory> {
+        let start = NonNull::new(start)?;
+        start.as_ptr().addr().checked_add(len)?;
+        if len > isize::MAX as usize {
+            return None;
+        }
+        Some(CallerMemory { start, len })
+    }
+
+    /// The address of byte 0 (the region's iova).
+    pub fn address(&self) -> u64 {
+        self.start.as_ptr().addr() as u64
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for zero bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer to `count` bytes at `offset`, or `None` past the end.
+    fn at(&self, offset: usize, count: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(count)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `offset <= len`, and `new`'s contract makes `start..start + len` one
+        // allocation, so the result stays inside it (or one past its end).
+        Some(unsafe { self.start.as_ptr().add(offset) })
+    }
+
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), AccessError> {
+        let source = self.at(offset, out.len()).ok_or(AccessError::OutOfBounds)?;
+        // SAFETY: `source..source + out.len()` lies inside the caller memory, valid for
+        // reads by `new`'s contract; `out` is the engine's own buffer, so `ptr::copy`
+        // (which also allows overlap) reads into memory no one else borrows.
+        unsafe { std::ptr::copy(source, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        let target = self
+            .at(offset, data.len())
+            .ok_or(AccessError::OutOfBounds)?;
+        // SAFETY: `target..target + data.len()` lies inside the caller memory, valid for
+        // writes by `new`'s contract, which also says no Rust reference to it is alive;
+        // `ptr::copy` is correct even if `data` came from overlapping memory.
+        unsafe { std::ptr::copy(data.as_ptr(), target, data.len()) };
+        Ok(())
+    }
+
+    fn atomic_at(&mut self, offset: usize, op: AtomicOp) -> Result<u64, AccessError> {
+        let cell = self.at(offset, 8).ok_or(AccessError::OutOfBounds)?;
+        if cell.addr() % 8 != 0 {
+            return Err(AccessError::Misaligned);
+        }
+        // SAFETY: the 8 bytes at `cell` lie inside the caller memory, valid for reads
+        // and writes until deregistration (`new`'s contract), which outlives this call;
+        // `cell` is 8-aligned (checked above). Other accesses to these bytes are either
+        // absent or `AtomicU64` operations too (`new`'s contract), so this is not a
+        // data race.
+        let word = unsafe { AtomicU64::from_ptr(cell.cast::<u64>()) };
+        Ok(match op {
+            AtomicOp::CompareSwap { compare, swap } => {
+                match word.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(original) | Err(original) => original,
+                }
+            }
+            AtomicOp::FetchAdd { add } => word.fetch_add(add, Ordering::SeqCst),
+        })
+    }
+}
+
+/// The bytes of one memory region: a backing the engine owns, or caller memory.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RegionMemory {
+    /// Memory the engine may borrow (`reg_mr`'s `Vec<u8>`, or a buffer handed over).
+    Backing(Box<dyn MemoryBacking>),
+    /// The application's memory, reached through raw pointers only.
+    Caller(CallerMemory),
+}
+
+impl<T: MemoryBacking + 'static> From<Box<T>> for RegionMemory {
+    fn from(backing: Box<T>) -> RegionMemory {
+        RegionMemory::Backing(backing)
+    }
+}
+
+impl From<Box<dyn MemoryBacking>> for RegionMemory {
+    fn from(backing: Box<dyn MemoryBacking>) -> RegionMemory {
+        RegionMemory::Backing(backing)
+    }
+}
+
+impl From<CallerMemory> for RegionMemory {
+    fn from(memory: CallerMemory) -> RegionMemory {
+        RegionMemory::Caller(memory)
+    }
+}
+
+impl RegionMemory {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            RegionMemory::Backing(backing) => backing.bytes().len(),
+            RegionMemory::Caller(memory) => memory.len(),
+        }
+    }
+
+    /// True for zero bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The iova the region must have, if the memory says (caller memory: its address).
+    fn address(&self) -> Option<u64> {
+        match self {
+            RegionMemory::Backing(backing) => backing.address(),
+            RegionMemory::Caller(memory) => Some(memory.address()),
+        }
+    }
+
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), AccessError> {
+        match self {
+            RegionMemory::Backing(backing) => {
+                let bytes = backing.bytes();
+                let range = slice_range(bytes.len(), offset, out.len())?;
+                out.copy_from_slice(&bytes[range]);
+                Ok(())
+            }
+            RegionMemory::Caller(memory) => memory.read_at(offset, out),
+        }
+    }
+
+    fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        match self {
+            RegionMemory::Backing(backing) => {
+                let bytes = backing.bytes_mut();
+                let range = slice_range(bytes.len(), offset, data.len())?;
+                bytes[range].copy_from_slice(data);
+                Ok(())
+            }
+            RegionMemory::Caller(memory) => memory.write_at(offset, data),
+        }
+    }
+
+    fn atomic_at(&mut self, offset: usize, op: AtomicOp) -> Result<u64, AccessError> {
+        match self {
+            RegionMemory::Backing(backing) => {
+                let bytes = backing.bytes_mut();
+                let range = slice_range(bytes.len(), offset, 8)?;
+                let cell = &mut bytes[range];
+                let mut word = [0u8; 8];
+                word.copy_from_slice(cell);
+                let original = u64::from_ne_bytes(word);
+                cell.copy_from_slice(&op.apply(original).to_ne_bytes());
+                Ok(original)
+            }
+            RegionMemory::Caller(memory) => memory.atomic_at(offset, op),
+        }
+    }
+}
+
+fn slice_range(
+    len: usize,
+    offset: usize,
+    count: usize,
+) -> Result<std::ops::Range<usize>, AccessError> {
+    match offset.checked_add(count) {
+        Some(end) if end <= len => Ok(offset..end),
+        _ => Err(AccessError::OutOfBounds),
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     pd: ProtectionDomain,
@@ -198,7 +445,7 @@ struct Entry {
     addr: u64,
     access: AccessFlags,
     valid: bool,
-    bytes: Box<dyn MemoryBacking>,
+    memory: RegionMemory,
 }
 
 /// The memory regions of one namespace, with the bytes the engine owns.
@@ -234,23 +481,25 @@ impl MemoryTable {
         let bytes_len = usize::try_from(length).map_err(|_| AccessError::OutOfBounds)?;
         self.register_backing(
             pd,
-            Box::new(vec![0u8; bytes_len]),
+            Box::new(vec![0u8; bytes_len]).into(),
             access,
             key_byte,
             addr_bits,
         )
     }
 
-    /// Registers `backing` (its whole length) as a region.
+    /// Registers `memory` (its whole length) as a region. Its iova is the memory's own
+    /// address when it has one (caller memory), else one picked from `addr_bits`. Keys
+    /// alone find entries, so regions that overlap, or sit at any address, stay apart.
     pub(crate) fn register_backing(
         &mut self,
         pd: ProtectionDomain,
-        backing: Box<dyn MemoryBacking>,
+        memory: RegionMemory,
         access: AccessFlags,
         key_byte: u8,
         addr_bits: u32,
     ) -> Result<MemoryRegion, AccessError> {
-        let length = backing.bytes().len() as u64;
+        let length = memory.len() as u64;
         let index = match self.slots.iter().skip(1).position(Option::is_none) {
             Some(free) => free + 1,
             None => {
@@ -267,14 +516,16 @@ impl MemoryTable {
         }
         let key = index_u32 << 8 | u32::from(key_byte);
         // Page-aligned, different per registration; 4 GiB window per slot.
-        let addr = (u64::from(index_u32) << 32) | u64::from(addr_bits & 0x7fff_f000);
+        let addr = memory
+            .address()
+            .unwrap_or((u64::from(index_u32) << 32) | u64::from(addr_bits & 0x7fff_f000));
         self.slots[index] = Some(Entry {
             pd,
             key,
             addr,
             access,
             valid: true,
-            bytes: backing,
+            memory,
         });
         self.count += 1;
         Ok(MemoryRegion {
@@ -316,17 +567,29 @@ impl MemoryTable {
             .filter(|e| e.key == raw)
     }
 
-    /// The owner's view of its region: any byte inside it, no access flags needed
-    /// (like an application touching its own buffer).
-    pub(crate) fn owner_range(
+    /// The owner reads its region: any byte inside it, no access flags needed (like an
+    /// application reading its own buffer).
+    pub(crate) fn owner_read(
+        &self,
+        lkey: Lkey,
+        addr: u64,
+        out: &mut [u8],
+    ) -> Result<(), AccessError> {
+        let entry = self.entry(lkey.0).ok_or(AccessError::InvalidKey)?;
+        let offset = offset_in(entry, addr, out.len() as u64)?;
+        entry.memory.read_at(offset, out)
+    }
+
+    /// The owner writes its region: any byte inside it, no access flags needed.
+    pub(crate) fn owner_write(
         &mut self,
         lkey: Lkey,
         addr: u64,
-        len: usize,
-    ) -> Result<&mut [u8], AccessError> {
+        data: &[u8],
+    ) -> Result<(), AccessError> {
         let entry = self.entry_mut(lkey.0).ok_or(AccessError::InvalidKey)?;
-        let range = range_in(entry, addr, len as u64)?;
-        Ok(&mut entry.bytes.bytes_mut()[range])
+        let offset = offset_in(entry, addr, data.len() as u64)?;
+        entry.memory.write_at(offset, data)
     }
 
     fn checked(
@@ -336,7 +599,7 @@ impl MemoryTable {
         addr: u64,
         len: u64,
         required: AccessFlags,
-    ) -> Result<(u32, std::ops::Range<usize>), AccessError> {
+    ) -> Result<(u32, usize), AccessError> {
         let raw = raw_key(key);
         let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
         if !entry.valid {
@@ -348,7 +611,7 @@ impl MemoryTable {
         if !entry.access.contains(required) {
             return Err(AccessError::AccessDenied);
         }
-        Ok((raw, range_in(entry, addr, len)?))
+        Ok((raw, offset_in(entry, addr, len)?))
     }
 }
 
@@ -358,16 +621,17 @@ fn raw_key(key: Key) -> u32 {
     }
 }
 
-fn range_in(entry: &Entry, addr: u64, len: u64) -> Result<std::ops::Range<usize>, AccessError> {
+/// The offset of `addr` in the entry's region, when `len` bytes from there fit in it.
+fn offset_in(entry: &Entry, addr: u64, len: u64) -> Result<usize, AccessError> {
     let start = addr
         .checked_sub(entry.addr)
         .ok_or(AccessError::OutOfBounds)?;
     let end = start.checked_add(len).ok_or(AccessError::OutOfBounds)?;
-    if end > entry.bytes.bytes().len() as u64 {
+    if end > entry.memory.len() as u64 {
         return Err(AccessError::OutOfBounds);
     }
-    // Both fit in usize: they are at most the buffer's length.
-    Ok(start as usize..end as usize)
+    // Fits in usize: it is at most the region's length.
+    Ok(start as usize)
 }
 
 impl MemoryAccess for MemoryTable {
@@ -390,10 +654,9 @@ impl MemoryAccess for MemoryTable {
         out: &mut [u8],
         required: AccessFlags,
     ) -> Result<(), AccessError> {
-        let (raw, range) = self.checked(key, pd, addr, out.len() as u64, required)?;
+        let (raw, offset) = self.checked(key, pd, addr, out.len() as u64, required)?;
         let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
-        out.copy_from_slice(&entry.bytes.bytes()[range]);
-        Ok(())
+        entry.memory.read_at(offset, out)
     }
 
     fn write(
@@ -404,10 +667,9 @@ impl MemoryAccess for MemoryTable {
         data: &[u8],
         required: AccessFlags,
     ) -> Result<(), AccessError> {
-        let (raw, range) = self.checked(key, pd, addr, data.len() as u64, required)?;
+        let (raw, offset) = self.checked(key, pd, addr, data.len() as u64, required)?;
         let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
-        entry.bytes.bytes_mut()[range].copy_from_slice(data);
-        Ok(())
+        entry.memory.write_at(offset, data)
     }
 
     fn atomic(
@@ -420,25 +682,10 @@ impl MemoryAccess for MemoryTable {
         if addr % 8 != 0 {
             return Err(AccessError::Misaligned);
         }
-        let (raw, range) =
+        let (raw, offset) =
             self.checked(Key::Remote(rkey), pd, addr, 8, AccessFlags::REMOTE_ATOMIC)?;
         let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
-        let cell = &mut entry.bytes.bytes_mut()[range];
-        let mut word = [0u8; 8];
-        word.copy_from_slice(cell);
-        let original = u64::from_ne_bytes(word);
-        let new = match op {
-            AtomicOp::CompareSwap { compare, swap } => {
-                if original == compare {
-                    swap
-                } else {
-                    original
-                }
-            }
-            AtomicOp::FetchAdd { add } => original.wrapping_add(add),
-        };
-        cell.copy_from_slice(&new.to_ne_bytes());
-        Ok(original)
+        entry.memory.atomic_at(offset, op)
     }
 
     fn invalidate(&mut self, key: Key, pd: ProtectionDomain) -> Result<(), AccessError> {
@@ -544,10 +791,9 @@ mod tests {
             swap: 1,
         };
         assert_eq!(table.atomic(mr.rkey, PD, mr.addr + 8, cas), Ok(10));
-        assert_eq!(
-            table.owner_range(mr.lkey, mr.addr + 8, 8).unwrap(),
-            &1u64.to_ne_bytes()
-        );
+        let mut word = [0u8; 8];
+        table.owner_read(mr.lkey, mr.addr + 8, &mut word).unwrap();
+        assert_eq!(word, 1u64.to_ne_bytes());
     }
 
     #[test]

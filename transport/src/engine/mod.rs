@@ -70,7 +70,10 @@ pub mod timer;
 
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
-pub use memory::{AccessFlags, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain};
+pub use memory::{
+    AccessFlags, CallerMemory, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain,
+    RegionMemory,
+};
 pub use namespace::NamespaceId;
 pub use qp::{
     AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
@@ -684,18 +687,19 @@ impl Engine {
         self.reg_mr_backed(ns, pd, Box::new(vec![0u8; length]), access)
     }
 
-    /// Registers memory the caller provides (caller-registered or shared memory) behind
-    /// the same key, PD, access and bounds checks as `reg_mr`; its whole length is the
-    /// region.
+    /// Registers memory the caller provides (a `Box` of a [`MemoryBacking`], or
+    /// [`CallerMemory`]) behind the same key, PD, access and bounds checks as
+    /// `reg_mr`; its whole length is the region, and caller memory's address its iova.
     pub fn reg_mr_backed(
         &mut self,
         ns: NamespaceId,
         pd: ProtectionDomain,
-        backing: Box<dyn memory::MemoryBacking>,
+        backing: impl Into<RegionMemory>,
         access: AccessFlags,
     ) -> Result<MemoryRegion> {
+        let backing = backing.into();
         let limits = self.config.limits;
-        if backing.bytes().len() as u64 > limits.max_mr_size {
+        if backing.len() as u64 > limits.max_mr_size {
             return Err(VerbsError::LimitExceeded("max_mr_size"));
         }
         check_mr_access(access)?;
@@ -725,13 +729,10 @@ impl Engine {
 
     /// The owner writes into its region (like an application filling its buffer).
     pub fn mr_write(&mut self, ns: NamespaceId, lkey: Lkey, addr: u64, data: &[u8]) -> Result<()> {
-        let range = self
-            .ns_mut(ns)?
+        self.ns_mut(ns)?
             .memory
-            .owner_range(lkey, addr, data.len())
-            .map_err(|_| VerbsError::AccessDenied("lkey or range"))?;
-        range.copy_from_slice(data);
-        Ok(())
+            .owner_write(lkey, addr, data)
+            .map_err(|_| VerbsError::AccessDenied("lkey or range"))
     }
 
     /// The owner reads from its region.
@@ -742,13 +743,10 @@ impl Engine {
         addr: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        let range = self
-            .ns_mut(ns)?
+        self.ns_mut(ns)?
             .memory
-            .owner_range(lkey, addr, out.len())
-            .map_err(|_| VerbsError::AccessDenied("lkey or range"))?;
-        out.copy_from_slice(range);
-        Ok(())
+            .owner_read(lkey, addr, out)
+            .map_err(|_| VerbsError::AccessDenied("lkey or range"))
     }
 
     /// Creates a CQ of `cqe` entries.
