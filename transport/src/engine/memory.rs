@@ -818,4 +818,195 @@ mod tests {
             Err(AccessError::InvalidKey)
         );
     }
+
+    /// Registers `buffer` (raw, as the verbs layer does) with every access flag.
+    fn caller_region(table: &mut MemoryTable, buffer: *mut [u8], key_byte: u8) -> MemoryRegion {
+        // SAFETY: each test frees its buffer only after deregistering every region over
+        // it (or dropping the table), and holds no reference into it meanwhile.
+        let memory = unsafe { CallerMemory::new(buffer.cast::<u8>(), buffer.len()) }.unwrap();
+        table
+            .register_backing(PD, memory.into(), AccessFlags::ALL, key_byte, 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn caller_memory_is_reached_at_its_own_address() {
+        let buffer: *mut [u8] = Box::into_raw(vec![0u8; 64].into_boxed_slice());
+        let mut table = MemoryTable::default();
+        let mr = caller_region(&mut table, buffer, 0x11);
+        assert_eq!(mr.addr, buffer.cast::<u8>().addr() as u64);
+        assert_eq!(mr.length, 64);
+        let key = Key::Remote(mr.rkey);
+        table
+            .write(key, PD, mr.addr + 3, b"abc", AccessFlags::REMOTE_WRITE)
+            .unwrap();
+        let mut out = [0u8; 5];
+        table
+            .read(key, PD, mr.addr + 2, &mut out, AccessFlags::REMOTE_READ)
+            .unwrap();
+        assert_eq!(&out, b"\0abc\0");
+        table.owner_write(mr.lkey, mr.addr + 60, b"wxyz").unwrap();
+        assert_eq!(
+            table.owner_write(mr.lkey, mr.addr + 61, b"wxyz"),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(
+            table.read(key, PD, mr.addr + 61, &mut out, AccessFlags::REMOTE_READ),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(
+            table.read(key, PD, mr.addr - 1, &mut out, AccessFlags::REMOTE_READ),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(table.deregister(mr.lkey), Some(PD));
+        // The engine let go: the application owns its bytes again.
+        // SAFETY: `buffer` came from `Box::into_raw` and nothing else refers to it now.
+        let buffer = unsafe { Box::from_raw(buffer) };
+        assert_eq!(&buffer[2..7], b"\0abc\0");
+        assert_eq!(&buffer[60..], b"wxyz");
+    }
+
+    #[test]
+    fn atomics_on_caller_memory_are_host_order_words() {
+        // u64s, so the buffer (and the region's address) is 8-aligned.
+        let words: *mut [u64] = Box::into_raw(vec![0u64; 4].into_boxed_slice());
+        let bytes = std::ptr::slice_from_raw_parts_mut(words.cast::<u8>(), 32);
+        let mut table = MemoryTable::default();
+        let mr = caller_region(&mut table, bytes, 0x22);
+        let add = AtomicOp::FetchAdd { add: 7 };
+        assert_eq!(table.atomic(mr.rkey, PD, mr.addr + 8, add), Ok(0));
+        assert_eq!(table.atomic(mr.rkey, PD, mr.addr + 8, add), Ok(7));
+        let miss = AtomicOp::CompareSwap {
+            compare: 1,
+            swap: 99,
+        };
+        assert_eq!(table.atomic(mr.rkey, PD, mr.addr + 8, miss), Ok(14));
+        let hit = AtomicOp::CompareSwap {
+            compare: 14,
+            swap: u64::MAX,
+        };
+        assert_eq!(table.atomic(mr.rkey, PD, mr.addr + 24, hit), Ok(0));
+        assert_eq!(
+            table.atomic(mr.rkey, PD, mr.addr + 4, add),
+            Err(AccessError::Misaligned)
+        );
+        assert_eq!(
+            table.atomic(mr.rkey, PD, mr.addr + 32, add),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(table.deregister(mr.lkey), Some(PD));
+        // SAFETY: `words` came from `Box::into_raw`; the region is gone.
+        let words = unsafe { Box::from_raw(words) };
+        assert_eq!(*words, [0, 14, 0, 0]);
+    }
+
+    #[test]
+    fn overlapping_caller_regions_are_told_apart_by_key() {
+        let buffer: *mut [u8] = Box::into_raw(vec![0u8; 64].into_boxed_slice());
+        let tail = std::ptr::slice_from_raw_parts_mut(buffer.cast::<u8>().wrapping_add(32), 32);
+        let mut table = MemoryTable::default();
+        let whole = caller_region(&mut table, buffer, 0x33);
+        let upper = caller_region(&mut table, tail, 0x33);
+        assert_eq!(upper.addr, whole.addr + 32);
+        let read_only = table
+            .register_backing(
+                PD,
+                // SAFETY: as in `caller_region`.
+                unsafe { CallerMemory::new(buffer.cast::<u8>(), 16) }
+                    .unwrap()
+                    .into(),
+                AccessFlags::REMOTE_READ,
+                0x44,
+                0,
+            )
+            .unwrap();
+        assert_eq!(read_only.addr, whole.addr);
+        // Same address, different keys: each key keeps its own bounds and flags.
+        assert_eq!(
+            table.write(
+                Key::Remote(read_only.rkey),
+                PD,
+                whole.addr,
+                b"x",
+                AccessFlags::REMOTE_WRITE
+            ),
+            Err(AccessError::AccessDenied)
+        );
+        assert_eq!(
+            table.check(
+                Key::Remote(read_only.rkey),
+                PD,
+                whole.addr + 16,
+                1,
+                AccessFlags::NONE
+            ),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(
+            table.check(
+                Key::Remote(upper.rkey),
+                PD,
+                whole.addr,
+                1,
+                AccessFlags::NONE
+            ),
+            Err(AccessError::OutOfBounds)
+        );
+        table
+            .write(
+                Key::Remote(upper.rkey),
+                PD,
+                whole.addr + 40,
+                b"up",
+                AccessFlags::REMOTE_WRITE,
+            )
+            .unwrap();
+        let mut out = [0u8; 2];
+        table
+            .read(
+                Key::Remote(whole.rkey),
+                PD,
+                whole.addr + 40,
+                &mut out,
+                AccessFlags::REMOTE_READ,
+            )
+            .unwrap();
+        assert_eq!(&out, b"up");
+        // A deregistered key fails at once, its overlapping siblings still work.
+        assert_eq!(table.deregister(whole.lkey), Some(PD));
+        assert_eq!(
+            table.read(
+                Key::Remote(whole.rkey),
+                PD,
+                whole.addr + 40,
+                &mut out,
+                AccessFlags::REMOTE_READ
+            ),
+            Err(AccessError::InvalidKey)
+        );
+        assert!(table
+            .read(
+                Key::Remote(upper.rkey),
+                PD,
+                whole.addr + 40,
+                &mut out,
+                AccessFlags::REMOTE_READ
+            )
+            .is_ok());
+        drop(table);
+        // SAFETY: from `Box::into_raw`; the table holding the regions is gone.
+        drop(unsafe { Box::from_raw(buffer) });
+    }
+
+    #[test]
+    fn caller_memory_refuses_null_and_wrapping_ranges() {
+        // SAFETY: `new` refuses these before anything could be reached.
+        unsafe {
+            assert!(CallerMemory::new(std::ptr::null_mut(), 8).is_none());
+            let near_end = std::ptr::without_provenance_mut::<u8>(usize::MAX - 3);
+            assert!(CallerMemory::new(near_end, 8).is_none());
+            let low = std::ptr::without_provenance_mut::<u8>(4096);
+            assert!(CallerMemory::new(low, isize::MAX as usize + 1).is_none());
+        }
+    }
 }
