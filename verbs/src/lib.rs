@@ -5,7 +5,11 @@
 //! owns: see [`mr`] for why that is sound), [`CompletionQueue`]s, [`QueuePair`]s (RC, UC,
 //! UD) and [`SharedReceiveQueue`]s. Names follow ibverbs. Handles are `Send + Sync`,
 //! dropping one releases its resource, and misuse is an [`Error`], never undefined
-//! behaviour. Work completions carry a [`WcStatus`].
+//! behaviour. Work completions carry a [`WcStatus`]. The one `unsafe` call is
+//! [`ProtectionDomain::reg_mr_raw`], which registers the application's own memory as
+//! `ibv_reg_mr` does, under a documented contract;
+//! [`ProtectionDomain::reg_mr_buffer`] is its safe form for a `Vec` handed over and
+//! given back.
 //!
 //! Two devices on loopback addresses (no root, no configuration), two connected RC QPs,
 //! an RDMA WRITE and a SEND:
