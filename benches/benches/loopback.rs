@@ -6,6 +6,17 @@
 //!   4 KiB segments, `recvmmsg` with GRO — the ceiling RDMA WRITE bandwidth aims at.
 //! - `udp_lat/pingpong_64`: a 64-byte blocking UDP ping-pong; the time per iteration is
 //!   a full round trip (half of it is the "half round trip" RDMA latency compares to).
+//!
+//! And ferroce over the same loopback, two devices (127.0.0.40 and .41, MTU 4096 as rxe
+//! picks for `lo`) with one RC QP each, so one run gives the ratios the targets are
+//! stated in:
+//! - `rdma_bw/write_64k`: 4 MiB of 64 KiB RDMA WRITEs per iteration, 128 deep, one
+//!   signaled in 16 — compare with `udp_bw/gso_gro_4k` (target ≥ 60%).
+//! - `rdma_lat/write_64`: a 64-byte RDMA WRITE with immediate each way (inline), the
+//!   peer replying on its receive completion — a full round trip, like
+//!   `udp_lat/pingpong_64` (target ≤ 1.5×).
+//! - `rdma_rate/write_64`: 64-byte RDMA WRITEs posted in lists of 32, 128 deep
+//!   (target ≥ 1 M/s).
 #![allow(clippy::disallowed_methods)] // benchmarks read the clock
 
 use std::net::{SocketAddr, UdpSocket};
@@ -15,8 +26,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ferroce::{
+    AccessFlags, CompletionQueue, Device, DeviceConfig, MemoryRegion, PathMtu, QpInitAttributes,
+    QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WcStatus, WorkCompletion,
+};
 use ferroce_transport::engine::{Datagram, DatagramMeta, Ecn};
 use ferroce_transport::io::UdpDriver;
+use ferroce_transport::wire::Psn;
 
 /// Bytes sent per measured iteration of a bandwidth benchmark.
 const BURST_BYTES: usize = 4 << 20;
@@ -185,5 +201,184 @@ fn pingpong_64(c: &mut Criterion) {
     let _ = echo.join();
 }
 
-criterion_group!(benches, plain_4k, gso_gro_4k, pingpong_64);
+/// One end of the RDMA benches: a device, its CQ, a 1 MiB MR and an RC QP.
+struct End {
+    _device: Device,
+    cq: CompletionQueue,
+    mr: MemoryRegion,
+    qp: QueuePair,
+}
+
+const RDMA_MR: u64 = 1 << 20;
+const RDMA_DEPTH: u64 = 128;
+
+fn rdma_pair() -> Option<(End, End)> {
+    let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+    let open = |ip: &str| -> ferroce::Result<End> {
+        let mut config = DeviceConfig::with_address(ip.parse().expect("address"));
+        config.active_mtu = PathMtu::Mtu4096;
+        if std::env::var("FERROCE_BENCH_DRIVER").as_deref() == Ok("socket") {
+            config.driver = ferroce::DriverKind::Socket;
+        }
+        let device = Device::open(config)?;
+        let pd = device.alloc_pd()?;
+        let cq = device.create_cq(1024, None)?;
+        let mr = pd.reg_mr(RDMA_MR, access)?;
+        let mut attributes = QpInitAttributes::new(QpType::Rc, &cq);
+        attributes.cap.max_send_wr = RDMA_DEPTH as u32 + 1;
+        attributes.cap.max_recv_wr = 256;
+        attributes.cap.max_inline_data = 64;
+        let qp = pd.create_qp(&attributes)?;
+        Ok(End {
+            _device: device,
+            cq,
+            mr,
+            qp,
+        })
+    };
+    let (a, b) = match (open("127.0.0.40"), open("127.0.0.41")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot open the loopback devices ({e}); skipping the rdma benches");
+            return None;
+        }
+    };
+    let endpoint = |end: &End, ip: &str, psn: u32| RemoteEndpoint {
+        address: ip.parse().expect("address"),
+        qpn: end.qp.qp_num(),
+        psn: Psn::new(psn),
+    };
+    let (a_end, b_end) = (
+        endpoint(&a, "127.0.0.40", 0x100),
+        endpoint(&b, "127.0.0.41", 0x200),
+    );
+    a.qp.connect(b_end, a_end.psn, PathMtu::Mtu4096, access)
+        .expect("connect");
+    b.qp.connect(a_end, b_end.psn, PathMtu::Mtu4096, access)
+        .expect("connect");
+    Some((a, b))
+}
+
+/// Polls `cq` until `want` completions (each `check`ed) arrived; returns the wr_ids'
+/// sum of the "covered" counts they carry.
+fn reap(cq: &CompletionQueue, wcs: &mut Vec<WorkCompletion>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        wcs.clear();
+        if cq.poll_into(64, wcs) > 0 {
+            let mut covered = 0;
+            for wc in wcs.iter() {
+                assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
+                covered += wc.wr_id;
+            }
+            return covered;
+        }
+        assert!(Instant::now() < deadline, "no completion for 10 s");
+    }
+}
+
+/// Posts `count` WRITEs of `size` bytes from `a` to `b` in lists of `list`, at most
+/// [`RDMA_DEPTH`] outstanding, one signaled per list; waits for all of them.
+fn rdma_writes(a: &End, b: &End, size: u32, count: u64, list: u64, wcs: &mut Vec<WorkCompletion>) {
+    let (mut posted, mut done) = (0u64, 0u64);
+    while done < count {
+        while posted < count && posted - done + list <= RDMA_DEPTH {
+            let n = list.min(count - posted);
+            let wrs = (0..n).map(|i| {
+                let offset = (posted + i) * u64::from(size) % (RDMA_MR - u64::from(size));
+                // The signaled (last) WR of the list carries how many WRs it retires.
+                SendRequest::write(n, b.mr.addr() + offset, b.mr.rkey())
+                    .sge(&a.mr, offset, size)
+                    .signaled(i + 1 == n)
+            });
+            a.qp.post_send_list(wrs).expect("post");
+            posted += n;
+        }
+        done += reap(&a.cq, wcs);
+    }
+}
+
+fn rdma_write_64k(c: &mut Criterion) {
+    let Some((a, b)) = rdma_pair() else { return };
+    let size = 64 * 1024;
+    let count = (BURST_BYTES / size) as u64;
+    let mut wcs = Vec::with_capacity(64);
+    let mut group = c.benchmark_group("rdma_bw");
+    group.throughput(Throughput::Bytes(BURST_BYTES as u64));
+    group.bench_function("write_64k", |bench| {
+        bench.iter(|| rdma_writes(&a, &b, size as u32, count, 4, &mut wcs))
+    });
+    group.finish();
+}
+
+fn rdma_rate_64(c: &mut Criterion) {
+    let Some((a, b)) = rdma_pair() else { return };
+    const COUNT: u64 = 4096;
+    let mut wcs = Vec::with_capacity(64);
+    let mut group = c.benchmark_group("rdma_rate");
+    group.throughput(Throughput::Elements(COUNT));
+    group.bench_function("write_64", |bench| {
+        bench.iter(|| rdma_writes(&a, &b, 64, COUNT, 32, &mut wcs))
+    });
+    group.finish();
+}
+
+fn rdma_lat_64(c: &mut Criterion) {
+    let Some((a, b)) = rdma_pair() else { return };
+    let payload = [0x5au8; 64];
+    for end in [&a, &b] {
+        for _ in 0..128 {
+            end.qp.post_recv(RecvRequest::new(0)).expect("post_recv");
+        }
+    }
+    let mut wcs = Vec::with_capacity(4);
+    // Each side's WRITEs are unsignaled; a signaled one every 64 round trips retires them.
+    let mut round = 0u64;
+    let ping = |from: &End, to: &End, signaled: bool| {
+        let wr = SendRequest::write_with_imm(1, to.mr.addr(), to.mr.rkey(), 7)
+            .inline(&payload)
+            .signaled(signaled);
+        from.qp.post_send(wr).expect("post");
+    };
+    let wait_receive = |end: &End, wcs: &mut Vec<WorkCompletion>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            wcs.clear();
+            if end.cq.poll_into(4, wcs) > 0 {
+                let mut received = false;
+                for wc in wcs.iter() {
+                    assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
+                    received |= wc.opcode == ferroce::WcOpcode::RecvRdmaWithImm;
+                }
+                if received {
+                    end.qp.post_recv(RecvRequest::new(0)).expect("post_recv");
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "no completion for 10 s");
+        }
+    };
+    let mut group = c.benchmark_group("rdma_lat");
+    group.bench_function("write_64", |bench| {
+        bench.iter(|| {
+            round += 1;
+            let signaled = round.is_multiple_of(64);
+            ping(&a, &b, signaled);
+            wait_receive(&b, &mut wcs);
+            ping(&b, &a, signaled);
+            wait_receive(&a, &mut wcs);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    plain_4k,
+    gso_gro_4k,
+    pingpong_64,
+    rdma_write_64k,
+    rdma_lat_64,
+    rdma_rate_64
+);
 criterion_main!(benches);

@@ -650,3 +650,63 @@ fn shared_receive_queue_and_queries() {
     assert_eq!(mr.to_vec(1024, 6).unwrap(), b"second");
     assert_eq!(a.cq.poll_wait(2, WAIT).len(), 2);
 }
+
+/// Whoever drives a device receives for it. With io_uring the multishot receive moves to
+/// the thread that keeps polling (its completions are posted by the thread that armed
+/// it), so: a polling thread that then ends must not leave the device deaf, and the
+/// hand-back to the engine thread (blocking waits) and on to another polling thread must
+/// lose nothing.
+fn receive_follows_the_driving_thread(net: u8, driver: DriverKind) {
+    let (a, b) = pair(net, driver, QpType::Rc);
+    let data = pattern(MR_LEN as usize, 9);
+    a.mr.write(0, &data).unwrap();
+    let write = |i: u64| {
+        let offset = i % 64 * 1024;
+        a.qp.post_send(
+            SendRequest::write(i, b.mr.addr() + offset, b.mr.rkey()).sge(&a.mr, offset, 1024),
+        )
+        .unwrap();
+    };
+    // Spins on poll, as a latency-minded application does: this thread drives `a`.
+    let spin_phase = |from: u64| {
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut wcs = Vec::new();
+                for i in from..from + 200 {
+                    write(i);
+                    let deadline = std::time::Instant::now() + WAIT;
+                    wcs.clear();
+                    while a.cq.poll_into(1, &mut wcs) == 0 {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "WRITE {i} never completed"
+                        );
+                    }
+                    assert_eq!((wcs[0].wr_id, wcs[0].status), (i, WcStatus::Success));
+                }
+            });
+        });
+    };
+    spin_phase(0);
+    // That thread is gone; blocking waits leave the driving to the engine thread.
+    for i in 200..300 {
+        write(i);
+        let wc = one(&a.cq);
+        assert_eq!((wc.wr_id, wc.status), (i, WcStatus::Success));
+    }
+    spin_phase(300);
+    assert_eq!(b.mr.to_vec(0, MR_LEN as usize).unwrap(), data);
+}
+
+#[test]
+fn receive_follows_the_driving_thread_socket_driver() {
+    receive_follows_the_driving_thread(40, DriverKind::Socket);
+}
+
+#[test]
+fn receive_follows_the_driving_thread_uring_driver() {
+    if !uring_available() {
+        return;
+    }
+    receive_follows_the_driving_thread(41, DriverKind::Uring);
+}

@@ -103,6 +103,22 @@ impl Driver {
         }
     }
 
+    /// For an io_uring driver, a way to sleep in its ring that also wakes when `watch`
+    /// (the engine thread's doorbell) becomes readable; call it from the thread that
+    /// will sleep. `None` for the socket driver, or if the watch cannot be armed.
+    pub fn ring_sleeper(&mut self, watch: std::os::fd::RawFd) -> Option<uring::RingSleeper> {
+        match self {
+            Driver::Uring(d) => match d.watch(watch) {
+                Ok(()) => Some(d.sleeper()),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot watch the doorbell in the ring");
+                    None
+                }
+            },
+            Driver::Socket(_) => None,
+        }
+    }
+
     /// Blocks until something may be received or `timeout` passes.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match self {

@@ -485,6 +485,11 @@ impl Shared {
                     return progressed;
                 }
             };
+            // Dead since the check above (a round panicked on another thread): touch
+            // nothing, memory the application registered may be going away.
+            if !self.alive.load(Ordering::SeqCst) {
+                break;
+            }
             let now = self.now();
             // An engine bug must not unwind through the application's post or poll: the
             // engine dies (its calls then fail with `EngineStopped`) and the caller goes on.
@@ -727,6 +732,9 @@ fn progress(shared: &Shared) {
             let Ok(mut runner) = shared.runner.lock() else {
                 return;
             };
+            if !shared.alive.load(Ordering::SeqCst) {
+                return;
+            }
             runner.round(now, &shared.queue, true)
         };
         if busy {
@@ -745,7 +753,7 @@ fn progress(shared: &Shared) {
 
 /// Blocks the engine thread until a datagram, the doorbell or the engine's next timeout.
 fn sleep(shared: &Shared) {
-    let timeout = {
+    let (timeout, sleeper) = {
         let Ok(mut runner) = shared.runner.lock() else {
             return;
         };
@@ -765,11 +773,26 @@ fn sleep(shared: &Shared) {
             }));
         }
         runner.core.counters.sleeps += 1;
-        timeout
+        // With one io_uring driver the thread sleeps in its ring: the engine's next timer
+        // is the wait's timeout, and datagrams and the doorbell are completions.
+        let sleeper = match runner.ports.as_mut_slice() {
+            [port] => port.driver.ring_sleeper(shared.doorbell.as_raw_fd()),
+            _ => None,
+        };
+        (timeout, sleeper)
     };
+    // A thread that queued work while we held the engine could not run it, and left it
+    // to us: look again now that the engine is free (later ones run it themselves).
+    if !shared.queue.is_empty() {
+        return;
+    }
     // Work queued from here on is run by the thread that queued it (the engine is free),
     // so the doorbell is only for hand-offs and stopping.
-    if let Err(error) = wait_readable(&shared.wait_fds, timeout) {
+    let waited = match sleeper {
+        Some(ring) => ring.wait(timeout),
+        None => wait_readable(&shared.wait_fds, timeout),
+    };
+    if let Err(error) = waited {
         if let Ok(mut runner) = shared.runner.lock() {
             runner.core.counters.io_errors += 1;
         }

@@ -4,15 +4,25 @@
 //! The socket is the same as the portable driver's ([`super::socket::bind_socket`]).
 //! The driver owns every buffer named by a submitted entry until that entry's completion
 //! arrives; `Drop` cancels the receive and drains the ring before freeing anything.
+//!
+//! **Which thread owns the receive.** io_uring completes a poll-armed receive with task
+//! work run by the task that *submitted* it, so its completions appear only when that
+//! thread runs. Rounds of the engine run on whichever thread drives it (an application
+//! polling, or the engine thread): a receive armed by a thread that is now asleep would
+//! wake it for every datagram and hand each one across cores. So the receive follows the
+//! driving thread: once another thread has run [`CLAIM_ROUNDS`] receiving rounds in a
+//! row, the receive is cancelled and re-armed from that thread (datagrams wait in the
+//! socket meanwhile; buffers the old receive filled are still consumed).
 #![allow(unsafe_code)]
 
 use std::alloc::{self, Layout};
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
@@ -29,9 +39,15 @@ use crate::engine::{Datagram, DatagramMeta};
 const RECV_BUFFERS: u16 = 64;
 /// Buffer group id of the receive buffers.
 const BUFFER_GROUP: u16 = 0;
-/// `user_data` of the multishot receive; sends use their slot index.
-const RECV_TOKEN: u64 = u64::MAX;
-const CANCEL_TOKEN: u64 = u64::MAX - 1;
+/// `user_data` bit of the multishot receive (the rest is its generation, one per arming
+/// thread); sends use their slot index.
+const RECV_TAG: u64 = 1 << 63;
+const CANCEL_TOKEN: u64 = 1 << 62;
+/// `user_data` of the multishot poll on a descriptor the engine thread also waits for
+/// (its doorbell), so that it can sleep in the ring.
+const WATCH_TOKEN: u64 = 1 << 61;
+/// Consecutive receiving rounds a thread runs before the receive moves to it.
+pub const CLAIM_ROUNDS: u32 = 32;
 const NAME_SPACE: usize = mem::size_of::<libc::sockaddr_storage>();
 /// Each provided buffer holds `io_uring_recvmsg_out`, the name, the control messages and
 /// the payload (many datagrams with GRO).
@@ -109,6 +125,15 @@ pub struct UringDriver {
     /// and the kernel reads it while the receive is armed, so it lives in a Box.
     recv_header: Box<libc::msghdr>,
     recv_armed: bool,
+    /// Generation of the armed receive (its `user_data` is `RECV_TAG | generation`).
+    recv_generation: u64,
+    /// The thread that armed it, and the thread claiming it with its streak of rounds.
+    recv_owner: Option<ThreadId>,
+    claimant: Option<(ThreadId, u32)>,
+    /// Cancelled receives whose last completion has not arrived yet.
+    recv_retiring: usize,
+    /// The descriptor watched by a multishot poll, while that poll is armed.
+    watching: Option<RawFd>,
     /// Sends in flight, by slot (`user_data`): the kernel reads them until completion.
     sends: Vec<Option<Box<OutMessage>>>,
     free_sends: Vec<usize>,
@@ -156,6 +181,11 @@ impl UringDriver {
             buffers,
             recv_header,
             recv_armed: false,
+            recv_generation: 0,
+            recv_owner: None,
+            claimant: None,
+            recv_retiring: 0,
+            watching: None,
             sends: Vec::new(),
             free_sends: Vec::new(),
             offloads,
@@ -192,25 +222,69 @@ impl UringDriver {
                 BUFFER_GROUP,
             )
             .build()
-            .user_data(RECV_TOKEN);
+            .user_data(RECV_TAG | self.recv_generation);
             self.push(&entry)?;
             self.recv_armed = true;
+            self.recv_owner = Some(std::thread::current().id());
         }
         Ok(())
+    }
+
+    /// Moves the receive to the calling thread once it has claimed it for
+    /// [`CLAIM_ROUNDS`] rounds in a row (see the module comment).
+    fn follow_driver(&mut self) -> io::Result<()> {
+        let me = std::thread::current().id();
+        if !self.recv_armed || self.recv_owner == Some(me) {
+            self.claimant = None;
+            return Ok(());
+        }
+        let streak = match self.claimant {
+            Some((thread, streak)) if thread == me => streak + 1,
+            _ => 1,
+        };
+        self.claimant = Some((me, streak));
+        if streak < CLAIM_ROUNDS {
+            return Ok(());
+        }
+        self.claimant = None;
+        let cancel = opcode::AsyncCancel::new(RECV_TAG | self.recv_generation)
+            .build()
+            .user_data(CANCEL_TOKEN);
+        self.push(&cancel)?;
+        self.recv_retiring += 1;
+        self.recv_armed = false;
+        self.recv_generation = (self.recv_generation + 1) & !RECV_TAG;
+        Ok(())
+    }
+
+    /// Whether a completion of a receive generation ends that receive: the current one
+    /// is then no longer armed, a cancelled one has retired.
+    fn receive_ended(&mut self, user_data: u64) {
+        if user_data == RECV_TAG | self.recv_generation {
+            self.recv_armed = false;
+        } else {
+            self.recv_retiring = self.recv_retiring.saturating_sub(1);
+        }
     }
 
     /// Hands every datagram that has arrived to `each`, without blocking; also retires
     /// finished sends. Returns how many datagrams arrived.
     pub fn recv_batch(&mut self, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
+        self.follow_driver()?;
         self.arm_recv()?;
-        self.ring.submit()?;
+        // Completions of a receive this thread armed are posted without a system call
+        // (task work runs when the kernel interrupts or is entered), so enter only to
+        // submit, or to flush completions the CQ had no room for.
+        if !self.ring.submission().is_empty() || self.ring.submission().cq_overflow() {
+            self.ring.submit()?;
+        }
         let mut received = 0;
         let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
         for cqe in completions {
             match cqe.user_data() {
-                RECV_TOKEN => {
+                token if token & RECV_TAG != 0 => {
                     if !cqueue::more(cqe.flags()) {
-                        self.recv_armed = false;
+                        self.receive_ended(token);
                     }
                     let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
                         // No buffer: an error such as ENOBUFS (all buffers busy). Re-arm.
@@ -237,6 +311,11 @@ impl UringDriver {
                     self.buffers.push(bid);
                 }
                 CANCEL_TOKEN => {}
+                WATCH_TOKEN => {
+                    if !cqueue::more(cqe.flags()) {
+                        self.watching = None;
+                    }
+                }
                 slot => {
                     let slot = slot as usize;
                     if cqe.result() < 0 {
@@ -314,6 +393,31 @@ impl UringDriver {
         Ok(queued)
     }
 
+    /// Makes `fd` becoming readable post a completion (a multishot poll), so that
+    /// [`RingSleeper::wait`] also wakes for it. Arm it from the thread that will wait:
+    /// the poll's completions are posted by the arming thread.
+    pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.watching == Some(fd) {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WATCH_TOKEN);
+        self.push(&entry)?;
+        self.ring.submit()?;
+        self.watching = Some(fd);
+        Ok(())
+    }
+
+    /// What the engine thread sleeps on: the ring itself, with the timeout of the
+    /// engine's next timer.
+    pub fn sleeper(&self) -> RingSleeper {
+        RingSleeper {
+            fd: self.ring.as_raw_fd(),
+        }
+    }
+
     /// Blocks until a completion arrives (a datagram, a finished send) or `timeout` passes.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.arm_recv()?;
@@ -338,6 +442,71 @@ impl UringDriver {
     }
 }
 
+/// A wait on a ring from a thread that does not hold its driver: the timers of the engine
+/// go through the ring as the timeout of `io_uring_enter`, and a datagram, a watched
+/// descriptor or a finished send ends the wait.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSleeper {
+    fd: RawFd,
+}
+
+impl RingSleeper {
+    /// Blocks until the ring holds a completion or `timeout` passes (`None`: no limit).
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+        /// `struct __kernel_timespec`.
+        #[repr(C)]
+        struct KernelTimespec {
+            sec: i64,
+            nsec: i64,
+        }
+        /// `struct io_uring_getevents_arg`.
+        #[repr(C)]
+        struct GeteventsArg {
+            sigmask: u64,
+            sigmask_size: u32,
+            min_wait_usec: u32,
+            timespec: u64,
+        }
+        const ENTER_GETEVENTS: u32 = 1;
+        const ENTER_EXT_ARG: u32 = 8;
+        let timespec = timeout.map(|t| KernelTimespec {
+            sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            nsec: i64::from(t.subsec_nanos()),
+        });
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_size: 0,
+            min_wait_usec: 0,
+            timespec: timespec
+                .as_ref()
+                .map_or(0, |t| t as *const KernelTimespec as u64),
+        };
+        // SAFETY: waits on a ring descriptor with no submission (`to_submit` 0), so the
+        // kernel reads nothing from the submission queue the driver's holder may be
+        // filling; `arg` and the timespec it points at live for the call. The caller
+        // keeps the driver (and so the descriptor) alive while it waits.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                0u32,
+                1u32,
+                ENTER_GETEVENTS | ENTER_EXT_ARG,
+                &arg as *const GeteventsArg,
+                mem::size_of::<GeteventsArg>(),
+            )
+        };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => Ok(()),
+                _ => Err(error),
+            };
+        }
+        Ok(())
+    }
+}
+
 impl UringDriver {
     /// Waits up to 100 ms for completions and retires them: the receive's last one,
     /// the cancel's, and sends' (whose messages are then freed).
@@ -345,15 +514,19 @@ impl UringDriver {
         let ts = Timespec::new().nsec(100_000_000);
         let args = SubmitArgs::new().timespec(&ts);
         let _ = self.ring.submitter().submit_with_args(1, &args);
-        for cqe in self.ring.completion() {
+        let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
+        for cqe in completions {
             match cqe.user_data() {
-                RECV_TOKEN => {
+                token if token & RECV_TAG != 0 => {
                     if !cqueue::more(cqe.flags()) {
-                        self.recv_armed = false;
+                        self.receive_ended(token);
                     }
                 }
                 // Nothing to cancel: the receive had ended already.
-                CANCEL_TOKEN if cqe.result() == -libc::ENOENT => self.recv_armed = false,
+                CANCEL_TOKEN if cqe.result() == -libc::ENOENT => {
+                    self.recv_armed = false;
+                    self.recv_retiring = 0;
+                }
                 CANCEL_TOKEN => {}
                 slot => {
                     if let Some(send) = self.sends.get_mut(slot as usize) {
@@ -372,7 +545,7 @@ impl Drop for UringDriver {
         // Every completion is retired as it comes (a send's may arrive while we wait
         // for the receive's), and each wait is bounded, so drop cannot hang.
         if self.recv_armed {
-            let cancel = opcode::AsyncCancel::new(RECV_TOKEN)
+            let cancel = opcode::AsyncCancel::new(RECV_TAG | self.recv_generation)
                 .build()
                 .user_data(CANCEL_TOKEN);
             if self.push(&cancel).is_err() {
@@ -380,7 +553,8 @@ impl Drop for UringDriver {
             }
         }
         for _ in 0..100 {
-            if !self.recv_armed && self.sends.iter().all(Option::is_none) {
+            if !self.recv_armed && self.recv_retiring == 0 && self.sends.iter().all(Option::is_none)
+            {
                 break;
             }
             self.drain_for_drop();
