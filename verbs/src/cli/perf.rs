@@ -512,6 +512,7 @@ impl Bench {
         }
         let mut recv_posted: Vec<u64> = credits.clone();
         let mut wcs: Vec<WorkCompletion> = Vec::with_capacity(256);
+        let mut batch: Vec<SendRequest> = Vec::with_capacity(args.tx_depth as usize);
         let mut marks: Vec<(Instant, u64)> = Vec::new();
         let start = Instant::now();
         marks.push((start, 0));
@@ -524,6 +525,9 @@ impl Bench {
             }
             let mut all_done = true;
             for q in 0..qps {
+                // Every request the window allows goes in one list: one round of the
+                // engine, one batch of datagrams to the kernel.
+                batch.clear();
                 while !stopping
                     && posted[q] < per_qp
                     && posted[q] - done[q] < tx_depth
@@ -533,12 +537,15 @@ impl Bench {
                     let signaled = since_signal[q] + 1 >= cq_mod || last;
                     let covered = since_signal[q] + 1;
                     let wr_id = (q as u64) << 32 | covered;
-                    self.client.qps[q].post_send(self.request(args, q, size, wr_id, signaled))?;
+                    batch.push(self.request(args, q, size, wr_id, signaled));
                     posted[q] += 1;
                     if args.operation == Operation::Send {
                         credits[q] -= 1;
                     }
                     since_signal[q] = if signaled { 0 } else { covered };
+                }
+                if !batch.is_empty() {
+                    self.client.qps[q].post_send_list(batch.drain(..))?;
                 }
                 let finished = if stopping {
                     done[q] == posted[q]
