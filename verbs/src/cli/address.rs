@@ -122,15 +122,60 @@ pub fn server_addresses() -> Vec<IpAddr> {
     }
 }
 
-/// The active MTU a device on `addresses` reports. rxe derives it from the netdev MTU
-/// (minus 80, rounded down to an IB MTU): the loopback interface (MTU 65536) gives 4096,
-/// standard Ethernet (1500) gives 1024, which is also the safe choice for any other link.
+/// The active MTU a device on `addresses` reports, as rxe derives it from the netdev
+/// MTU ([`mtu_for_netdev`]): the loopback interface (MTU 65536) gives 4096, standard
+/// Ethernet (1500) 1024, jumbo frames (9000) 4096. The netdev of an IPv4 address is the
+/// one whose on-link route holds it (`/proc/net/route`); with several addresses the
+/// smallest MTU wins, and 1024 (safe on any Ethernet) where no netdev is found (IPv6).
 pub fn active_mtu(addresses: &[IpAddr]) -> PathMtu {
     if !addresses.is_empty() && addresses.iter().all(|a| a.to_canonical().is_loopback()) {
-        PathMtu::Mtu4096
-    } else {
-        PathMtu::Mtu1024
+        return PathMtu::Mtu4096;
     }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    addresses
+        .iter()
+        .map(|address| match address.to_canonical() {
+            IpAddr::V4(v4) if v4.is_loopback() => PathMtu::Mtu4096,
+            IpAddr::V4(v4) => on_link_interface(&routes, v4)
+                .and_then(|name| std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok())
+                .and_then(|mtu| mtu.trim().parse().ok())
+                .map_or(PathMtu::Mtu1024, mtu_for_netdev),
+            IpAddr::V6(_) => PathMtu::Mtu1024,
+        })
+        .min_by_key(|mtu| mtu.bytes())
+        .unwrap_or(PathMtu::Mtu1024)
+}
+
+/// rxe's active MTU for a netdev MTU (`iboe_get_mtu`): the MTU less the largest RoCE
+/// headers (GRH 40, UDP 8, BTH 12, XRC 4, AtomicETH 28, ICRC 4), rounded down to an IB
+/// MTU; 256 at least.
+pub fn mtu_for_netdev(netdev_mtu: u32) -> PathMtu {
+    const HEADERS: u32 = 40 + 8 + 12 + 4 + 28 + 4;
+    let room = netdev_mtu.saturating_sub(HEADERS);
+    [4096, 2048, 1024, 512]
+        .into_iter()
+        .find(|&bytes| room >= bytes)
+        .and_then(PathMtu::from_bytes)
+        .unwrap_or(PathMtu::Mtu256)
+}
+
+/// The interface of the most specific on-link IPv4 route (no gateway) holding
+/// `address`, from `/proc/net/route` (columns: Iface Destination Gateway Flags RefCnt
+/// Use Metric Mask ..., addresses as host-order hex of the network-order bytes).
+fn on_link_interface(routes: &str, address: Ipv4Addr) -> Option<String> {
+    let key = u32::from_ne_bytes(address.octets());
+    routes
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| fields.get(i).and_then(|f| u32::from_str_radix(f, 16).ok());
+            let (destination, gateway, mask) = (hex(1)?, hex(2)?, hex(7)?);
+            (gateway == 0 && key & mask == destination)
+                .then(|| (mask.count_ones(), fields[0].to_string()))
+        })
+        .max_by_key(|(prefix, _)| *prefix)
+        .map(|(_, name)| name)
 }
 
 /// The GID of an address: IPv4 addresses are IPv4-mapped (`::ffff:a.b.c.d`).
@@ -274,5 +319,28 @@ fe8000000000000000fc00fffe000001 04 40 20 80     eth0
             PathMtu::Mtu1024
         );
         assert!(!server_addresses().is_empty());
+    }
+
+    #[test]
+    fn mtu_as_rxe_derives_it() {
+        assert_eq!(mtu_for_netdev(1500), PathMtu::Mtu1024);
+        assert_eq!(mtu_for_netdev(9000), PathMtu::Mtu4096);
+        assert_eq!(mtu_for_netdev(4096), PathMtu::Mtu2048);
+        assert_eq!(mtu_for_netdev(65536), PathMtu::Mtu4096);
+        assert_eq!(mtu_for_netdev(576), PathMtu::Mtu256);
+    }
+
+    #[test]
+    fn on_link_route_names_the_interface() {
+        let routes =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            rxebr0\t00004D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let interface = |a: &str| on_link_interface(routes, a.parse().expect("literal"));
+        assert_eq!(interface("10.77.0.1").as_deref(), Some("rxebr0"));
+        assert_eq!(interface("192.0.2.7").as_deref(), Some("eth0"));
+        // Only reachable through the default route's gateway: no on-link interface.
+        assert_eq!(interface("10.1.2.3"), None);
     }
 }

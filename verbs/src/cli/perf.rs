@@ -60,6 +60,27 @@ pub enum AtomicKind {
     FetchAndAdd,
 }
 
+/// The connection type (perftest's `-c`; UC only for WRITE and SEND, as perftest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connection {
+    /// Reliable connected.
+    #[value(name = "RC")]
+    Rc,
+    /// Unreliable connected.
+    #[value(name = "UC")]
+    Uc,
+}
+
+impl Connection {
+    /// The QP type of this connection type.
+    pub fn qp_type(self) -> QpType {
+        match self {
+            Connection::Rc => QpType::Rc,
+            Connection::Uc => QpType::Uc,
+        }
+    }
+}
+
 /// Bandwidth or latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Test {
@@ -117,6 +138,9 @@ pub struct Args {
         default_value = "FETCH_AND_ADD"
     )]
     pub atomic_type: AtomicKind,
+    /// Connection type: RC or UC (UC: write and send only).
+    #[arg(short = 'c', long = "connection", value_enum, default_value = "RC")]
+    pub connection: Connection,
     /// Messages up to this size are sent inline (default 220 for lat, 0 for bw).
     #[arg(short = 'I', long = "inline_size")]
     pub inline_size: Option<u32>,
@@ -236,6 +260,12 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("ferroce perf: atomic tests use 8-byte messages (no -s other than 8, no -a)");
         return ExitCode::from(2);
     }
+    if args.connection == Connection::Uc
+        && matches!(args.operation, Operation::Read | Operation::Atomic)
+    {
+        eprintln!("ferroce perf: UC has no READ or atomics (-c UC is for write and send)");
+        return ExitCode::from(2);
+    }
     let sizes: Vec<u32> = if args.all {
         (1..=MAX_ALL_SIZE.trailing_zeros())
             .map(|shift| 1u32 << shift)
@@ -353,7 +383,7 @@ impl Bench {
             let cqe = (args.tx_depth + args.rx_depth) * args.qps + 16;
             let cq = device.create_cq(cqe.min(0x7fff), None)?;
             let mr = pd.reg_mr(slice * u64::from(args.qps), access())?;
-            let mut attributes = QpInitAttributes::new(QpType::Rc, &cq);
+            let mut attributes = QpInitAttributes::new(args.connection.qp_type(), &cq);
             attributes.cap = QpCap {
                 max_send_wr: args.tx_depth + 1,
                 max_recv_wr: args.rx_depth + 1,

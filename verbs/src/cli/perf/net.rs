@@ -47,8 +47,8 @@ use crate::oob::perftest::{
 use crate::oob::OobError;
 use crate::wire::Psn;
 use crate::{
-    CompletionQueue, Device, Error, MemoryRegion, PathMtu, QpCap, QpInitAttributes, QpType,
-    QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WorkCompletion,
+    CompletionQueue, Device, Error, MemoryRegion, PathMtu, QpCap, QpInitAttributes, QueuePair,
+    RecvRequest, RemoteEndpoint, SendRequest, WorkCompletion,
 };
 
 /// How long a client tries to reach the server's TCP port.
@@ -322,7 +322,7 @@ impl<'a> End<'a> {
         let send_cq = device.create_cq(cqe, None)?;
         let recv_cq = device.create_cq(cqe, None)?;
         let mr = pd.reg_mr(2 * slot * qps_count, access())?;
-        let mut attributes = QpInitAttributes::new(QpType::Rc, &send_cq);
+        let mut attributes = QpInitAttributes::new(args.connection.qp_type(), &send_cq);
         attributes.recv_cq = &recv_cq;
         attributes.cap = QpCap {
             max_send_wr: args.tx_depth + 1,
