@@ -76,10 +76,19 @@ impl Envelope {
     }
 }
 
+/// Bytes a [`Hasher`] gathers before hashing them in one call.
+const PENDING: usize = 256;
+
 /// Incremental ICRC over a datagram given in pieces (headers, then a gather list).
+///
+/// The pieces are gathered into one buffer first: the CRC runs its carry-less-multiply
+/// path only on runs of 128 bytes or more, and a small packet given as five pieces
+/// (stand-in LRH, IP, UDP, BTH, the rest) would otherwise be hashed a byte at a time.
 #[derive(Debug, Clone)]
 pub struct Hasher {
     crc: crc32fast::Hasher,
+    pending: [u8; PENDING],
+    len: usize,
 }
 
 impl Hasher {
@@ -87,7 +96,11 @@ impl Hasher {
     /// `udp_payload_len` bytes long: hashes the LRH stand-in and the masked IP/UDP headers.
     /// Feed the BTH to [`Hasher::update_bth`] next, then everything up to the ICRC.
     pub fn new(envelope: &Envelope, udp_payload_len: usize) -> Hasher {
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = Hasher {
+            crc: crc32fast::Hasher::new(),
+            pending: [0; PENDING],
+            len: 0,
+        };
         crc.update(&[0xff; 8]);
         let udp_len = (udp_payload_len + 8) as u16;
         match envelope.ip {
@@ -128,7 +141,7 @@ impl Hasher {
         udp[2..4].copy_from_slice(&envelope.dst_port.to_be_bytes());
         udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
         crc.update(&udp);
-        Hasher { crc }
+        crc
     }
 
     /// Hashes the BTH with its variant byte (FECN, BECN, reserved) masked.
@@ -138,17 +151,29 @@ impl Hasher {
         let mut masked = [0u8; bth::HEADER_LEN];
         masked.copy_from_slice(bth);
         masked[4] = 0xff;
-        self.crc.update(&masked);
+        self.update(&masked);
         Ok(())
     }
 
     /// Hashes bytes after the BTH: extended headers, payload, pad.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.crc.update(bytes);
+        let room = PENDING - self.len;
+        if bytes.len() <= room {
+            self.pending[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        // Top the buffer up so the gathered run is long, then hash the rest in place.
+        let (head, rest) = bytes.split_at(room);
+        self.pending[self.len..].copy_from_slice(head);
+        self.crc.update(&self.pending);
+        self.len = 0;
+        self.crc.update(rest);
     }
 
     /// The ICRC value; put it on the wire with `to_le_bytes`.
-    pub fn finish(self) -> u32 {
+    pub fn finish(mut self) -> u32 {
+        self.crc.update(&self.pending[..self.len]);
         self.crc.finalize()
     }
 }
