@@ -211,9 +211,11 @@ fn default_size(args: &Args) -> u32 {
     })
 }
 
-/// The MTU of a loopback run: `-m`, else 1024.
+/// The MTU of a loopback run: `-m`, else the port's active MTU as rxe derives it from
+/// the interface (4096 on `lo`, whose MTU is 65536).
 fn loopback_mtu(args: &Args) -> u32 {
-    args.mtu.unwrap_or(1024)
+    args.mtu
+        .unwrap_or_else(|| super::address::active_mtu(&args.addresses).bytes())
 }
 
 /// perftest's column titles.
