@@ -17,6 +17,9 @@
 //!   `udp_lat/pingpong_64` (target ≤ 1.5×).
 //! - `rdma_rate/write_64`: 64-byte RDMA WRITEs posted in lists of 32, 128 deep
 //!   (target ≥ 1 M/s).
+//!
+//! The devices use the default driver (io_uring); `FERROCE_BENCH_DRIVER=socket` measures
+//! the `recvmmsg`/`sendmmsg` fallback instead.
 #![allow(clippy::disallowed_methods)] // benchmarks read the clock
 
 use std::net::{SocketAddr, UdpSocket};
