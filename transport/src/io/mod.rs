@@ -76,6 +76,14 @@ impl Driver {
         }
     }
 
+    /// The calling thread takes over receiving at once (io_uring: see
+    /// [`UringDriver::claim_receive`]; nothing to do for sockets).
+    pub fn claim_receive(&mut self) {
+        if let Driver::Uring(d) = self {
+            d.claim_receive();
+        }
+    }
+
     /// Hands every datagram waiting to `each` without blocking; returns how many.
     pub fn recv_batch(&mut self, each: impl FnMut(Received<'_>)) -> io::Result<usize> {
         match self {

@@ -735,6 +735,10 @@ fn progress(shared: &Shared) {
             if !shared.alive.load(Ordering::SeqCst) {
                 return;
             }
+            // Applications are not driving: receive completions must reach this thread.
+            for port in &mut runner.ports {
+                port.driver.claim_receive();
+            }
             runner.round(now, &shared.queue, true)
         };
         if busy {

@@ -158,7 +158,19 @@ impl UringDriver {
     /// Opens a ring and binds the RoCEv2 socket. Fails where io_uring is missing or
     /// refused (old kernel, `kernel.io_uring_disabled`, seccomp): use the socket driver.
     pub fn bind(addr: SocketAddr) -> io::Result<UringDriver> {
-        let ring = IoUring::new(1024)?;
+        // Completions of receives are posted by task work on the arming thread; by
+        // default a running thread is interrupted (an IPI, costly in a VM) to post them.
+        // Cooperative task running posts them at its next kernel entry instead, and the
+        // TASKRUN flag tells a polling thread when to enter (see `recv_batch`). Kernels
+        // before 5.19 lack both: a plain ring then.
+        let ring = match IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(1024)
+        {
+            Ok(ring) => ring,
+            Err(_) => IoUring::new(1024)?,
+        };
         let (socket, local, offloads) = bind_socket(addr)?;
         let buffers = BufferRing::new()?;
         // SAFETY: the entries stay allocated until after the ring is unregistered in Drop.
@@ -230,6 +242,15 @@ impl UringDriver {
         Ok(())
     }
 
+    /// Makes the calling thread's next receiving round take the receive (the engine
+    /// thread, which drives only when applications do not, claims it at once).
+    pub fn claim_receive(&mut self) {
+        let me = std::thread::current().id();
+        if self.recv_owner != Some(me) {
+            self.claimant = Some((me, CLAIM_ROUNDS - 1));
+        }
+    }
+
     /// Moves the receive to the calling thread once it has claimed it for
     /// [`CLAIM_ROUNDS`] rounds in a row (see the module comment).
     fn follow_driver(&mut self) -> io::Result<()> {
@@ -272,10 +293,13 @@ impl UringDriver {
     pub fn recv_batch(&mut self, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
         self.follow_driver()?;
         self.arm_recv()?;
-        // Completions of a receive this thread armed are posted without a system call
-        // (task work runs when the kernel interrupts or is entered), so enter only to
-        // submit, or to flush completions the CQ had no room for.
-        if !self.ring.submission().is_empty() || self.ring.submission().cq_overflow() {
+        // Enter the kernel only to submit, to run task work that completes receives
+        // (the TASKRUN flag), or to flush completions the CQ had no room for.
+        let pending = {
+            let submission = self.ring.submission();
+            !submission.is_empty() || submission.taskrun() || submission.cq_overflow()
+        };
+        if pending {
             self.ring.submit()?;
         }
         let mut received = 0;
