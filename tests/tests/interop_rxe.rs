@@ -38,7 +38,7 @@ use ferroce::{
     QpAttr, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, SendRequest, WcStatus,
     WorkCompletion,
 };
-use netns_util::Capture;
+use netns_util::{Capture, KeepOnFailure};
 use rxe_util::{tail, work_dir, Guest, Harness, HOST_IP};
 
 /// How long a guest tool may run (its `timeout`), and a host tool after the guest's ended.
@@ -752,6 +752,11 @@ fn rxe_interop_failures_and_loss() {
     let mut guest = Guest::boot(&harness, 1, 1500).unwrap_or_else(|why| panic!("{why}"));
     let mut port = 18700;
     let mut proven = Vec::new();
+    // Everything but the 64 MiB transfers is captured (kept if the test fails) and must
+    // decode clean.
+    let pcap = work_dir().join("failures.pcap");
+    let _keep = KeepOnFailure(vec![pcap.clone()]);
+    let capture = Capture::start(&harness.namespace, &guest.tap, &pcap);
 
     // 1. ferroce requests bad accesses of rxe. perftest gives each QP only its verb's
     //    remote access (an ib_read_bw QP: REMOTE_READ), so the READs go to an ib_read_bw
@@ -1041,6 +1046,19 @@ fn rxe_interop_failures_and_loss() {
     println!("RNR: {rnr} RNR NAKs sent, then 20 SENDs received");
     proven.push("RNR: rxe sender NAK'd until receives are posted, then completes");
     drop(rig);
+
+    let (bytes, said) = capture.stop();
+    let mut decoded = Vec::new();
+    let summary = decode(&bytes, Options::default(), &mut decoded).unwrap();
+    assert!(
+        summary.is_clean() && summary.rocev2 > 0,
+        "ferroce decode of {}: {summary:?} (tcpdump: {said})",
+        pcap.display()
+    );
+    println!(
+        "failure cases: {} RoCEv2 packets captured, all well formed with good ICRCs",
+        summary.rocev2
+    );
 
     // 5. 1% random loss on both directions of the bridge (nftables), 64 MiB each way with
     //    rxe as the requester and with ferroce as the requester, checked against a
