@@ -187,6 +187,8 @@ impl Harness {
 
     /// Drops `percent`% of the RoCEv2 datagrams (UDP to 4791) at random, both to and
     /// from the namespace's host side (nftables `numgen`: this kernel has no netem).
+    /// The output hook sees ferroce's UDP GSO runs before segmentation, so what it drops
+    /// there is a whole run (up to 64 KiB of consecutive packets): burstier than 1%.
     pub fn add_loss(&self, percent: u8) {
         let run = |rule: &str| {
             let output = Command::new("ip")
