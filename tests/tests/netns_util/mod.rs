@@ -52,7 +52,8 @@ pub fn ready(test: &str, tools: &[&str]) -> bool {
     false
 }
 
-fn on_path(tool: &str) -> bool {
+/// Whether `tool` is an executable file on `PATH` (or in the sbin directories).
+pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default()

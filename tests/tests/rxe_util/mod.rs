@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns_util::Namespace;
+use super::netns_util::{on_path, Namespace};
 
 /// The bridge's address in the namespace: ferroce's address and GID.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -49,15 +49,6 @@ fn unavailable(test: &str, why: &str) -> bool {
     }
     eprintln!("{test}: skipped: {why}");
     false
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(tool).is_file())
 }
 
 /// The repository's root (`tests/..`).
