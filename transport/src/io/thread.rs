@@ -34,7 +34,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, TryLockError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,34 @@ pub const POST_ERR_LIMIT: u32 = 0x102;
 /// … any other refusal (invalid argument, unknown QP).
 pub const POST_ERR_OTHER: u32 = 0x103;
 
+/// Waits on `cond` (with `guard` of its mutex) until `take` yields a value or `timeout`
+/// passes (`None`: forever).
+fn wait_for<G, R>(
+    cond: &Condvar,
+    mut guard: MutexGuard<'_, G>,
+    timeout: Option<Duration>,
+    mut take: impl FnMut(&mut G) -> Option<R>,
+) -> Option<R> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Some(value) = take(&mut guard) {
+            return Some(value);
+        }
+        guard = match deadline {
+            None => cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                cond.wait_timeout(guard, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+    }
+}
+
 /// Where a completion channel's events go (`ibv_comp_channel`).
 #[derive(Debug, Default)]
 pub struct EventChannel {
@@ -88,27 +116,8 @@ impl EventChannel {
     /// The tag of the next CQ that got a completion while armed, waiting up to `timeout`
     /// (`None`: forever).
     pub fn get_event(&self, timeout: Option<Duration>) -> Option<u64> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(tag) = events.pop_front() {
-                return Some(tag);
-            }
-            match deadline {
-                None => events = self.cond.wait(events).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    events = self
-                        .cond
-                        .wait_timeout(events, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        }
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        wait_for(&self.cond, events, timeout, VecDeque::pop_front)
     }
 }
 
@@ -176,33 +185,15 @@ impl CompletionRing {
         if !self.is_empty() {
             return true;
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
         // Announce the sleeper before checking again under the gate: the engine thread
         // adds entries before it looks for sleepers, so one of us sees the other.
         self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let found = loop {
-            if !self.is_empty() {
-                break true;
-            }
-            match deadline {
-                None => guard = self.cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break false;
-                    }
-                    guard = self
-                        .cond
-                        .wait_timeout(guard, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
-        drop(guard);
+        let guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let found = wait_for(&self.cond, guard, timeout, |_| {
+            (!self.is_empty()).then_some(())
+        });
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        found
+        found.is_some()
     }
 
     /// Adds completions and wakes whoever waits for them.
