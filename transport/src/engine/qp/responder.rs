@@ -743,12 +743,12 @@ impl QueuePair {
         }
         let src = self.local?;
         let dst = self.attr.av?.remote;
-        if let (Some(hold), [Job::Ack { syndrome, .. }]) =
-            (self.resp.ack_hold, self.resp.jobs.as_slices().0)
-        {
-            if syndrome.is_ack() && ctx.now < hold && self.resp.jobs.len() == 1 {
-                return None;
-            }
+        // A held plain ACK with nothing queued behind it waits (see `ack_delay`).
+        let held = self.resp.ack_hold.is_some_and(|hold| ctx.now < hold)
+            && self.resp.jobs.len() == 1
+            && matches!(self.resp.jobs.front(), Some(Job::Ack { syndrome, .. }) if syndrome.is_ack());
+        if held {
+            return None;
         }
         let job = self.resp.jobs.pop_front()?;
         if matches!(job, Job::Ack { .. }) {
