@@ -119,8 +119,12 @@ impl CompletionQueue {
     /// [`CompletionQueue::poll`] does.
     pub fn poll_into(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
         let taken = self.inner.ring.poll(max, out);
-        if taken > 0 || max == 0 {
+        if taken > 0 {
+            self.inner.device.thread.note_poll();
             return taken;
+        }
+        if max == 0 {
+            return 0;
         }
         self.inner.device.thread.drive();
         self.inner.ring.poll(max, out)

@@ -59,6 +59,7 @@
 //! # Ok::<(), VerbsError>(())
 //! ```
 
+mod buffers;
 pub mod cq;
 pub mod error;
 pub mod memory;
@@ -470,6 +471,7 @@ fn check_mr_access(access: AccessFlags) -> Result<()> {
     Ok(())
 }
 
+use buffers::BufferPool;
 use ferroce_wire::Qpn;
 use namespace::Namespace;
 use qp::{Context, QueuePair};
@@ -491,17 +493,20 @@ pub struct Engine {
     /// Every QP's earliest timer, ordered, so `poll_timeout` is not a scan of all QPs.
     timers: BTreeSet<(Time, NamespaceId, Qpn)>,
     timer_of: BTreeMap<(NamespaceId, Qpn), Time>,
+    /// Spare datagram buffers ([`Engine::recycle`]).
+    buffers: BufferPool,
 }
 
 macro_rules! context {
-    ($ns:expr, $counters:expr, $now:expr) => {
+    ($ns:expr, $engine:expr, $now:expr) => {
         Context {
             now: $now,
+            buffers: &mut $engine.buffers,
             memory: &mut $ns.memory,
             cqs: &mut $ns.cqs,
             srqs: &mut $ns.srqs,
             events: &mut $ns.events,
-            counters: $counters,
+            counters: &mut $engine.counters,
             gids: &$ns.gids,
         }
     };
@@ -520,6 +525,7 @@ impl Engine {
             active_set: BTreeSet::new(),
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
+            buffers: BufferPool::default(),
             config,
         };
         let gids = engine.config.default_gids.clone();
@@ -995,7 +1001,7 @@ impl Engine {
         // were executed, and the peer would otherwise retry them against a gone QP.
         if qp.resp.ack_due().is_some() {
             qp.resp.release_ack(Time::ZERO);
-            let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+            let mut ctx = context!(space, self, Time::ZERO);
             let out = qp.poll_response(&mut ctx);
             let src_port = match self.config.udp_src_port {
                 SourcePortPolicy::PerQp => qp.src_port,
@@ -1035,7 +1041,7 @@ impl Engine {
                     .find(|g| g.is_ipv4() == remote.is_ipv4()),
             }
         };
-        let mut ctx = context!(space, &mut self.counters, now);
+        let mut ctx = context!(space, self, now);
         let mut attr = *attr;
         if let Some(av) = &mut attr.av {
             av.remote = canonical(av.remote);
@@ -1066,7 +1072,7 @@ impl Engine {
             .get_mut(&ns)
             .ok_or(VerbsError::NotFound("namespace"))?;
         let qp = space.qps.get_mut(&qpn).ok_or(VerbsError::NotFound("QP"))?;
-        let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+        let mut ctx = context!(space, self, Time::ZERO);
         qp.post_send(wr, &mut ctx)?;
         self.schedule(ns, qpn);
         Ok(())
@@ -1079,7 +1085,7 @@ impl Engine {
             .get_mut(&ns)
             .ok_or(VerbsError::NotFound("namespace"))?;
         let qp = space.qps.get_mut(&qpn).ok_or(VerbsError::NotFound("QP"))?;
-        let mut ctx = context!(space, &mut self.counters, Time::ZERO);
+        let mut ctx = context!(space, self, Time::ZERO);
         qp.post_recv(wr, &mut ctx)
     }
 
@@ -1154,7 +1160,7 @@ impl Engine {
                 return;
             }
         }
-        let mut ctx = context!(space, &mut self.counters, now);
+        let mut ctx = context!(space, self, now);
         match info.operation {
             Operation::Acknowledge | Operation::ReadResponse | Operation::AtomicAcknowledge => {
                 qp.handle_response(&parsed, &mut ctx);
@@ -1186,7 +1192,7 @@ impl Engine {
                 SourcePortPolicy::PerQp => qp.src_port,
                 SourcePortPolicy::Fixed(port) => port,
             };
-            let mut ctx = context!(space, &mut self.counters, now);
+            let mut ctx = context!(space, self, now);
             let out = qp.poll_transmit(&mut ctx);
             self.refresh_timer(ns, qpn);
             let Some(out) = out else {
@@ -1225,6 +1231,12 @@ impl Engine {
         })
     }
 
+    /// Gives back the payload of a datagram [`Engine::poll_transmit`] returned, once it
+    /// is sent: later packets are built in it instead of in a new allocation.
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        self.buffers.put(payload);
+    }
+
     /// When the engine next wants `handle_timeout`, if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
         self.timers.first().map(|&(t, _, _)| t)
@@ -1241,7 +1253,7 @@ impl Engine {
         for (ns, qpn) in due {
             if let Some(space) = self.namespaces.get_mut(&ns) {
                 if let Some(qp) = space.qps.get_mut(&qpn) {
-                    let mut ctx = context!(space, &mut self.counters, now);
+                    let mut ctx = context!(space, self, now);
                     qp.handle_timeout(&mut ctx);
                 }
             }

@@ -64,41 +64,60 @@ pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
 }
 
 /// Corrections of ICRCs for GSO segment numbers, cached per datagram length (a run
-/// sees one or two lengths; a flow a handful).
+/// sees one or two lengths; a flow a handful). The last length asked for is checked
+/// first: runs are mostly of one length.
 #[derive(Debug, Default)]
 pub(super) struct IcrcFixer {
+    last: Option<(usize, IdentSolver)>,
     solvers: HashMap<usize, IdentSolver>,
 }
 
 impl IcrcFixer {
-    /// The ICRC bytes segment `index` of a GSO send must carry, for a datagram whose
-    /// ICRC was computed for IPv4 ID 0.
-    pub(super) fn icrc_for_segment(&mut self, datagram: &Datagram, index: usize) -> [u8; ICRC_LEN] {
-        let payload = &datagram.payload;
-        let at = payload.len().saturating_sub(ICRC_LEN);
-        let mut icrc = [0u8; ICRC_LEN];
-        icrc.copy_from_slice(&payload[at..]);
+    /// What to XOR into the ICRC of a datagram computed for IPv4 ID 0 so that it is right
+    /// as segment `index` of a GSO send (zero for the first segment, and for IPv6).
+    pub(super) fn icrc_delta(&mut self, datagram: &Datagram, index: usize) -> u32 {
         if index == 0 || !datagram.meta.dst.is_ipv4() {
-            return icrc;
+            return 0;
         }
-        let len = payload.len();
-        let delta = match self.solvers.get(&len) {
-            Some(s) => s.icrc_delta(index as u16),
+        let len = datagram.payload.len();
+        if let Some((last_len, solver)) = &self.last {
+            if *last_len == len {
+                return solver.icrc_delta(index as u16);
+            }
+        }
+        let solver = match self.solvers.get(&len) {
+            Some(s) => s.clone(),
             None => match IdentSolver::new(len) {
                 Ok(s) => {
-                    let d = s.icrc_delta(index as u16);
                     if self.solvers.len() > 64 {
                         self.solvers.clear();
                     }
-                    self.solvers.insert(len, s);
-                    d
+                    self.solvers.insert(len, s.clone());
+                    s
                 }
                 // Not a RoCE-sized datagram: nothing to correct.
-                Err(_) => 0,
+                Err(_) => return 0,
             },
         };
-        (u32::from_le_bytes(icrc) ^ delta).to_le_bytes()
+        let delta = solver.icrc_delta(index as u16);
+        self.last = Some((len, solver));
+        delta
     }
+}
+
+/// XORs `delta` into the ICRC, the last four bytes of `payload`.
+fn fix_icrc(payload: &mut [u8], delta: u32) {
+    if delta == 0 || payload.len() < ICRC_LEN {
+        return;
+    }
+    let at = payload.len() - ICRC_LEN;
+    let icrc = u32::from_le_bytes([
+        payload[at],
+        payload[at + 1],
+        payload[at + 2],
+        payload[at + 3],
+    ]);
+    payload[at..].copy_from_slice(&(icrc ^ delta).to_le_bytes());
 }
 
 /// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
@@ -106,8 +125,9 @@ impl IcrcFixer {
 /// the payloads stay in their `Vec`s, which do not move.
 pub(super) struct OutMessage {
     datagrams: Vec<Datagram>,
+    /// The correction XORed into each datagram's ICRC for its place in the run.
+    deltas: Vec<u32>,
     name: SockAddr,
-    icrcs: Vec<[u8; ICRC_LEN]>,
     iovecs: Vec<libc::iovec>,
     control: [u8; CMSG_SPACE],
     header: libc::msghdr,
@@ -118,40 +138,40 @@ pub(super) struct OutMessage {
 unsafe impl Send for OutMessage {}
 
 impl OutMessage {
-    /// A message for `run`, which [`runs`] made (or a single datagram).
-    pub(super) fn new(run: Vec<Datagram>, fixer: &mut IcrcFixer) -> Box<OutMessage> {
+    /// A message for `run`, which [`runs`] made (or a single datagram). Each ICRC is
+    /// corrected in place for the datagram's segment number.
+    pub(super) fn new(mut run: Vec<Datagram>, fixer: &mut IcrcFixer) -> Box<OutMessage> {
         let dst = run
             .first()
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |d| {
                 SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT)
             });
-        let icrcs = run
-            .iter()
+        let deltas = run
+            .iter_mut()
             .enumerate()
-            .map(|(i, d)| fixer.icrc_for_segment(d, i))
+            .map(|(i, d)| {
+                let delta = fixer.icrc_delta(d, i);
+                fix_icrc(&mut d.payload, delta);
+                delta
+            })
+            .collect();
+        let iovecs = run
+            .iter()
+            .map(|d| libc::iovec {
+                iov_base: d.payload.as_ptr() as *mut _,
+                iov_len: d.payload.len(),
+            })
             .collect();
         let mut message = Box::new(OutMessage {
             datagrams: run,
+            deltas,
             name: SockAddr::from(dst),
-            icrcs,
-            iovecs: Vec::new(),
+            iovecs,
             control: [0; CMSG_SPACE],
             // SAFETY: msghdr is plain data; zero is a valid value.
             header: unsafe { mem::zeroed() },
         });
         let m = &mut *message;
-        // Two iovecs per datagram: its bytes up to the ICRC, then the (corrected) ICRC.
-        for (d, icrc) in m.datagrams.iter().zip(&m.icrcs) {
-            let body = d.payload.len().saturating_sub(ICRC_LEN);
-            m.iovecs.push(libc::iovec {
-                iov_base: d.payload.as_ptr() as *mut _,
-                iov_len: body,
-            });
-            m.iovecs.push(libc::iovec {
-                iov_base: icrc.as_ptr() as *mut _,
-                iov_len: ICRC_LEN,
-            });
-        }
         m.header.msg_name = m.name.as_ptr() as *mut _;
         m.header.msg_namelen = m.name.len();
         m.header.msg_iov = m.iovecs.as_mut_ptr();
@@ -184,9 +204,23 @@ impl OutMessage {
         self.datagrams.len()
     }
 
-    /// Gives the datagrams back (when the kernel did not take them).
+    /// Gives the datagrams back as they came (when the kernel did not take them: they
+    /// may go out later in another place of another run).
     pub(super) fn into_datagrams(self: Box<Self>) -> Vec<Datagram> {
-        self.datagrams
+        let OutMessage {
+            mut datagrams,
+            deltas,
+            ..
+        } = *self;
+        for (d, delta) in datagrams.iter_mut().zip(deltas) {
+            fix_icrc(&mut d.payload, delta);
+        }
+        datagrams
+    }
+
+    /// The payload buffers, once the kernel has copied them (for reuse).
+    pub(super) fn into_payloads(self: Box<Self>) -> impl Iterator<Item = Vec<u8>> {
+        self.datagrams.into_iter().map(|d| d.payload)
     }
 }
 

@@ -101,6 +101,15 @@ impl Driver {
         }
     }
 
+    /// Hands the payloads of datagrams the kernel has taken to `each`, so the engine
+    /// builds later packets in them ([`crate::engine::Engine::recycle`]).
+    pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
+        match self {
+            Driver::Uring(d) => d.reclaim(each),
+            Driver::Socket(d) => d.reclaim(each),
+        }
+    }
+
     /// A descriptor that polls readable when [`Driver::recv_batch`] may have work (the
     /// socket, or the ring whose completion queue the multishot receive fills), so one
     /// thread can wait on several drivers and a doorbell at once.

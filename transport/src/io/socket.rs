@@ -54,6 +54,8 @@ pub struct UdpDriver {
     /// Per received message: buffer index, meta, length, GRO size, truncated.
     received: Vec<(usize, DatagramMeta, usize, Option<usize>, bool)>,
     fixer: IcrcFixer,
+    /// Payloads of sent datagrams, for [`UdpDriver::reclaim`].
+    spent: Vec<Vec<u8>>,
 }
 
 fn set_int_option(
@@ -229,6 +231,7 @@ impl UdpDriver {
             buffers: vec![vec![0u8; buffer_len]; BATCH],
             received: Vec::with_capacity(BATCH),
             fixer: IcrcFixer::default(),
+            spent: Vec::new(),
         })
     }
 
@@ -384,11 +387,21 @@ impl UdpDriver {
                 break;
             }
         }
-        // Give back what the kernel did not take, in order.
-        for message in messages.into_iter().skip(next) {
-            datagrams.extend(message.into_datagrams());
+        // Keep the payloads of what went (the kernel has copied them); give back what
+        // the kernel did not take, in order.
+        for (i, message) in messages.into_iter().enumerate() {
+            if i < next {
+                self.spent.extend(message.into_payloads());
+            } else {
+                datagrams.extend(message.into_datagrams());
+            }
         }
         Ok(sent)
+    }
+
+    /// Hands the payloads of sent datagrams to `each` (the engine reuses them).
+    pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
+        self.spent.drain(..).for_each(each);
     }
 }
 

@@ -655,6 +655,15 @@ impl EngineThread {
         self.shared.drive(true)
     }
 
+    /// Notes that an application polled and found completions waiting: it will drive
+    /// again once they run out, so the engine thread keeps off (as after its own
+    /// receiving round). Without this, a thread that keeps finding completions the
+    /// engine thread delivered never drives, and both end up sending.
+    pub fn note_poll(&self) {
+        let now = self.shared.now().as_nanos().max(1);
+        self.shared.app_round.store(now, Ordering::Relaxed);
+    }
+
     /// Tells the engine thread to take over the driving now: the caller is about to
     /// block (waiting for a completion) and will not run rounds meanwhile.
     pub fn hand_off(&self) {
@@ -829,6 +838,10 @@ impl Runner {
             timers = true;
         }
         let sent = self.transmit(now);
+        for port in &mut self.ports {
+            port.driver
+                .reclaim(|payload| self.core.engine.recycle(payload));
+        }
         let completed = self.core.deliver_completions();
         received + worked + sent + completed > 0 || timers
     }

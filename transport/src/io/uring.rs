@@ -137,6 +137,8 @@ pub struct UringDriver {
     /// Sends in flight, by slot (`user_data`): the kernel reads them until completion.
     sends: Vec<Option<Box<OutMessage>>>,
     free_sends: Vec<usize>,
+    /// Payloads of finished sends, for [`UringDriver::reclaim`].
+    spent: Vec<Vec<u8>>,
     offloads: Offloads,
     fixer: IcrcFixer,
 }
@@ -200,6 +202,7 @@ impl UringDriver {
             watching: None,
             sends: Vec::new(),
             free_sends: Vec::new(),
+            spent: Vec::new(),
             offloads,
             fixer: IcrcFixer::default(),
         })
@@ -346,7 +349,9 @@ impl UringDriver {
                         tracing::debug!(error = %io::Error::from_raw_os_error(-cqe.result()), "send failed; RoCE will retransmit");
                     }
                     if let Some(done) = self.sends.get_mut(slot) {
-                        *done = None;
+                        if let Some(message) = done.take() {
+                            self.spent.extend(message.into_payloads());
+                        }
                         self.free_sends.push(slot);
                     }
                 }
@@ -415,6 +420,11 @@ impl UringDriver {
         }
         self.ring.submit()?;
         Ok(queued)
+    }
+
+    /// Hands the payloads of finished sends to `each` (the engine reuses them).
+    pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
+        self.spent.drain(..).for_each(each);
     }
 
     /// Makes `fd` becoming readable post a completion (a multishot poll), so that

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ferroce_wire::{packet, Psn, Qpn, Rkey};
 
+use super::buffers::BufferPool;
 use super::cq::{CompletionQueue, CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 use super::error::{Result, VerbsError};
 use super::memory::{AccessFlags, Key, Lkey, MemoryAccess, ProtectionDomain};
@@ -515,13 +516,19 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     /// A zeroed datagram for `repr` with room for `payload_len` bytes of payload.
-    pub fn new(repr: packet::Repr, payload_len: usize, src: IpAddr, dst: IpAddr) -> Outgoing {
+    pub fn new(
+        repr: packet::Repr,
+        payload_len: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        buffers: &mut BufferPool,
+    ) -> Outgoing {
         // Unknown opcodes are never built; an empty buffer makes `build` fail cleanly.
         let len = packet::buffer_len(&repr, payload_len).unwrap_or(0);
         Outgoing {
             repr,
             payload_len,
-            buffer: vec![0; len],
+            buffer: buffers.zeroed(len),
             src,
             dst,
         }
@@ -539,6 +546,7 @@ impl Outgoing {
 /// Everything outside the QP that processing touches.
 pub(crate) struct Context<'a> {
     pub now: Time,
+    pub buffers: &'a mut super::buffers::BufferPool,
     pub memory: &'a mut dyn MemoryAccess,
     pub cqs: &'a mut BTreeMap<CompletionQueueId, CompletionQueue>,
     pub srqs: &'a mut BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,

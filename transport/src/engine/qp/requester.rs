@@ -356,7 +356,7 @@ impl QueuePair {
                 }
             }
         }
-        let mut out = Outgoing::new(repr, payload_len as usize, src, dst);
+        let mut out = Outgoing::new(repr, payload_len as usize, src, dst, ctx.buffers);
         if payload_len > 0 {
             let wqe = &self.sq[index];
             if self

@@ -817,9 +817,9 @@ impl QueuePair {
             }
         };
         let Some((rkey, va, n, psn, msn)) = read_from else {
-            return Some(Outgoing::new(repr, 0, src, dst));
+            return Some(Outgoing::new(repr, 0, src, dst, ctx.buffers));
         };
-        let mut out = Outgoing::new(repr, n, src, dst);
+        let mut out = Outgoing::new(repr, n, src, dst, ctx.buffers);
         let read = ctx.memory.read(
             Key::Remote(rkey),
             self.pd,
@@ -841,7 +841,7 @@ impl QueuePair {
                     self.resp.jobs.pop_front();
                 }
             }
-            return Some(Outgoing::new(repr, 0, src, dst));
+            return Some(Outgoing::new(repr, 0, src, dst, ctx.buffers));
         }
         Some(out)
     }

@@ -1,0 +1,65 @@
+//! Reuse of datagram buffers: once the I/O layer hands sent payloads back
+//! ([`Engine::recycle`](super::Engine::recycle)), building a packet allocates nothing,
+//! and the buffer it gets is one the cache has just seen.
+
+/// Buffers kept at most (a window of MTU-sized packets; more would only hold memory).
+const MAX_KEPT: usize = 1024;
+/// Buffers larger than this are not kept (a 4096-byte MTU packet with every header fits).
+const MAX_KEPT_CAPACITY: usize = 8192;
+
+/// A stack of spare buffers: last in, first out, so the next packet reuses the warmest.
+#[derive(Debug, Default)]
+pub(crate) struct BufferPool {
+    spare: Vec<Vec<u8>>,
+}
+
+impl BufferPool {
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer.resize(len, 0);
+                buffer
+            }
+            None => vec![0; len],
+        }
+    }
+
+    /// Keeps `buffer` for a later packet (or frees it when enough are kept).
+    pub fn put(&mut self, buffer: Vec<u8>) {
+        if self.spare.len() < MAX_KEPT && buffer.capacity() <= MAX_KEPT_CAPACITY {
+            self.spare.push(buffer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reused_buffers_come_back_zeroed_and_sized() {
+        let mut pool = BufferPool::default();
+        let mut first = pool.zeroed(100);
+        first.fill(0xab);
+        let at = first.as_ptr();
+        pool.put(first);
+        let again = pool.zeroed(60);
+        assert_eq!(again.as_ptr(), at, "the spare buffer is reused");
+        assert_eq!(again, vec![0; 60]);
+        let fresh = pool.zeroed(200);
+        assert_eq!(fresh, vec![0; 200]);
+    }
+
+    #[test]
+    fn oversized_and_surplus_buffers_are_freed() {
+        let mut pool = BufferPool::default();
+        pool.put(Vec::with_capacity(MAX_KEPT_CAPACITY + 1));
+        assert!(pool.spare.is_empty());
+        for _ in 0..MAX_KEPT + 5 {
+            pool.put(vec![0; 16]);
+        }
+        assert_eq!(pool.spare.len(), MAX_KEPT);
+    }
+}
