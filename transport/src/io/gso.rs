@@ -224,6 +224,16 @@ impl OutMessage {
     }
 }
 
+/// Payloads of sent datagrams kept for reclaiming at most: a driver whose owner never
+/// reclaims (a bare driver in a test or a benchmark) must not grow without end.
+const MAX_SPENT: usize = 1024;
+
+/// Adds `payloads` to `spent`, up to [`MAX_SPENT`]; the rest are freed.
+pub(super) fn keep_spent(spent: &mut Vec<Vec<u8>>, payloads: impl Iterator<Item = Vec<u8>>) {
+    let room = MAX_SPENT.saturating_sub(spent.len());
+    spent.extend(payloads.take(room));
+}
+
 /// Cuts `datagrams` (drained) into messages: GSO runs when `gso`, else one each.
 /// Boxed on purpose: each header points into its own message, which must not move.
 #[allow(clippy::vec_box)]

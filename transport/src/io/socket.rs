@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::gso::{self, split_gro, IcrcFixer, UDP_GRO, UDP_SEGMENT};
+use super::gso::{self, keep_spent, split_gro, IcrcFixer, UDP_GRO, UDP_SEGMENT};
 use crate::engine::{Datagram, DatagramMeta, Ecn};
 
 /// Largest UDP payload the driver receives: a 4096-byte MTU packet with every header,
@@ -391,7 +391,7 @@ impl UdpDriver {
         // the kernel did not take, in order.
         for (i, message) in messages.into_iter().enumerate() {
             if i < next {
-                self.spent.extend(message.into_payloads());
+                keep_spent(&mut self.spent, message.into_payloads());
             } else {
                 datagrams.extend(message.into_datagrams());
             }

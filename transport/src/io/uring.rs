@@ -29,7 +29,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 use socket2::{SockAddr, Socket};
 
-use super::gso::{self, split_gro, IcrcFixer, OutMessage};
+use super::gso::{self, keep_spent, split_gro, IcrcFixer, OutMessage};
 use super::socket::{
     bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
 };
@@ -350,7 +350,7 @@ impl UringDriver {
                     }
                     if let Some(done) = self.sends.get_mut(slot) {
                         if let Some(message) = done.take() {
-                            self.spent.extend(message.into_payloads());
+                            keep_spent(&mut self.spent, message.into_payloads());
                         }
                         self.free_sends.push(slot);
                     }
