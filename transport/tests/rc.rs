@@ -502,7 +502,7 @@ fn bad_receive_buffer_is_a_remote_operational_error() {
             pair.b.qpn,
             ferroce_transport::engine::RecvWr {
                 wr_id: 3,
-                sg_list: vec![sge],
+                sg_list: vec![sge].into(),
             },
         )
         .unwrap();

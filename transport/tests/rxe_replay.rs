@@ -279,7 +279,7 @@ fn rc_pingpong_server_side_matches_rxe() {
                         server.qpn,
                         RecvWr {
                             wr_id: recvs,
-                            sg_list: vec![sge],
+                            sg_list: vec![sge].into(),
                         },
                     )
                     .unwrap();
@@ -508,7 +508,7 @@ fn replay_labelled(
                 host.qpn,
                 RecvWr {
                     wr_id: 1000 + k,
-                    sg_list: vec![sge],
+                    sg_list: vec![sge].into(),
                 },
             )
             .unwrap();
@@ -672,7 +672,7 @@ fn ud_grh_holds_the_senders_ipv4_header() {
             server.qpn,
             RecvWr {
                 wr_id: 1,
-                sg_list: vec![sge],
+                sg_list: vec![sge].into(),
             },
         )
         .unwrap();
@@ -902,7 +902,7 @@ fn rping_cm_gsi_mads_and_labelled_rc_match_rxe() {
             gsi,
             RecvWr {
                 wr_id: 1,
-                sg_list: vec![sge],
+                sg_list: vec![sge].into(),
             },
         )
         .unwrap();

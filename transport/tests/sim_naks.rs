@@ -138,7 +138,7 @@ proptest! {
                 let mut sge = pair.sge(B, 4096, 64);
                 sge.lkey.0 ^= 0x80;
                 pair.engine(B)
-                    .post_recv(NS, b.qpn, RecvWr { wr_id: 50, sg_list: vec![sge] })
+                    .post_recv(NS, b.qpn, RecvWr { wr_id: 50, sg_list: vec![sge].into() })
                     .unwrap();
                 SendOp::Send
             }

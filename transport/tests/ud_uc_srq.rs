@@ -250,13 +250,13 @@ fn srq_feeds_two_qps_and_fires_its_limit_once() {
     // A QP on an SRQ takes no receives of its own.
     let own = RecvWr {
         wr_id: 0,
-        sg_list: vec![b.sge(0, 8)],
+        sg_list: vec![b.sge(0, 8)].into(),
     };
     assert!(b.engine.post_recv(NS, b1, own).is_err());
     for i in 0..4u64 {
         let wr = RecvWr {
             wr_id: 100 + i,
-            sg_list: vec![b.sge(i * 64, 64)],
+            sg_list: vec![b.sge(i * 64, 64)].into(),
         };
         b.engine.post_srq_recv(NS, srq, wr).unwrap();
     }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use ferroce_transport::engine::{RecvWr, SendOp, SendWr, Sge, UdDestination};
+use ferroce_transport::engine::{RecvWr, SendOp, SendWr, SgList, Sge, UdDestination};
 use ferroce_transport::wire::{Qpn, Rkey};
 
 use crate::mr::MemoryRegion;
@@ -156,7 +156,7 @@ impl RecvRequest {
     pub fn new(wr_id: u64) -> RecvRequest {
         RecvRequest(RecvWr {
             wr_id,
-            sg_list: Vec::new(),
+            sg_list: SgList::new(),
         })
     }
 

@@ -42,7 +42,7 @@
 //! let (sender, receiver) = hosts.split_at_mut(1);
 //! let (s_engine, s_cq, s_mr, s_qpn) = &mut sender[0];
 //! let (r_engine, r_cq, r_mr, r_qpn) = &mut receiver[0];
-//! r_engine.post_recv(ns, *r_qpn, RecvWr { wr_id: 7, sg_list: vec![Sge { addr: r_mr.addr, length: 64, lkey: r_mr.lkey }] })?;
+//! r_engine.post_recv(ns, *r_qpn, RecvWr { wr_id: 7, sg_list: vec![Sge { addr: r_mr.addr, length: 64, lkey: r_mr.lkey }].into() })?;
 //! s_engine.mr_write(ns, s_mr.lkey, s_mr.addr, b"hello")?;
 //! let sge = Sge { addr: s_mr.addr, length: 5, lkey: s_mr.lkey };
 //! s_engine.post_send(ns, *s_qpn, SendWr::new(1, SendOp::Send, vec![sge]))?;
@@ -78,7 +78,7 @@ pub use memory::{
 pub use namespace::NamespaceId;
 pub use qp::{
     AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
-    SendWr, Sge, UdDestination,
+    SendWr, SgList, Sge, UdDestination,
 };
 pub use srq::{SharedReceiveQueueId, SrqAttr};
 

@@ -466,11 +466,27 @@ impl Shared {
     /// application driving, so one that posts and never polls leaves the receiving to
     /// the engine thread.
     fn drive(&self, receive: bool) -> bool {
+        self.drive_posting(receive, std::iter::empty())
+    }
+
+    /// [`Shared::drive`], posting `posts` first. When this thread gets the engine and
+    /// nothing older is queued, they go straight to it; otherwise they are queued behind
+    /// the older work (and run by whoever holds the engine), so the order of posts holds.
+    fn drive_posting(&self, receive: bool, posts: impl Iterator<Item = Post>) -> bool {
+        let mut posts = Some(posts);
         let mut progressed = false;
         while self.alive.load(Ordering::Relaxed) {
             let mut runner = match self.runner.try_lock() {
                 Ok(runner) => runner,
-                Err(TryLockError::WouldBlock) => return progressed,
+                Err(TryLockError::WouldBlock) => match posts.take() {
+                    // Queued now, so the holder finds them when it looks after letting
+                    // go; unless it has let go already, which the next try finds.
+                    Some(posts) => {
+                        posts.for_each(|post| self.queue.push(Work::Post(post)));
+                        continue;
+                    }
+                    None => return progressed,
+                },
                 Err(TryLockError::Poisoned(_)) => {
                     self.die();
                     return progressed;
@@ -481,11 +497,19 @@ impl Shared {
             if !self.alive.load(Ordering::SeqCst) {
                 break;
             }
+            let mut direct = posts.take();
+            if !self.queue.is_empty() {
+                if let Some(posts) = direct.take() {
+                    posts.for_each(|post| self.queue.push(Work::Post(post)));
+                }
+            }
             let now = self.now();
             // An engine bug must not unwind through the application's post or poll: the
             // engine dies (its calls then fail with `EngineStopped`) and the caller goes on.
             let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                runner.round(now, &self.queue, receive)
+                let posted =
+                    direct.map_or(0, |posts| posts.map(|post| runner.core.apply(post)).count());
+                runner.round(now, &self.queue, receive) || posted > 0
             }));
             let Ok(busy) = round else {
                 self.die();
@@ -631,16 +655,13 @@ impl EngineThread {
     /// Queues a posted work request (no reply; refusals become error completions) and
     /// runs it on the calling thread when the engine is free.
     pub fn post(&self, post: Post) {
-        self.shared.push(Work::Post(post));
+        self.shared.drive_posting(false, std::iter::once(post));
     }
 
     /// Queues posted work requests and runs them in one round when the engine is free
     /// (one doorbell for a list of WRs, as `ibv_post_send` with a chain).
     pub fn post_list(&self, posts: impl IntoIterator<Item = Post>) {
-        for post in posts {
-            self.shared.queue.push(Work::Post(post));
-        }
-        self.shared.drive(false);
+        self.shared.drive_posting(false, posts.into_iter());
     }
 
     /// Queues `f` to run on the engine, after all work queued before it, without

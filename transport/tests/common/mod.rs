@@ -90,7 +90,7 @@ impl Side {
                 self.qpn,
                 RecvWr {
                     wr_id,
-                    sg_list: vec![sge],
+                    sg_list: vec![sge].into(),
                 },
             )
             .unwrap();

@@ -235,7 +235,7 @@ impl RcPair {
                 qpn,
                 RecvWr {
                     wr_id,
-                    sg_list: vec![sge],
+                    sg_list: vec![sge].into(),
                 },
             )
             .unwrap();

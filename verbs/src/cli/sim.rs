@@ -522,7 +522,7 @@ impl Simulation {
                             qpn,
                             RecvWr {
                                 wr_id: index,
-                                sg_list: vec![sge],
+                                sg_list: vec![sge].into(),
                             },
                         )
                         .map_err(engine_error("post_recv"))?;

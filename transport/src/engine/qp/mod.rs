@@ -299,6 +299,10 @@ pub struct UdDestination {
     pub qkey: u32,
 }
 
+/// A scatter/gather list. Work requests rarely have more than two entries, and those
+/// are kept inline: posting a work request allocates nothing.
+pub type SgList = smallvec::SmallVec<[Sge; 2]>;
+
 /// A send work request (`ibv_send_wr`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendWr {
@@ -307,7 +311,7 @@ pub struct SendWr {
     /// Operation.
     pub op: SendOp,
     /// Gather list (SEND/WRITE source) or scatter list (READ/atomic destination).
-    pub sg_list: Vec<Sge>,
+    pub sg_list: SgList,
     /// Inline data, copied at post time instead of read through `sg_list`.
     pub inline_data: Option<Vec<u8>>,
     /// Generate a completion on success.
@@ -322,11 +326,11 @@ pub struct SendWr {
 
 impl SendWr {
     /// A signaled work request with no flags.
-    pub fn new(wr_id: u64, op: SendOp, sg_list: Vec<Sge>) -> SendWr {
+    pub fn new(wr_id: u64, op: SendOp, sg_list: impl Into<SgList>) -> SendWr {
         SendWr {
             wr_id,
             op,
-            sg_list,
+            sg_list: sg_list.into(),
             inline_data: None,
             signaled: true,
             fence: false,
@@ -342,7 +346,7 @@ pub struct RecvWr {
     /// Caller's id, returned in the completion.
     pub wr_id: u64,
     /// Scatter list.
-    pub sg_list: Vec<Sge>,
+    pub sg_list: SgList,
 }
 
 /// Attributes a transition's mask may hold.
@@ -515,7 +519,9 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// A zeroed datagram for `repr` with room for `payload_len` bytes of payload.
+    /// A datagram for `repr` with room for `payload_len` bytes of payload: headers,
+    /// pad and ICRC zeroed, the payload left for the caller to fill completely (a
+    /// packet whose payload could not be read is never sent).
     pub fn new(
         repr: packet::Repr,
         payload_len: usize,
@@ -525,10 +531,14 @@ impl Outgoing {
     ) -> Outgoing {
         // Unknown opcodes are never built; an empty buffer makes `build` fail cleanly.
         let len = packet::buffer_len(&repr, payload_len).unwrap_or(0);
+        let mut buffer = buffers.take(len);
+        let header = repr.header_len().unwrap_or(0).min(len);
+        buffer[..header].fill(0);
+        buffer[(header + payload_len).min(len)..].fill(0);
         Outgoing {
             repr,
             payload_len,
-            buffer: buffers.zeroed(len),
+            buffer,
             src,
             dst,
         }

@@ -336,7 +336,7 @@ fn work_is_refused_before_the_queue_is_ready() {
     let qpn = qp_in(&mut engine, QpType::Rc, QpState::Reset);
     let recv = RecvWr {
         wr_id: 1,
-        sg_list: vec![],
+        sg_list: vec![].into(),
     };
     assert_eq!(
         engine.post_recv(NS, qpn, recv.clone()),
@@ -387,7 +387,7 @@ fn moving_to_err_flushes_posted_work_in_order() {
                 qpn,
                 RecvWr {
                     wr_id: 10 + id,
-                    sg_list: vec![],
+                    sg_list: vec![].into(),
                 },
             )
             .unwrap();
