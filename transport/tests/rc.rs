@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferroce_transport::engine::{QpState, SendOp, WcOpcode, WcStatus};
+use ferroce_transport::engine::{PathMtu, QpState, QpType, SendOp, WcOpcode, WcStatus};
 use ferroce_transport::wire::{AckSyndrome, NakCode, OpCode, Psn, Rkey};
 
 #[test]
@@ -1279,4 +1279,57 @@ fn duplicate_of_a_finished_read_keeps_responses_in_order() {
     let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
     assert_eq!(got, [(1, WcStatus::Success), (2, WcStatus::Success)]);
     assert_eq!(pair.a.read(0, data.len()), data);
+}
+
+#[test]
+fn unacknowledged_psns_are_capped_and_each_loss_halves_the_cap() {
+    let mut pair = Pair::new(
+        QpType::Rc,
+        Params {
+            mtu: PathMtu::Mtu256,
+            ..Params::default()
+        },
+    );
+    // Two WRITEs of 256 and 44 packets: more than the window of 256 PSNs.
+    let data = pattern(MR_LEN as usize, 5);
+    pair.a.write(0, &data);
+    let (remote_addr, rkey) = (pair.b.mr.addr, pair.b.mr.rkey);
+    for (wr_id, len) in [(1, 256 * 256), (2, 44 * 256)] {
+        pair.a.post_send(send_wr(
+            wr_id,
+            SendOp::RdmaWrite { remote_addr, rkey },
+            vec![pair.a.sge(0, len)],
+        ));
+    }
+    let mut sent_before_an_ack = |pair: &mut Pair| {
+        let mut n = 0;
+        while pair.a.engine.poll_transmit(pair.now).is_some() {
+            n += 1;
+        }
+        n
+    };
+    assert_eq!(
+        sent_before_an_ack(&mut pair),
+        256,
+        "the window while nothing is lost"
+    );
+    // Every packet is lost: the retransmit timer rewinds with half the window.
+    pair.now = pair.a.engine.poll_timeout().expect("retransmit timer");
+    pair.a.engine.handle_timeout(pair.now);
+    assert_eq!(
+        sent_before_an_ack(&mut pair),
+        128,
+        "the window after one loss"
+    );
+    // Those are lost too (a quarter next); then nothing is, and both WRITEs land.
+    pair.run();
+    assert_eq!(pair.b.read(0, MR_LEN as usize), data);
+    let statuses: Vec<_> = pair
+        .a
+        .poll()
+        .iter()
+        .map(|wc| (wc.wr_id, wc.status))
+        .collect();
+    assert_eq!(statuses, [(1, WcStatus::Success), (2, WcStatus::Success)]);
+    assert_eq!(pair.a.engine.counters().timeouts, 2);
 }

@@ -78,6 +78,7 @@ impl QueuePair {
 
     fn progress(&mut self, ctx: &Context<'_>) {
         self.reset_retry_counters();
+        self.req.widen_window();
         self.req.retrying_from = None;
         self.req.retransmit_at = None;
         if self.sq.iter().any(|w| w.started && !w.done) {
@@ -189,6 +190,7 @@ impl QueuePair {
             self.req.retry_left -= 1;
         }
         self.req.retrying_from = Some(self.req.comp_psn);
+        self.req.shrink_window();
         self.go_back();
     }
 

@@ -9,8 +9,14 @@ use super::super::memory::Key;
 use super::super::timer;
 use super::{Context, Outgoing, QpState, QpType, QueuePair, SendOp};
 
-/// At most this many PSNs unacknowledged (rxe's `RXE_MAX_UNACKED_PSNS`).
-pub const MAX_UNACKED_PSNS: i32 = 128;
+/// At most this many PSNs unacknowledged while nothing is lost. rxe keeps 128
+/// (`RXE_MAX_UNACKED_PSNS`); twice that keeps a stream of small WRITEs 256 deep
+/// (perftest's `-t 256`) from stopping to wait for ACKs.
+pub const MAX_UNACKED_PSNS: i32 = 256;
+/// Each loss (a retransmit timeout or a NAK that rewinds) halves the window, down to
+/// this; each ACK that moves it on gives one PSN back. Go-back-N resends the whole
+/// window after a loss, so on a lossy path a smaller one wastes less.
+pub const MIN_UNACKED_PSNS: i32 = 16;
 /// AckReq at least every this many packets (rxe's `RXE_MAX_PKT_PER_ACK`).
 pub const MAX_PACKETS_PER_ACK: u32 = 64;
 
@@ -57,6 +63,8 @@ pub(crate) struct Requester {
     pub rnr_nak_psn: Option<Psn>,
     /// Packets sent since the last AckReq.
     pub since_ack_req: u32,
+    /// PSNs taken off [`MAX_UNACKED_PSNS`] by losses (see [`MIN_UNACKED_PSNS`]).
+    pub window_cut: i32,
     /// MTU of UD messages (the port's active MTU).
     pub ud_mtu: u32,
 }
@@ -66,6 +74,22 @@ impl Requester {
         self.next_psn = psn;
         self.comp_psn = psn;
         self.send_high = psn;
+    }
+
+    /// How many PSNs may be unacknowledged now.
+    pub fn window(&self) -> i32 {
+        MAX_UNACKED_PSNS - self.window_cut
+    }
+
+    /// A loss: halve the window.
+    pub fn shrink_window(&mut self) {
+        let halved = (self.window() / 2).max(MIN_UNACKED_PSNS);
+        self.window_cut = MAX_UNACKED_PSNS - halved;
+    }
+
+    /// An ACK moved the window on: widen it by one PSN.
+    pub fn widen_window(&mut self) {
+        self.window_cut = (self.window_cut - 1).max(0);
     }
 }
 
@@ -192,7 +216,7 @@ impl QueuePair {
                 continue;
             }
             let rc = self.qp_type == QpType::Rc;
-            if rc && self.req.next_psn.diff(self.req.comp_psn) >= MAX_UNACKED_PSNS {
+            if rc && self.req.next_psn.diff(self.req.comp_psn) >= self.req.window() {
                 return None;
             }
             if starting && wqe.wr.fence && self.read_atomic_outstanding(index) > 0 {
@@ -431,6 +455,7 @@ impl QueuePair {
                 self.req.retry_left -= 1;
             }
             self.req.retrying_from = Some(self.req.comp_psn);
+            self.req.shrink_window();
             self.go_back();
         }
     }
