@@ -1301,7 +1301,7 @@ fn unacknowledged_psns_are_capped_and_each_loss_halves_the_cap() {
             vec![pair.a.sge(0, len)],
         ));
     }
-    let mut sent_before_an_ack = |pair: &mut Pair| {
+    let sent_before_an_ack = |pair: &mut Pair| {
         let mut n = 0;
         while pair.a.engine.poll_transmit(pair.now).is_some() {
             n += 1;
