@@ -76,9 +76,10 @@ impl Envelope {
     }
 }
 
-/// Header bytes a [`Hasher`] gathers before hashing them in one call: the stand-in LRH,
-/// an IPv6 header, UDP, BTH and a RETH fit.
-const PENDING: usize = 96;
+/// Bytes a [`Hasher`] gathers before hashing them in one call: the stand-in LRH, an
+/// IPv6 header, UDP, BTH, a RETH and a small payload fit (so a small packet is one
+/// CRC call, long enough for carry-less multiplication).
+const PENDING: usize = 256;
 
 /// Incremental ICRC over a datagram given in pieces (headers, then a gather list).
 ///
@@ -96,15 +97,13 @@ impl Hasher {
     /// Starts the ICRC of a datagram whose UDP payload (BTH to ICRC inclusive) is
     /// `udp_payload_len` bytes long: hashes the LRH stand-in and the masked IP/UDP headers.
     /// Feed the BTH to [`Hasher::update_bth`] next, then everything up to the ICRC.
+    #[inline]
     pub fn new(envelope: &Envelope, udp_payload_len: usize) -> Hasher {
-        let mut crc = Hasher {
-            crc: crc32fast::Hasher::new(),
-            pending: [0; PENDING],
-            len: 0,
-        };
-        crc.update(&[0xff; 8]);
+        let mut pending = [0u8; PENDING];
         let udp_len = (udp_payload_len + 8) as u16;
-        match envelope.ip {
+        // Fixed-size writes at fixed offsets: these compile to plain stores.
+        pending[..8].copy_from_slice(&[0xff; 8]);
+        let ip_len = match envelope.ip {
             IpFields::V4 {
                 src,
                 dst,
@@ -112,7 +111,7 @@ impl Hasher {
                 flags_frag,
             } => {
                 let total = udp_len.wrapping_add(20);
-                let mut ip = [0u8; 20];
+                let ip: &mut [u8; 20] = (&mut pending[8..28]).try_into().expect("20 bytes");
                 ip[0] = 0x45;
                 ip[1] = 0xff; // TOS
                 ip[2..4].copy_from_slice(&total.to_be_bytes());
@@ -123,10 +122,10 @@ impl Hasher {
                 ip[10..12].copy_from_slice(&[0xff, 0xff]); // header checksum
                 ip[12..16].copy_from_slice(&src.octets());
                 ip[16..20].copy_from_slice(&dst.octets());
-                crc.update(&ip);
+                20
             }
             IpFields::V6 { src, dst } => {
-                let mut ip = [0u8; 40];
+                let ip: &mut [u8; 40] = (&mut pending[8..48]).try_into().expect("40 bytes");
                 // Version 6; traffic class and flow label all ones.
                 ip[0..4].copy_from_slice(&[0x6f, 0xff, 0xff, 0xff]);
                 ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
@@ -134,29 +133,37 @@ impl Hasher {
                 ip[7] = 0xff; // hop limit
                 ip[8..24].copy_from_slice(&src.octets());
                 ip[24..40].copy_from_slice(&dst.octets());
-                crc.update(&ip);
+                40
             }
-        }
-        let mut udp = [0xffu8; 8];
+        };
+        let at = 8 + ip_len;
+        let udp: &mut [u8; 8] = (&mut pending[at..at + 8]).try_into().expect("8 bytes");
         udp[0..2].copy_from_slice(&envelope.src_port.to_be_bytes());
         udp[2..4].copy_from_slice(&envelope.dst_port.to_be_bytes());
         udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-        crc.update(&udp);
-        crc
+        udp[6..8].copy_from_slice(&[0xff, 0xff]); // checksum
+        Hasher {
+            crc: crc32fast::Hasher::new(),
+            pending,
+            len: at + 8,
+        }
     }
 
     /// Hashes the BTH with its variant byte (FECN, BECN, reserved) masked.
     /// `bth` must be at least [`bth::HEADER_LEN`] bytes; only those are hashed.
+    #[inline]
     pub fn update_bth(&mut self, bth: &[u8]) -> Result<()> {
-        let bth = bth.get(..bth::HEADER_LEN).ok_or(Error::Truncated)?;
-        let mut masked = [0u8; bth::HEADER_LEN];
-        masked.copy_from_slice(bth);
+        let bth = bth
+            .first_chunk::<{ bth::HEADER_LEN }>()
+            .ok_or(Error::Truncated)?;
+        let mut masked = *bth;
         masked[4] = 0xff;
         self.update(&masked);
         Ok(())
     }
 
     /// Hashes bytes after the BTH: extended headers, payload, pad.
+    #[inline]
     pub fn update(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         if end <= PENDING {
@@ -170,6 +177,7 @@ impl Hasher {
     }
 
     /// The ICRC value; put it on the wire with `to_le_bytes`.
+    #[inline]
     pub fn finish(mut self) -> u32 {
         self.crc.update(&self.pending[..self.len]);
         self.crc.finalize()
