@@ -1282,7 +1282,7 @@ fn duplicate_of_a_finished_read_keeps_responses_in_order() {
 }
 
 #[test]
-fn unacknowledged_psns_are_capped_and_each_loss_halves_the_cap() {
+fn unacknowledged_psns_are_capped_and_a_loss_halves_the_cap_down_to_rxes() {
     let mut pair = Pair::new(
         QpType::Rc,
         Params {
@@ -1321,7 +1321,15 @@ fn unacknowledged_psns_are_capped_and_each_loss_halves_the_cap() {
         128,
         "the window after one loss"
     );
-    // Those are lost too (a quarter next); then nothing is, and both WRITEs land.
+    // Those are lost too: the window stays at its floor, rxe's 128.
+    pair.now = pair.a.engine.poll_timeout().expect("retransmit timer");
+    pair.a.engine.handle_timeout(pair.now);
+    assert_eq!(
+        sent_before_an_ack(&mut pair),
+        128,
+        "the window after two losses"
+    );
+    // Then nothing is lost, and both WRITEs land.
     pair.run();
     assert_eq!(pair.b.read(0, MR_LEN as usize), data);
     let statuses: Vec<_> = pair
@@ -1331,5 +1339,5 @@ fn unacknowledged_psns_are_capped_and_each_loss_halves_the_cap() {
         .map(|wc| (wc.wr_id, wc.status))
         .collect();
     assert_eq!(statuses, [(1, WcStatus::Success), (2, WcStatus::Success)]);
-    assert_eq!(pair.a.engine.counters().timeouts, 2);
+    assert_eq!(pair.a.engine.counters().timeouts, 3);
 }

@@ -14,9 +14,11 @@ use super::{Context, Outgoing, QpState, QpType, QueuePair, SendOp};
 /// (perftest's `-t 256`) from stopping to wait for ACKs.
 pub const MAX_UNACKED_PSNS: i32 = 256;
 /// Each loss (a retransmit timeout or a NAK that rewinds) halves the window, down to
-/// this; each ACK that moves it on gives one PSN back. Go-back-N resends the whole
-/// window after a loss, so on a lossy path a smaller one wastes less.
-pub const MIN_UNACKED_PSNS: i32 = 16;
+/// this (rxe's); each ACK that moves it on gives one PSN back. Go-back-N resends the
+/// whole window after a loss, so on a lossy path a smaller one wastes less; much
+/// smaller, and a loss near the end of it has no later packet to draw the responder's
+/// sequence NAK, so it waits for the retransmit timer.
+pub const MIN_UNACKED_PSNS: i32 = 128;
 /// AckReq at least every this many packets (rxe's `RXE_MAX_PKT_PER_ACK`).
 pub const MAX_PACKETS_PER_ACK: u32 = 64;
 
