@@ -13,16 +13,15 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
 use std::mem;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use ferroce_wire::ident::IdentSolver;
 use ferroce_wire::ICRC_LEN;
 use socket2::SockAddr;
 
 use super::socket::CMSG_SPACE;
+use super::solvers::Solvers;
 use crate::engine::Datagram;
 
 /// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
@@ -63,13 +62,10 @@ pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
     runs
 }
 
-/// Corrections of ICRCs for GSO segment numbers, cached per datagram length (a run
-/// sees one or two lengths; a flow a handful). The last length asked for is checked
-/// first: runs are mostly of one length.
+/// Corrections of ICRCs for GSO segment numbers.
 #[derive(Debug, Default)]
 pub(super) struct IcrcFixer {
-    last: Option<(usize, IdentSolver)>,
-    solvers: HashMap<usize, IdentSolver>,
+    solvers: Solvers,
 }
 
 impl IcrcFixer {
@@ -79,29 +75,10 @@ impl IcrcFixer {
         if index == 0 || !datagram.meta.dst.is_ipv4() {
             return 0;
         }
-        let len = datagram.payload.len();
-        if let Some((last_len, solver)) = &self.last {
-            if *last_len == len {
-                return solver.icrc_delta(index as u16);
-            }
-        }
-        let solver = match self.solvers.get(&len) {
-            Some(s) => s.clone(),
-            None => match IdentSolver::new(len) {
-                Ok(s) => {
-                    if self.solvers.len() > 64 {
-                        self.solvers.clear();
-                    }
-                    self.solvers.insert(len, s.clone());
-                    s
-                }
-                // Not a RoCE-sized datagram: nothing to correct.
-                Err(_) => return 0,
-            },
-        };
-        let delta = solver.icrc_delta(index as u16);
-        self.last = Some((len, solver));
-        delta
+        // Not a RoCE-sized datagram: nothing to correct.
+        self.solvers
+            .get(datagram.payload.len())
+            .map_or(0, |s| s.icrc_delta(index as u16))
     }
 }
 

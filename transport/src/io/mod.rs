@@ -5,6 +5,7 @@
 
 mod gso;
 pub mod socket;
+mod solvers;
 pub mod thread;
 pub mod uring;
 pub mod waker;

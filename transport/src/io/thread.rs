@@ -29,7 +29,7 @@
 //! thread starts, and `Time::from_nanos(elapsed)` each round.
 #![allow(clippy::disallowed_methods)] // The engine thread is the engine's clock (see above).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -39,9 +39,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use ferroce_wire::ident::IdentSolver;
 use ferroce_wire::Qpn;
 
+use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
 use super::{Driver, DriverKind};
 use crate::engine::{
@@ -53,8 +53,6 @@ use crate::engine::{
 const TRANSMIT_BATCH: usize = 64;
 /// Queued work items taken per round (so receives and transmits are not starved).
 const WORK_BATCH: usize = 1024;
-/// Solvers cached per datagram length at most (a peer choosing lengths cannot grow it).
-const MAX_SOLVERS: usize = 4096;
 
 /// `vendor_err` of the error completion for a work request the engine refused at post
 /// time: the QP state does not accept it.
@@ -575,7 +573,7 @@ struct Port {
 struct Runner {
     core: Core,
     ports: Vec<Port>,
-    solvers: HashMap<usize, IdentSolver>,
+    solvers: Solvers,
 }
 
 /// Marks the thread dead however it ends (a panic included) and drops queued work, so
@@ -618,7 +616,7 @@ impl EngineThread {
                     counters: ThreadCounters::default(),
                 },
                 ports,
-                solvers: HashMap::new(),
+                solvers: Solvers::default(),
             }),
             doorbell,
             wait_fds,
@@ -895,18 +893,8 @@ impl Runner {
                 if let (IpAddr::V4(src), IpAddr::V4(dst)) =
                     (meta.src.to_canonical(), meta.dst.to_canonical())
                 {
-                    let len = received.payload.len();
-                    if solvers.len() >= MAX_SOLVERS && !solvers.contains_key(&len) {
-                        solvers.clear();
-                    }
-                    let solver = match solvers.entry(len) {
-                        std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            IdentSolver::new(len).ok().map(|s| e.insert(s))
-                        }
-                    };
                     // Too short for a solver: the engine drops it as malformed.
-                    if let Some(solver) = solver {
+                    if let Some(solver) = solvers.get(received.payload.len()) {
                         match solver.recover(src, dst, meta.src_port, local_port, received.payload)
                         {
                             Ok(Some(found)) => {
