@@ -1308,27 +1308,15 @@ fn unacknowledged_psns_are_capped_and_a_loss_halves_the_cap_down_to_rxes() {
         }
         n
     };
-    assert_eq!(
-        sent_before_an_ack(&mut pair),
-        256,
-        "the window while nothing is lost"
-    );
-    // Every packet is lost: the retransmit timer rewinds with half the window.
-    pair.now = pair.a.engine.poll_timeout().expect("retransmit timer");
-    pair.a.engine.handle_timeout(pair.now);
-    assert_eq!(
-        sent_before_an_ack(&mut pair),
-        128,
-        "the window after one loss"
-    );
-    // Those are lost too: the window stays at its floor, rxe's 128.
-    pair.now = pair.a.engine.poll_timeout().expect("retransmit timer");
-    pair.a.engine.handle_timeout(pair.now);
-    assert_eq!(
-        sent_before_an_ack(&mut pair),
-        128,
-        "the window after two losses"
-    );
+    // Everything sent is lost; the retransmit timer rewinds, and the window is:
+    let after_a_loss = |pair: &mut Pair| {
+        pair.now = pair.a.engine.poll_timeout().expect("retransmit timer");
+        pair.a.engine.handle_timeout(pair.now);
+        sent_before_an_ack(pair)
+    };
+    assert_eq!(sent_before_an_ack(&mut pair), 256, "nothing lost yet");
+    assert_eq!(after_a_loss(&mut pair), 128, "halved");
+    assert_eq!(after_a_loss(&mut pair), 128, "at its floor, rxe's 128");
     // Then nothing is lost, and both WRITEs land.
     pair.run();
     assert_eq!(pair.b.read(0, MR_LEN as usize), data);
