@@ -7,14 +7,16 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod two_devices;
+
 use ferroce::wire::Psn;
 use ferroce::{
-    AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error,
-    MemoryRegion, PathMtu, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest,
-    RemoteEndpoint, SendRequest, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+    CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error, MemoryRegion, PathMtu,
+    QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest,
+    VerbsError, WcOpcode, WcStatus,
 };
+use two_devices::{all_access, connect, one, pattern, WAIT};
 
-const WAIT: Duration = Duration::from_secs(10);
 const MR_LEN: u64 = 1 << 16;
 
 fn address(a: u8, b: u8) -> IpAddr {
@@ -43,18 +45,11 @@ struct Side {
     qp: QueuePair,
 }
 
-fn access() -> AccessFlags {
-    AccessFlags::LOCAL_WRITE
-        | AccessFlags::REMOTE_WRITE
-        | AccessFlags::REMOTE_READ
-        | AccessFlags::REMOTE_ATOMIC
-}
-
 fn side(ip: IpAddr, driver: DriverKind, qp_type: QpType) -> Side {
     let device = open(ip, driver);
     let pd = device.alloc_pd().unwrap();
     let cq = device.create_cq(256, None).unwrap();
-    let mr = pd.reg_mr(MR_LEN, access()).unwrap();
+    let mr = pd.reg_mr(MR_LEN, all_access()).unwrap();
     let qp = pd.create_qp(&QpInitAttributes::new(qp_type, &cq)).unwrap();
     Side { device, cq, mr, qp }
 }
@@ -69,29 +64,8 @@ fn pair(net: u8, driver: DriverKind, qp_type: QpType) -> (Side, Side) {
             assert_eq!(kinds, vec![driver]);
         }
     }
-    let end = |s: &Side, psn| RemoteEndpoint {
-        address: s.device.query_gid(0).unwrap(),
-        qpn: s.qp.qp_num(),
-        psn: Psn::new(psn),
-    };
-    let (end_a, end_b) = (end(&a, 0x1000), end(&b, 0xff_fff0));
-    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, access())
-        .unwrap();
-    b.qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, access())
-        .unwrap();
+    connect((&a.device, &a.qp), (&b.device, &b.qp), (0x1000, 0xff_fff0));
     (a, b)
-}
-
-fn one(cq: &CompletionQueue) -> WorkCompletion {
-    let mut got = cq.poll_wait(1, WAIT);
-    assert_eq!(got.len(), 1, "no completion within {WAIT:?}");
-    got.remove(0)
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 fn rc_operations(net: u8, driver: DriverKind) {
@@ -356,7 +330,7 @@ fn misuse_is_an_error() {
         state: Some(QpState::Init),
         pkey_index: Some(0),
         port_num: Some(1),
-        access: Some(access()),
+        access: Some(all_access()),
         ..Default::default()
     })
     .unwrap();
@@ -393,7 +367,7 @@ fn completion_channel_and_wait() {
     let b_device = open(address(net, 2), DriverKind::Auto);
     let b_cq = b_device.create_cq(16, Some(&channel)).unwrap_err_or_cq();
     let b_pd = b_device.alloc_pd().unwrap();
-    let b_mr = b_pd.reg_mr(4096, access()).unwrap();
+    let b_mr = b_pd.reg_mr(4096, all_access()).unwrap();
     let b_qp = b_pd
         .create_qp(&QpInitAttributes::new(QpType::Rc, &b_cq))
         .unwrap();
@@ -407,9 +381,9 @@ fn completion_channel_and_wait() {
         qpn: b_qp.qp_num(),
         psn: Psn::new(0),
     };
-    a.qp.connect(end_b, Psn::new(0), PathMtu::Mtu1024, access())
+    a.qp.connect(end_b, Psn::new(0), PathMtu::Mtu1024, all_access())
         .unwrap();
-    b_qp.connect(end_a, Psn::new(0), PathMtu::Mtu1024, access())
+    b_qp.connect(end_a, Psn::new(0), PathMtu::Mtu1024, all_access())
         .unwrap();
     b_cq.req_notify();
     assert_eq!(channel.get_cq_event(Some(Duration::from_millis(50))), None);
@@ -459,11 +433,11 @@ fn drop_releases_resources() {
     let device = Device::open(config.clone()).unwrap();
     let pd = device.alloc_pd().unwrap();
     assert!(device.alloc_pd().is_err(), "max_pd is 1");
-    let first = pd.reg_mr(64, access()).unwrap();
-    let second = pd.reg_mr(64, access()).unwrap();
-    assert!(pd.reg_mr(64, access()).is_err(), "max_mr is 2");
+    let first = pd.reg_mr(64, all_access()).unwrap();
+    let second = pd.reg_mr(64, all_access()).unwrap();
+    assert!(pd.reg_mr(64, all_access()).is_err(), "max_mr is 2");
     drop(first);
-    let third = pd.reg_mr(64, access()).unwrap();
+    let third = pd.reg_mr(64, all_access()).unwrap();
     let cq = device.create_cq(8, None).unwrap();
     assert!(device.create_cq(8, None).is_err(), "max_cq is 1");
     let qp = pd
@@ -496,10 +470,10 @@ fn drop_releases_resources() {
 
 /// A region's keys die with it: a peer's WRITE with the old rkey fails.
 #[test]
-fn dropped_region_refuses_remote_access() {
+fn dropped_region_refuses_remote_all_access() {
     let (a, b) = pair(10, DriverKind::Auto, QpType::Rc);
     let pd = b.device.alloc_pd().unwrap();
-    let doomed = pd.reg_mr(4096, access()).unwrap();
+    let doomed = pd.reg_mr(4096, all_access()).unwrap();
     let (addr, rkey) = (doomed.addr(), doomed.rkey());
     drop(doomed);
     a.qp.post_send(SendRequest::write(1, addr, rkey).sge(&a.mr, 0, 16))
@@ -554,7 +528,7 @@ fn ipv6_rc_write_and_send() {
     let device = open(ip, DriverKind::Auto);
     let pd = device.alloc_pd().unwrap();
     let cq = device.create_cq(64, None).unwrap();
-    let mr = pd.reg_mr(MR_LEN, access()).unwrap();
+    let mr = pd.reg_mr(MR_LEN, all_access()).unwrap();
     let a = pd
         .create_qp(&QpInitAttributes::new(QpType::Rc, &cq))
         .unwrap();
@@ -566,9 +540,9 @@ fn ipv6_rc_write_and_send() {
         qpn: qp.qp_num(),
         psn: Psn::new(9),
     };
-    a.connect(end(&b), Psn::new(9), PathMtu::Mtu1024, access())
+    a.connect(end(&b), Psn::new(9), PathMtu::Mtu1024, all_access())
         .unwrap();
-    b.connect(end(&a), Psn::new(9), PathMtu::Mtu1024, access())
+    b.connect(end(&a), Psn::new(9), PathMtu::Mtu1024, all_access())
         .unwrap();
     let data = pattern(3000, 4);
     mr.write(0, &data).unwrap();
@@ -607,7 +581,7 @@ fn shared_receive_queue_and_queries() {
 
     let pd = b_device.alloc_pd().unwrap();
     let cq = b_device.create_cq(16, None).unwrap();
-    let mr = pd.reg_mr(4096, access()).unwrap();
+    let mr = pd.reg_mr(4096, all_access()).unwrap();
     let srq = pd.create_srq(8, 1).unwrap();
     let mut init = QpInitAttributes::new(QpType::Rc, &cq);
     init.srq = Some(&srq);
@@ -622,9 +596,9 @@ fn shared_receive_queue_and_queries() {
         qpn: b_qp.qp_num(),
         psn: Psn::new(2),
     };
-    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, access())
+    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, all_access())
         .unwrap();
-    b_qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, access())
+    b_qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, all_access())
         .unwrap();
     assert!(
         b_qp.post_recv(RecvRequest::new(0).sge(&mr, 0, 8)).is_err(),

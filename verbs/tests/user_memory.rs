@@ -12,21 +12,14 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use ferroce::wire::Psn;
+mod two_devices;
+
 use ferroce::{
-    AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, Error, MemoryRegion, PathMtu,
-    ProtectionDomain, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, RemoteEndpoint,
-    SendRequest, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+    AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, Error, MemoryRegion,
+    ProtectionDomain, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, SendRequest,
+    VerbsError, WcOpcode, WcStatus,
 };
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn all_access() -> AccessFlags {
-    AccessFlags::LOCAL_WRITE
-        | AccessFlags::REMOTE_WRITE
-        | AccessFlags::REMOTE_READ
-        | AccessFlags::REMOTE_ATOMIC
-}
+use two_devices::{all_access, connect, one, pattern, WAIT};
 
 /// A heap buffer of 8-aligned words (so atomics can target it) that the tests reach only
 /// through raw pointers, and free only after every region over it is gone.
@@ -137,38 +130,13 @@ fn side(ip: IpAddr, len: usize, access: AccessFlags) -> Side {
     }
 }
 
-fn connect(a: &Side, b: &Side) {
-    let end = |s: &Side, psn| RemoteEndpoint {
-        address: s.device.query_gid(0).unwrap(),
-        qpn: s.qp.qp_num(),
-        psn: Psn::new(psn),
-    };
-    let (end_a, end_b) = (end(a, 0x10), end(b, 0xff_fff8));
-    a.qp.connect(end_b, end_a.psn, PathMtu::Mtu1024, all_access())
-        .unwrap();
-    b.qp.connect(end_a, end_b.psn, PathMtu::Mtu1024, all_access())
-        .unwrap();
-}
-
 /// Two connected RC QPs at 127.79.`net`.1 and .2, each side's region the whole of a
 /// caller buffer of `len` bytes with `access_a` / `access_b`.
 fn pair(net: u8, len: usize, access_a: AccessFlags, access_b: AccessFlags) -> (Side, Side) {
     let a = side(address(net, 1), len, access_a);
     let b = side(address(net, 2), len, access_b);
-    connect(&a, &b);
+    connect((&a.device, &a.qp), (&b.device, &b.qp), (0x10, 0xff_fff8));
     (a, b)
-}
-
-fn one(cq: &CompletionQueue) -> WorkCompletion {
-    let mut got = cq.poll_wait(1, WAIT);
-    assert_eq!(got.len(), 1, "no completion within {WAIT:?}");
-    got.remove(0)
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
-        .collect()
 }
 
 #[test]
@@ -298,7 +266,7 @@ fn refused_remotely(
         buffer,
         device,
     };
-    connect(&a, &b);
+    connect((&a.device, &a.qp), (&b.device, &b.qp), (0x10, 0xff_fff8));
     a.buffer.write(0, &pattern(64, 9));
     a.qp.post_send(request(&a.mr, &b.mr)).unwrap();
     let wc = one(&a.cq);
@@ -482,20 +450,7 @@ fn handed_over_buffers_come_back_with_the_device_writes() {
     let qp_b = pd_b
         .create_qp(&QpInitAttributes::new(QpType::Rc, &cq_b))
         .unwrap();
-    let end_a = RemoteEndpoint {
-        address: a_device.query_gid(0).unwrap(),
-        qpn: qp_a.qp_num(),
-        psn: Psn::new(3),
-    };
-    let end_b = RemoteEndpoint {
-        address: b_device.query_gid(0).unwrap(),
-        qpn: qp_b.qp_num(),
-        psn: Psn::new(4),
-    };
-    qp_a.connect(end_b, end_a.psn, PathMtu::Mtu1024, all_access())
-        .unwrap();
-    qp_b.connect(end_a, end_b.psn, PathMtu::Mtu1024, all_access())
-        .unwrap();
+    connect((&a_device, &qp_a), (&b_device, &qp_b), (3, 4));
 
     qp_a.post_send(SendRequest::read(1, mr_b.addr() + 8, mr_b.rkey()).sge(&mr_a, 100, 3000))
         .unwrap();
