@@ -84,17 +84,9 @@ impl IcrcFixer {
 
 /// XORs `delta` into the ICRC, the last four bytes of `payload`.
 fn fix_icrc(payload: &mut [u8], delta: u32) {
-    if delta == 0 || payload.len() < ICRC_LEN {
-        return;
+    if let Some(icrc) = payload.last_chunk_mut::<ICRC_LEN>() {
+        *icrc = (u32::from_le_bytes(*icrc) ^ delta).to_le_bytes();
     }
-    let at = payload.len() - ICRC_LEN;
-    let icrc = u32::from_le_bytes([
-        payload[at],
-        payload[at + 1],
-        payload[at + 2],
-        payload[at + 3],
-    ]);
-    payload[at..].copy_from_slice(&(icrc ^ delta).to_le_bytes());
 }
 
 /// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
@@ -205,10 +197,21 @@ impl OutMessage {
 /// reclaims (a bare driver in a test or a benchmark) must not grow without end.
 const MAX_SPENT: usize = 1024;
 
-/// Adds `payloads` to `spent`, up to [`MAX_SPENT`]; the rest are freed.
-pub(super) fn keep_spent(spent: &mut Vec<Vec<u8>>, payloads: impl Iterator<Item = Vec<u8>>) {
-    let room = MAX_SPENT.saturating_sub(spent.len());
-    spent.extend(payloads.take(room));
+/// Payloads of datagrams the kernel has taken, until the engine reclaims them.
+#[derive(Debug, Default)]
+pub(super) struct Spent(Vec<Vec<u8>>);
+
+impl Spent {
+    /// Keeps `payloads`, up to [`MAX_SPENT`]; the rest are freed.
+    pub(super) fn keep(&mut self, payloads: impl Iterator<Item = Vec<u8>>) {
+        let room = MAX_SPENT.saturating_sub(self.0.len());
+        self.0.extend(payloads.take(room));
+    }
+
+    /// Hands every kept payload to `each`.
+    pub(super) fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
+        self.0.drain(..).for_each(each);
+    }
 }
 
 /// Cuts `datagrams` (drained) into messages: GSO runs when `gso`, else one each.

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::gso::{self, keep_spent, split_gro, IcrcFixer, UDP_GRO, UDP_SEGMENT};
+use super::gso::{self, split_gro, IcrcFixer, Spent, UDP_GRO, UDP_SEGMENT};
 use crate::engine::{Datagram, DatagramMeta, Ecn};
 
 /// Largest UDP payload the driver receives: a 4096-byte MTU packet with every header,
@@ -55,7 +55,7 @@ pub struct UdpDriver {
     received: Vec<(usize, DatagramMeta, usize, Option<usize>, bool)>,
     fixer: IcrcFixer,
     /// Payloads of sent datagrams, for [`UdpDriver::reclaim`].
-    spent: Vec<Vec<u8>>,
+    spent: Spent,
 }
 
 fn set_int_option(
@@ -231,7 +231,7 @@ impl UdpDriver {
             buffers: vec![vec![0u8; buffer_len]; BATCH],
             received: Vec::with_capacity(BATCH),
             fixer: IcrcFixer::default(),
-            spent: Vec::new(),
+            spent: Spent::default(),
         })
     }
 
@@ -391,7 +391,7 @@ impl UdpDriver {
         // the kernel did not take, in order.
         for (i, message) in messages.into_iter().enumerate() {
             if i < next {
-                keep_spent(&mut self.spent, message.into_payloads());
+                self.spent.keep(message.into_payloads());
             } else {
                 datagrams.extend(message.into_datagrams());
             }
@@ -401,7 +401,7 @@ impl UdpDriver {
 
     /// Hands the payloads of sent datagrams to `each` (the engine reuses them).
     pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
-        self.spent.drain(..).for_each(each);
+        self.spent.reclaim(each);
     }
 }
 

@@ -480,7 +480,7 @@ impl Shared {
                     // Queued now, so the holder finds them when it looks after letting
                     // go; unless it has let go already, which the next try finds.
                     Some(posts) => {
-                        posts.for_each(|post| self.queue.push(Work::Post(post)));
+                        self.queue_posts(posts);
                         continue;
                     }
                     None => return progressed,
@@ -498,7 +498,7 @@ impl Shared {
             let mut direct = posts.take();
             if !self.queue.is_empty() {
                 if let Some(posts) = direct.take() {
-                    posts.for_each(|post| self.queue.push(Work::Post(post)));
+                    self.queue_posts(posts);
                 }
             }
             let now = self.now();
@@ -515,8 +515,7 @@ impl Shared {
             };
             progressed |= busy;
             if receive {
-                self.app_round
-                    .store(now.as_nanos().max(1), Ordering::Relaxed);
+                self.note_application(now);
             }
             drop(runner);
             if self.queue.is_empty() {
@@ -524,6 +523,18 @@ impl Shared {
             }
         }
         progressed
+    }
+
+    /// Queues `posts` behind the work queued before them.
+    fn queue_posts(&self, posts: impl Iterator<Item = Post>) {
+        posts.for_each(|post| self.queue.push(Work::Post(post)));
+    }
+
+    /// Records that an application drove (or will) at `now`: the engine thread keeps off
+    /// for [`APP_WINDOW`].
+    fn note_application(&self, now: Time) {
+        self.app_round
+            .store(now.as_nanos().max(1), Ordering::Relaxed);
     }
 
     fn push(&self, work: Work) {
@@ -679,8 +690,7 @@ impl EngineThread {
     /// receiving round). Without this, a thread that keeps finding completions the
     /// engine thread delivered never drives, and both end up sending.
     pub fn note_poll(&self) {
-        let now = self.shared.now().as_nanos().max(1);
-        self.shared.app_round.store(now, Ordering::Relaxed);
+        self.shared.note_application(self.shared.now());
     }
 
     /// Tells the engine thread to take over the driving now: the caller is about to
@@ -856,11 +866,13 @@ impl Runner {
             self.core.engine.handle_timeout(now);
             timers = true;
         }
-        let sent = self.transmit(now);
+        // Payloads the kernel has taken since (sends completed in the receive step, or
+        // sent synchronously last round) are built into by this round's transmit.
         for port in &mut self.ports {
             port.driver
                 .reclaim(|payload| self.core.engine.recycle(payload));
         }
+        let sent = self.transmit(now);
         let completed = self.core.deliver_completions();
         received + worked + sent + completed > 0 || timers
     }

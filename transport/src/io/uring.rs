@@ -29,7 +29,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 use socket2::{SockAddr, Socket};
 
-use super::gso::{self, keep_spent, split_gro, IcrcFixer, OutMessage};
+use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent};
 use super::socket::{
     bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
 };
@@ -138,7 +138,7 @@ pub struct UringDriver {
     sends: Vec<Option<Box<OutMessage>>>,
     free_sends: Vec<usize>,
     /// Payloads of finished sends, for [`UringDriver::reclaim`].
-    spent: Vec<Vec<u8>>,
+    spent: Spent,
     offloads: Offloads,
     fixer: IcrcFixer,
 }
@@ -202,7 +202,7 @@ impl UringDriver {
             watching: None,
             sends: Vec::new(),
             free_sends: Vec::new(),
-            spent: Vec::new(),
+            spent: Spent::default(),
             offloads,
             fixer: IcrcFixer::default(),
         })
@@ -350,7 +350,7 @@ impl UringDriver {
                     }
                     if let Some(done) = self.sends.get_mut(slot) {
                         if let Some(message) = done.take() {
-                            keep_spent(&mut self.spent, message.into_payloads());
+                            self.spent.keep(message.into_payloads());
                         }
                         self.free_sends.push(slot);
                     }
@@ -424,7 +424,7 @@ impl UringDriver {
 
     /// Hands the payloads of finished sends to `each` (the engine reuses them).
     pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
-        self.spent.drain(..).for_each(each);
+        self.spent.reclaim(each);
     }
 
     /// Makes `fd` becoming readable post a completion (a multishot poll), so that

@@ -556,7 +556,7 @@ impl Outgoing {
 /// Everything outside the QP that processing touches.
 pub(crate) struct Context<'a> {
     pub now: Time,
-    pub buffers: &'a mut super::buffers::BufferPool,
+    pub buffers: &'a mut BufferPool,
     pub memory: &'a mut dyn MemoryAccess,
     pub cqs: &'a mut BTreeMap<CompletionQueueId, CompletionQueue>,
     pub srqs: &'a mut BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
