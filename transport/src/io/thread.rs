@@ -515,7 +515,10 @@ impl Shared {
             };
             progressed |= busy;
             if receive {
-                self.note_application(now);
+                // Stamped at the round's end: a busy round can outlast `APP_WINDOW` (a full
+                // window of 4 KiB packets takes ~0.6 ms), and the engine thread must not
+                // take the sending over from a thread that is still driving.
+                self.note_application(if busy { self.now() } else { now });
             }
             drop(runner);
             if self.queue.is_empty() {
@@ -758,8 +761,15 @@ fn progress(shared: &Shared) {
             continue;
         }
         let busy = {
-            let Ok(mut runner) = shared.runner.lock() else {
-                return;
+            let mut runner = match shared.runner.try_lock() {
+                Ok(runner) => runner,
+                // An application is running a round: look again once it has (and has
+                // noted that it drives) rather than queue up to send after it.
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::yield_now();
+                    continue;
+                }
+                Err(TryLockError::Poisoned(_)) => return,
             };
             if !shared.alive.load(Ordering::SeqCst) {
                 return;
