@@ -182,6 +182,7 @@ impl GsoBlaster {
             self.batch.extend((0..n).map(|_| Datagram {
                 meta,
                 payload: spare.pop().unwrap_or_else(|| vec![0x5a; SEGMENT]),
+                lent: None,
             }));
             while !self.batch.is_empty() {
                 let went = self.tx.send_batch(&mut self.batch).expect("send");

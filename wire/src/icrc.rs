@@ -220,6 +220,28 @@ pub fn fill(envelope: &Envelope, udp_payload: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// [`fill`] for a UDP payload whose bytes `body` are kept elsewhere: `udp_payload` holds
+/// the rest, with `body` missing at `at` (after the headers, before the pad and ICRC).
+pub fn fill_around(
+    envelope: &Envelope,
+    udp_payload: &mut [u8],
+    at: usize,
+    body: &[u8],
+) -> Result<()> {
+    let len = udp_payload.len();
+    if at < bth::HEADER_LEN || at + ICRC_LEN > len {
+        return Err(Error::Truncated);
+    }
+    let mut hasher = Hasher::new(envelope, len + body.len());
+    hasher.update_bth(udp_payload)?;
+    hasher.update(&udp_payload[bth::HEADER_LEN..at]);
+    hasher.update(body);
+    hasher.update(&udp_payload[at..len - ICRC_LEN]);
+    let icrc = hasher.finish();
+    udp_payload[len - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +275,30 @@ mod tests {
         flat.extend_from_slice(&bth);
         flat.extend_from_slice(&payload[12..16]);
         assert_eq!(compute(&ENVELOPE, &payload), Ok(crc32fast::hash(&flat)));
+    }
+
+    #[test]
+    fn filling_around_a_body_kept_elsewhere_is_filling_the_joined_payload() {
+        for (header, body_len) in [(12, 0), (12, 1), (28, 300), (28, 4096), (12, 5000)] {
+            let body: std::vec::Vec<u8> = (0..body_len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut joined = std::vec![0u8; header + body_len + 3 + ICRC_LEN];
+            joined[0] = 0x0a;
+            joined[header..header + body_len].copy_from_slice(&body);
+            fill(&ENVELOPE, &mut joined).unwrap();
+            let mut around = std::vec![0u8; header + 3 + ICRC_LEN];
+            around[0] = 0x0a;
+            fill_around(&ENVELOPE, &mut around, header, &body).unwrap();
+            assert_eq!(around[header + 3..], joined[header + body_len + 3..]);
+        }
+        let mut short = [0u8; 14];
+        assert_eq!(
+            fill_around(&ENVELOPE, &mut short, 12, &[1]),
+            Err(Error::Truncated)
+        );
+        assert_eq!(
+            fill_around(&ENVELOPE, &mut [0u8; 20], 8, &[1]),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]

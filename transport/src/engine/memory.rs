@@ -168,6 +168,17 @@ pub trait MemoryAccess {
         out: &mut [u8],
         required: AccessFlags,
     ) -> Result<(), AccessError>;
+    /// Where the `len` bytes at `addr` are, for a packet to carry them without a copy
+    /// (the same checks as `read`). The pointer is valid until the region is written
+    /// or deregistered: see `Engine::lend_payloads`.
+    fn lend(
+        &self,
+        key: Key,
+        pd: ProtectionDomain,
+        addr: u64,
+        len: usize,
+        required: AccessFlags,
+    ) -> Result<NonNull<u8>, AccessError>;
     /// Copies `data` to `addr`.
     fn write(
         &mut self,
@@ -396,6 +407,19 @@ impl RegionMemory {
             }
             RegionMemory::Caller(memory) => memory.read_at(offset, out),
         }
+    }
+
+    fn lend_at(&self, offset: usize, len: usize) -> Result<NonNull<u8>, AccessError> {
+        let start = match self {
+            RegionMemory::Backing(backing) => {
+                let bytes = backing.bytes();
+                bytes[slice_range(bytes.len(), offset, len)?].as_ptr()
+            }
+            RegionMemory::Caller(memory) => {
+                memory.at(offset, len).ok_or(AccessError::OutOfBounds)?
+            }
+        };
+        NonNull::new(start.cast_mut()).ok_or(AccessError::OutOfBounds)
     }
 
     fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
@@ -657,6 +681,19 @@ impl MemoryAccess for MemoryTable {
         let (raw, offset) = self.checked(key, pd, addr, out.len() as u64, required)?;
         let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
         entry.memory.read_at(offset, out)
+    }
+
+    fn lend(
+        &self,
+        key: Key,
+        pd: ProtectionDomain,
+        addr: u64,
+        len: usize,
+        required: AccessFlags,
+    ) -> Result<NonNull<u8>, AccessError> {
+        let (raw, offset) = self.checked(key, pd, addr, len as u64, required)?;
+        let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
+        entry.memory.lend_at(offset, len)
     }
 
     fn write(

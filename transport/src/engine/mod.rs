@@ -62,6 +62,7 @@
 mod buffers;
 pub mod cq;
 pub mod error;
+mod lent;
 pub mod memory;
 pub mod namespace;
 pub mod qp;
@@ -71,6 +72,7 @@ pub mod timer;
 
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
+pub use lent::Lent;
 pub use memory::{
     AccessFlags, CallerMemory, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain,
     RegionMemory,
@@ -178,8 +180,11 @@ pub struct DatagramMeta {
 pub struct Datagram {
     /// Addresses, source port and ECN.
     pub meta: DatagramMeta,
-    /// The UDP payload: BTH to ICRC.
+    /// The UDP payload: BTH to ICRC, less the bytes `lent` holds.
     pub payload: Vec<u8>,
+    /// Payload bytes left in registered memory, only ever from an engine told to
+    /// [`lend_payloads`](Engine::lend_payloads).
+    pub lent: Option<Lent>,
 }
 
 /// Limits of a namespace's resources (each namespace is a virtual device), reported by
@@ -495,6 +500,8 @@ pub struct Engine {
     timer_of: BTreeMap<(NamespaceId, Qpn), Time>,
     /// Spare datagram buffers ([`Engine::recycle`]).
     buffers: BufferPool,
+    /// See [`Engine::lend_payloads`].
+    lend: bool,
 }
 
 macro_rules! context {
@@ -502,6 +509,7 @@ macro_rules! context {
         Context {
             now: $now,
             buffers: &mut $engine.buffers,
+            lend: $engine.lend,
             memory: &mut $ns.memory,
             cqs: &mut $ns.cqs,
             srqs: &mut $ns.srqs,
@@ -526,6 +534,7 @@ impl Engine {
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
             buffers: BufferPool::default(),
+            lend: false,
             config,
         };
         let gids = engine.config.default_gids.clone();
@@ -1007,7 +1016,8 @@ impl Engine {
                 SourcePortPolicy::PerQp => qp.src_port,
                 SourcePortPolicy::Fixed(port) => port,
             };
-            if let Some(datagram) = out.and_then(|out| self.build(out, src_port)) {
+            if let Some(mut datagram) = out.and_then(|out| self.build(out, src_port)) {
+                datagram.own(); // It outlives this call.
                 self.parting.push_back(datagram);
             }
         }
@@ -1175,7 +1185,7 @@ impl Engine {
     pub fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
         if let Some(datagram) = self.parting.pop_front() {
             self.counters.packets_out += 1;
-            self.counters.bytes_out += datagram.payload.len() as u64;
+            self.counters.bytes_out += datagram.len() as u64;
             return Some(datagram);
         }
         for _ in 0..self.active.len() {
@@ -1202,23 +1212,31 @@ impl Engine {
             self.active.push_back((ns, qpn));
             if let Some(datagram) = self.build(out, src_port) {
                 self.counters.packets_out += 1;
-                self.counters.bytes_out += datagram.payload.len() as u64;
+                self.counters.bytes_out += datagram.len() as u64;
                 return Some(datagram);
             }
         }
         None
     }
 
+    #[allow(unsafe_code)] // Reads lent bytes, which `lend_payloads`' contract keeps valid.
     fn build(&mut self, out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
         use ferroce_wire::{icrc, packet};
         let env = envelope(out.src, out.dst, src_port)?;
         let mut repr = out.repr;
         repr.bth.pad_count = packet::pad_for(out.payload_len);
         let mut bytes = out.buffer;
-        // The payload is in place and the pad bytes are still zero: write the headers,
-        // then the ICRC over all of it.
+        // The payload is in place (or lent) and the pad bytes are still zero: write the
+        // headers, then the ICRC over all of it.
         repr.emit(&mut bytes).ok()?;
-        icrc::fill(&env, &mut bytes).ok()?;
+        match &out.lent {
+            // SAFETY: lent by the QP a moment ago in this `poll_transmit`; nothing has
+            // run since that could write or free it.
+            Some(lent) => {
+                icrc::fill_around(&env, &mut bytes, lent.at, unsafe { lent.bytes() }).ok()?
+            }
+            None => icrc::fill(&env, &mut bytes).ok()?,
+        }
         Some(Datagram {
             meta: DatagramMeta {
                 src: canonical(out.src),
@@ -1228,7 +1246,23 @@ impl Engine {
                 ipv4_ident: None,
             },
             payload: bytes,
+            lent: out.lent,
         })
+    }
+
+    /// Lets [`Engine::poll_transmit`] leave payloads in registered memory ([`Lent`])
+    /// instead of copying them into the datagram, for the I/O layer to gather straight
+    /// from there: the kernel's copy is then the only one.
+    ///
+    /// # Safety
+    ///
+    /// Every datagram `poll_transmit` returns with `lent` bytes is sent (the kernel has
+    /// copied them) or owned ([`Datagram::own`]) before this engine is next used other
+    /// than through `poll_transmit` and [`Engine::recycle`], and before it is dropped:
+    /// any other call may write or deregister the memory the bytes are in.
+    #[allow(unsafe_code)] // The contract above is the caller's to keep.
+    pub unsafe fn lend_payloads(&mut self, lend: bool) {
+        self.lend = lend;
     }
 
     /// Gives back the payload of a datagram [`Engine::poll_transmit`] returned, once it

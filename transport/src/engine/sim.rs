@@ -753,7 +753,10 @@ impl<N: Node> Network<N> {
     /// Puts a datagram from node `from` on its link: serialisation, queue limit, loss,
     /// duplication, then per copy corruption, delay, jitter and reordering.
     fn send(&mut self, from: usize, datagram: Datagram) {
-        let Datagram { mut meta, payload } = datagram;
+        // The simulator's engines never lend payloads (`Engine::lend_payloads`).
+        let Datagram {
+            mut meta, payload, ..
+        } = datagram;
         let len = payload.len();
         self.roce.observe(&meta, &payload);
         let Some(to) = self.route(meta.dst) else {
@@ -958,6 +961,7 @@ mod tests {
             Some(Datagram {
                 meta: meta(self.me, self.peer),
                 payload,
+                lent: None,
             })
         }
         fn poll_timeout(&self) -> Option<Time> {
@@ -986,6 +990,7 @@ mod tests {
                     ..meta
                 },
                 payload: payload.to_vec(),
+                lent: None,
             });
         }
         fn poll_transmit(&mut self, _: Time) -> Option<Datagram> {
@@ -1473,6 +1478,7 @@ mod tests {
                 (!self.0.is_empty()).then(|| Datagram {
                     meta: meta(address(1), address(2)),
                     payload: self.0.remove(0),
+                    lent: None,
                 })
             }
             fn poll_timeout(&self) -> Option<Time> {

@@ -40,12 +40,12 @@ pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
     let mut start = 0;
     while start < datagrams.len() {
         let first = &datagrams[start];
-        let size = first.payload.len();
+        let size = first.len();
         let mut end = start + 1;
         let mut bytes = size;
         while end < datagrams.len() && end - start < MAX_SEGMENTS {
             let d = &datagrams[end];
-            let len = d.payload.len();
+            let len = d.len();
             if d.meta.dst != first.meta.dst || len == 0 || len > size || bytes + len > MAX_GSO_BYTES
             {
                 break;
@@ -77,7 +77,7 @@ impl IcrcFixer {
         }
         // Not a RoCE-sized datagram: nothing to correct.
         self.solvers
-            .get(datagram.payload.len())
+            .get(datagram.len())
             .map_or(0, |s| s.icrc_delta(index as u16))
     }
 }
@@ -91,7 +91,8 @@ fn fix_icrc(payload: &mut [u8], delta: u32) {
 
 /// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
 /// with everything its `msghdr` points at. Boxed, because the header points into it;
-/// the payloads stay in their `Vec`s, which do not move.
+/// the payloads stay in their `Vec`s, which do not move. A datagram with lent bytes
+/// takes three iovecs: headers, the lent bytes, then pad and ICRC.
 pub(super) struct OutMessage {
     datagrams: Vec<Datagram>,
     /// The correction XORed into each datagram's ICRC for its place in the run.
@@ -103,7 +104,8 @@ pub(super) struct OutMessage {
 }
 
 // SAFETY: the raw pointers in `iovecs` and `header` point only into this message's own
-// fields and payloads, which move with it.
+// fields and payloads, which move with it, and at lent bytes, which the engine's lending
+// contract keeps valid while the message exists (see `OutMessage::lends`).
 unsafe impl Send for OutMessage {}
 
 impl OutMessage {
@@ -124,13 +126,25 @@ impl OutMessage {
                 delta
             })
             .collect();
-        let iovecs = run
-            .iter()
-            .map(|d| libc::iovec {
-                iov_base: d.payload.as_ptr() as *mut _,
-                iov_len: d.payload.len(),
-            })
-            .collect();
+        let mut iovecs = Vec::with_capacity(run.len());
+        for d in &run {
+            let iovec = |bytes: &[u8]| libc::iovec {
+                iov_base: bytes.as_ptr() as *mut _,
+                iov_len: bytes.len(),
+            };
+            match d.lent {
+                Some(lent) => {
+                    let (head, tail) = d.payload.split_at(lent.at.min(d.payload.len()));
+                    iovecs.push(iovec(head));
+                    iovecs.push(libc::iovec {
+                        iov_base: lent.as_ptr() as *mut _,
+                        iov_len: lent.len(),
+                    });
+                    iovecs.push(iovec(tail));
+                }
+                None => iovecs.push(iovec(&d.payload)),
+            }
+        }
         let mut message = Box::new(OutMessage {
             datagrams: run,
             deltas,
@@ -146,7 +160,7 @@ impl OutMessage {
         m.header.msg_iov = m.iovecs.as_mut_ptr();
         m.header.msg_iovlen = m.iovecs.len();
         if m.datagrams.len() > 1 {
-            let size = m.datagrams[0].payload.len() as u16;
+            let size = m.datagrams[0].len() as u16;
             m.header.msg_control = m.control.as_mut_ptr().cast();
             m.header.msg_controllen = CMSG_SPACE;
             // SAFETY: the control buffer has room for one u16 message, so CMSG_FIRSTHDR
@@ -171,6 +185,12 @@ impl OutMessage {
     /// Number of datagrams.
     pub(super) fn len(&self) -> usize {
         self.datagrams.len()
+    }
+
+    /// True when a datagram's bytes are lent: the kernel must copy them before the
+    /// engine runs again, so the send cannot be left to complete later.
+    pub(super) fn lends(&self) -> bool {
+        self.datagrams.iter().any(|d| d.lent.is_some())
     }
 
     /// Gives the datagrams back as they came (when the kernel did not take them: they
@@ -256,6 +276,7 @@ mod tests {
         Datagram {
             meta,
             payload: vec![0; len],
+            lent: None,
         }
     }
 

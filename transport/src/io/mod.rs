@@ -165,6 +165,7 @@ mod tests {
             .map(|i| Datagram {
                 meta,
                 payload: vec![i; 1000],
+                lent: None,
             })
             .collect();
         assert_eq!(from.send_batch(&mut burst).unwrap(), 100);
@@ -225,7 +226,11 @@ mod tests {
                 payload[..12]
                     .copy_from_slice(&[0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, i as u8]);
                 icrc::fill(&envelope, &mut payload).unwrap();
-                Datagram { meta, payload }
+                Datagram {
+                    meta,
+                    payload,
+                    lent: None,
+                }
             })
             .collect()
     }

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::gso::{self, split_gro, IcrcFixer, Spent, UDP_GRO, UDP_SEGMENT};
+use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent, UDP_GRO, UDP_SEGMENT};
 use crate::engine::{Datagram, DatagramMeta, Ecn};
 
 /// Largest UDP payload the driver receives: a 4096-byte MTU packet with every header,
@@ -348,61 +348,80 @@ impl UdpDriver {
     /// full buffer is never an error.
     pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
         let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
-        let mut sent = 0;
-        let mut next = 0;
-        while next < messages.len() {
-            let chunk = &messages[next..(next + BATCH).min(messages.len())];
-            let mut headers: Vec<libc::mmsghdr> = chunk
-                .iter()
-                .map(|m| libc::mmsghdr {
-                    msg_hdr: *m.header(),
-                    msg_len: 0,
-                })
-                .collect();
-            // SAFETY: each header points into its boxed message, alive until after the call;
-            // the kernel only reads them (`*mut` is the C signature, nothing is written).
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    headers.as_mut_ptr(),
-                    headers.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::WouldBlock {
-                    break;
-                }
-                // A datagram the kernel refuses (unreachable peer, oversized): drop it,
-                // as a lossy network would, and go on with the rest.
-                tracing::warn!(error = %err, peer = ?chunk[0].header().msg_name, "send failed; dropping");
-                next += 1;
-                continue;
-            }
-            let taken = n as usize;
-            sent += chunk[..taken].iter().map(|m| m.len()).sum::<usize>();
-            next += taken;
-            if taken < chunk.len() {
-                break;
-            }
-        }
-        // Keep the payloads of what went (the kernel has copied them); give back what
-        // the kernel did not take, in order.
-        for (i, message) in messages.into_iter().enumerate() {
-            if i < next {
-                self.spent.keep(message.into_payloads());
-            } else {
-                datagrams.extend(message.into_datagrams());
-            }
-        }
-        Ok(sent)
+        Ok(send_now(
+            self.socket.as_raw_fd(),
+            messages,
+            &mut self.spent,
+            datagrams,
+        ))
     }
 
     /// Hands the payloads of sent datagrams to `each` (the engine reuses them).
     pub fn reclaim(&mut self, each: impl FnMut(Vec<u8>)) {
         self.spent.reclaim(each);
     }
+}
+
+/// Sends `messages` with `sendmmsg`, without waiting: the kernel has copied whatever it
+/// took when this returns. Keeps the payloads of what went in `spent` and gives back the
+/// datagrams of what did not (a full socket buffer) to `unsent`, in order; returns the
+/// number of datagrams sent. Boxed messages: each header points into its own message.
+#[allow(clippy::vec_box)]
+pub(super) fn send_now(
+    socket: RawFd,
+    messages: Vec<Box<OutMessage>>,
+    spent: &mut Spent,
+    unsent: &mut Vec<Datagram>,
+) -> usize {
+    let mut sent = 0;
+    let mut next = 0;
+    while next < messages.len() {
+        let chunk = &messages[next..(next + BATCH).min(messages.len())];
+        let mut headers: Vec<libc::mmsghdr> = chunk
+            .iter()
+            .map(|m| libc::mmsghdr {
+                msg_hdr: *m.header(),
+                msg_len: 0,
+            })
+            .collect();
+        // SAFETY: each header points into its boxed message, alive until after the call;
+        // the kernel only reads them (`*mut` is the C signature, nothing is written).
+        let n = unsafe {
+            libc::sendmmsg(
+                socket,
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                break;
+            }
+            // A datagram the kernel refuses (unreachable peer, oversized): drop it,
+            // as a lossy network would, and go on with the rest.
+            tracing::warn!(error = %err, peer = ?chunk[0].header().msg_name, "send failed; dropping");
+            next += 1;
+            continue;
+        }
+        let taken = n as usize;
+        sent += chunk[..taken].iter().map(|m| m.len()).sum::<usize>();
+        next += taken;
+        if taken < chunk.len() {
+            break;
+        }
+    }
+    // Keep the payloads of what went (the kernel has copied them); give back what the
+    // kernel did not take, in order.
+    for (i, message) in messages.into_iter().enumerate() {
+        if i < next {
+            spent.keep(message.into_payloads());
+        } else {
+            unsent.extend(message.into_datagrams());
+        }
+    }
+    sent
 }
 
 #[cfg(test)]
@@ -485,6 +504,7 @@ mod tests {
             .map(|i| Datagram {
                 meta,
                 payload: vec![i; 32],
+                lent: None,
             })
             .collect();
         assert_eq!(tx.send_batch(&mut datagrams).unwrap(), 40);

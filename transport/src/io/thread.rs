@@ -621,11 +621,18 @@ impl EngineThread {
         let doorbell = Doorbell::new()?;
         let mut wait_fds = vec![doorbell.as_raw_fd()];
         wait_fds.extend(ports.iter().map(|p| p.driver.poll_fd()));
+        let mut engine = Engine::new(config.engine, config.seed);
+        // SAFETY: only `Runner::transmit` takes datagrams from this engine, and it sends or
+        // owns every one before it returns, so before anything else runs on the engine.
+        #[allow(unsafe_code)]
+        unsafe {
+            engine.lend_payloads(true)
+        };
         let shared = Arc::new(Shared {
             queue: SegQueue::new(),
             runner: Mutex::new(Runner {
                 core: Core {
-                    engine: Engine::new(config.engine, config.seed),
+                    engine,
                     rings: BTreeMap::new(),
                     counters: ThreadCounters::default(),
                 },
@@ -979,9 +986,15 @@ impl Runner {
                 }
             }
             if taken == 0 || !progress {
-                return sent;
+                break;
             }
         }
+        // What the kernel did not take waits for the next round, by when lent bytes may
+        // be gone (the engine's lending contract): it keeps copies instead.
+        for port in &mut self.ports {
+            port.pending.iter_mut().for_each(Datagram::own);
+        }
+        sent
     }
 }
 

@@ -31,7 +31,7 @@ use socket2::{SockAddr, Socket};
 
 use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent};
 use super::socket::{
-    bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
+    self, bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
 };
 use crate::engine::{Datagram, DatagramMeta};
 
@@ -400,8 +400,16 @@ impl UringDriver {
     /// runs of equal-sized ones to one peer as a GSO send, and submits them in one system
     /// call. Returns how many were queued (all of them: the ring takes what it is given).
     pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
+        let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
+        if messages.iter().any(|m| m.lends()) {
+            // The ring may read a send's iovecs after `submit` returns (a full socket
+            // buffer makes it wait for room), when lent bytes may be gone: these go out
+            // with `sendmmsg` instead, which has copied them when it returns.
+            let fd = self.socket.as_raw_fd();
+            return Ok(socket::send_now(fd, messages, &mut self.spent, datagrams));
+        }
         let mut queued = 0;
-        for message in gso::messages(datagrams, self.offloads.gso, &mut self.fixer) {
+        for message in messages {
             let slot = match self.free_sends.pop() {
                 Some(slot) => slot,
                 None => {

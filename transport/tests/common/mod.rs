@@ -223,6 +223,8 @@ pub struct Pair {
     pub filter: Filter,
     /// Every datagram that went out, with its direction (kept or not).
     pub log: Vec<(Dir, packet::Repr, usize)>,
+    /// How many came with lent bytes (`Engine::lend_payloads`).
+    pub lent: usize,
 }
 
 pub fn all_access() -> AccessFlags {
@@ -269,6 +271,7 @@ impl Pair {
             now: Time::ZERO,
             filter: Box::new(|_, _, _| true),
             log: Vec::new(),
+            lent: 0,
         }
     }
 
@@ -276,7 +279,10 @@ impl Pair {
         Pair::new(QpType::Rc, Params::default())
     }
 
-    fn deliver(&mut self, dir: Dir, d: Datagram) {
+    fn deliver(&mut self, dir: Dir, mut d: Datagram) {
+        // Owned at once, before either engine runs again, as lending requires.
+        self.lent += usize::from(d.lent.is_some());
+        d.own();
         let parsed = packet::parse(&d.payload).expect("engine sent a malformed packet");
         let keep = (self.filter)(dir, &parsed.repr, self.now);
         self.log.push((dir, parsed.repr, parsed.payload.len()));

@@ -7,16 +7,17 @@ mod responder;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::ptr::NonNull;
 use std::time::Duration;
 
-use ferroce_wire::{packet, Psn, Qpn, Rkey};
+use ferroce_wire::{packet, Psn, Qpn, Rkey, ICRC_LEN};
 
 use super::buffers::BufferPool;
 use super::cq::{CompletionQueue, CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 use super::error::{Result, VerbsError};
 use super::memory::{AccessFlags, Key, Lkey, MemoryAccess, ProtectionDomain};
 use super::srq::{SharedReceiveQueue, SharedReceiveQueueId};
-use super::{AsyncEvent, Counters, Time};
+use super::{AsyncEvent, Counters, Lent, Time};
 
 pub(crate) use requester::Requester;
 pub(crate) use responder::Responder;
@@ -506,6 +507,10 @@ pub(crate) struct SendWqe {
     pub vendor_err: u32,
 }
 
+/// Payloads this long or longer are sent from registered memory when the engine lends
+/// (shorter ones cost less to copy than the two extra iovecs they would need).
+pub(crate) const LEND_MIN: usize = 512;
+
 /// A packet a QP wants sent: its headers, addresses, and the whole datagram buffer with
 /// the payload already in place after the header space (gathered straight from memory,
 /// so it is copied once), headers, pad and ICRC still to write.
@@ -514,6 +519,9 @@ pub(crate) struct Outgoing {
     pub repr: packet::Repr,
     pub payload_len: usize,
     pub buffer: Vec<u8>,
+    /// The payload, when it stays in registered memory (`buffer` then has no room for
+    /// it: headers, pad and ICRC only).
+    pub lent: Option<Lent>,
     pub src: IpAddr,
     pub dst: IpAddr,
 }
@@ -539,6 +547,29 @@ impl Outgoing {
             repr,
             payload_len,
             buffer,
+            lent: None,
+            src,
+            dst,
+        }
+    }
+
+    /// A datagram for `repr` whose payload is `len` bytes of registered memory at
+    /// `start`, sent from where they are (see `QueuePair::lend`).
+    pub fn lent(
+        repr: packet::Repr,
+        (start, len): (NonNull<u8>, usize),
+        src: IpAddr,
+        dst: IpAddr,
+        buffers: &mut BufferPool,
+    ) -> Outgoing {
+        let header = repr.header_len().unwrap_or(0);
+        let mut buffer = buffers.take(header + packet::pad_for(len) as usize + ICRC_LEN);
+        buffer.fill(0);
+        Outgoing {
+            repr,
+            payload_len: len,
+            buffer,
+            lent: Some(Lent::new(header, start, len)),
             src,
             dst,
         }
@@ -557,6 +588,9 @@ impl Outgoing {
 pub(crate) struct Context<'a> {
     pub now: Time,
     pub buffers: &'a mut BufferPool,
+    /// Payloads of at least [`LEND_MIN`] bytes from one SGE may stay in registered
+    /// memory ([`Engine::lend_payloads`](crate::engine::Engine::lend_payloads)).
+    pub lend: bool,
     pub memory: &'a mut dyn MemoryAccess,
     pub cqs: &'a mut BTreeMap<CompletionQueueId, CompletionQueue>,
     pub srqs: &'a mut BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
@@ -1140,6 +1174,36 @@ impl QueuePair {
                 )
                 .map_err(|_| ())
         })
+    }
+
+    /// Where the `len` bytes at `offset` of the WR's data are in registered memory, when
+    /// the packet can carry them from there: lending is on, they are at least
+    /// [`LEND_MIN`] bytes in one SGE, and its key checks pass (when they do not,
+    /// `gather` fails the WR as it always has).
+    fn lend(
+        &self,
+        wqe: &SendWqe,
+        offset: u32,
+        len: usize,
+        ctx: &Context<'_>,
+    ) -> Option<(NonNull<u8>, usize)> {
+        if !ctx.lend || len < LEND_MIN || wqe.wr.inline_data.is_some() {
+            return None;
+        }
+        let mut start = None;
+        walk_sges(&wqe.wr.sg_list, offset, len, |sge, skip, at, n| {
+            if at != 0 || n != len {
+                return Err(()); // Spread over SGEs: copied instead.
+            }
+            let addr = sge.addr + u64::from(skip);
+            start = ctx
+                .memory
+                .lend(Key::Local(sge.lkey), self.pd, addr, len, AccessFlags::NONE)
+                .ok();
+            Ok(())
+        })
+        .ok()?;
+        Some((start?, len))
     }
 
     /// Copies `data` into a scatter list at `offset` (needs LOCAL_WRITE).

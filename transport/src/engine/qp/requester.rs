@@ -382,17 +382,22 @@ impl QueuePair {
                 }
             }
         }
-        let mut out = Outgoing::new(repr, payload_len as usize, src, dst, ctx.buffers);
-        if payload_len > 0 {
-            let wqe = &self.sq[index];
-            if self
-                .gather(wqe, offset, out.payload_mut(), &*ctx.memory)
-                .is_err()
-            {
-                self.fail_send(WcStatus::LocProtErr, vendor_err::LOCAL_KEY, ctx);
-                return None;
+        let lent = self.lend(&self.sq[index], offset, payload_len as usize, ctx);
+        let out = match lent {
+            Some(lent) => Outgoing::lent(repr, lent, src, dst, ctx.buffers),
+            None => {
+                let mut out = Outgoing::new(repr, payload_len as usize, src, dst, ctx.buffers);
+                if payload_len > 0
+                    && self
+                        .gather(&self.sq[index], offset, out.payload_mut(), &*ctx.memory)
+                        .is_err()
+                {
+                    self.fail_send(WcStatus::LocProtErr, vendor_err::LOCAL_KEY, ctx);
+                    return None;
+                }
+                out
             }
-        }
+        };
         if repr.bth.ack_req {
             self.req.since_ack_req = 0;
         } else {
