@@ -147,12 +147,14 @@ fn payloads_lent_from_registered_memory_go_out_as_copied_ones_would() {
     let run = |lend: bool| {
         let mut pair = Pair::rc();
         if lend {
-            // SAFETY: `Pair` owns every datagram as it takes it, before anything else
-            // runs on this engine.
-            #[allow(unsafe_code)]
-            unsafe {
-                pair.a.engine.lend_payloads(true)
-            };
+            for side in [&mut pair.a, &mut pair.b] {
+                // SAFETY: `Pair` owns every datagram as it takes it, before anything else
+                // runs on either engine.
+                #[allow(unsafe_code)]
+                unsafe {
+                    side.engine.lend_payloads(true)
+                };
+            }
         }
         let data = pattern(9000, 5);
         pair.a.write(0, &data);
@@ -165,21 +167,30 @@ fn payloads_lent_from_registered_memory_go_out_as_copied_ones_would() {
             .post_send(send_wr(2, write(remote + 9000), vec![pair.a.sge(0, 100)]));
         let two = vec![pair.a.sge(0, 700), pair.a.sge(8000, 700)];
         pair.a.post_send(send_wr(3, write(remote + 9100), two));
+        // READ responses are lent too.
+        let read = SendOp::RdmaRead {
+            remote_addr: remote,
+            rkey,
+        };
+        pair.a
+            .post_send(send_wr(4, read, vec![pair.a.sge(10_000, 3000)]));
         pair.run();
+        assert_eq!(pair.a.read(10_000, 3000), data[..3000]);
         assert_eq!(pair.b.read(0, 9000), data);
         assert_eq!(pair.b.read(9000, 100), data[..100]);
         assert_eq!(pair.b.read(9100, 700), data[..700]);
         assert_eq!(pair.b.read(9800, 700), data[8000..8700]);
-        assert_eq!(pair.a.poll().len(), 3);
+        assert_eq!(pair.a.poll().len(), 4);
         (pair.log, pair.lent)
     };
     let (copied, none) = run(false);
     let (lent, some) = run(true);
     assert_eq!(none, 0);
+    let packets = |len: usize| len.div_ceil(1024);
     assert_eq!(
         some,
-        9000usize.div_ceil(1024),
-        "each packet of the 9000-byte WRITE"
+        packets(9000) + packets(3000),
+        "the 9000-byte WRITE, the READ"
     );
     assert_eq!(
         lent, copied,

@@ -14,7 +14,7 @@ use super::super::cq::{WcOpcode, WcStatus};
 use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
 use super::super::{AsyncEvent, DatagramMeta, Time};
 use super::requester::packets_for;
-use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr};
+use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr, LEND_MIN};
 
 /// The longest message IBA allows (2^31 bytes).
 pub const MAX_MESSAGE: u32 = 1 << 31;
@@ -819,6 +819,15 @@ impl QueuePair {
         let Some((rkey, va, n, psn, msn)) = read_from else {
             return Some(Outgoing::new(repr, 0, src, dst, ctx.buffers));
         };
+        if ctx.lend && n >= LEND_MIN {
+            let lent = ctx
+                .memory
+                .lend(Key::Remote(rkey), self.pd, va, n, AccessFlags::REMOTE_READ);
+            // On an error the read below fails the same way and NAKs.
+            if let Ok(start) = lent {
+                return Some(Outgoing::lent(repr, (start, n), src, dst, ctx.buffers));
+            }
+        }
         let mut out = Outgoing::new(repr, n, src, dst, ctx.buffers);
         let read = ctx.memory.read(
             Key::Remote(rkey),
