@@ -513,7 +513,7 @@ pub(crate) const LEND_MIN: usize = 512;
 
 /// A packet a QP wants sent: its headers, addresses, and the whole datagram buffer with
 /// the payload already in place after the header space (gathered straight from memory,
-/// so it is copied once), headers, pad and ICRC still to write.
+/// so it is copied once) or lent from the region, headers, pad and ICRC still to write.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub repr: packet::Repr,
