@@ -185,6 +185,8 @@ impl Pair {
                         datagram.meta,
                         &datagram.payload,
                     );
+                    // Sent, so its buffer goes back to the sender, as the I/O layer's do.
+                    self.sides[1 - to].engine.recycle(datagram.payload);
                 }
             }
             let a = &mut self.sides[0];
