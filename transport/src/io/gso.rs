@@ -126,23 +126,20 @@ impl OutMessage {
                 delta
             })
             .collect();
+        let iovec = |base: *const u8, len: usize| libc::iovec {
+            iov_base: base as *mut _,
+            iov_len: len,
+        };
         let mut iovecs = Vec::with_capacity(run.len());
         for d in &run {
-            let iovec = |bytes: &[u8]| libc::iovec {
-                iov_base: bytes.as_ptr() as *mut _,
-                iov_len: bytes.len(),
-            };
             match d.lent {
                 Some(lent) => {
                     let (head, tail) = d.payload.split_at(lent.at.min(d.payload.len()));
-                    iovecs.push(iovec(head));
-                    iovecs.push(libc::iovec {
-                        iov_base: lent.as_ptr() as *mut _,
-                        iov_len: lent.len(),
-                    });
-                    iovecs.push(iovec(tail));
+                    iovecs.push(iovec(head.as_ptr(), head.len()));
+                    iovecs.push(iovec(lent.as_ptr(), lent.len()));
+                    iovecs.push(iovec(tail.as_ptr(), tail.len()));
                 }
-                None => iovecs.push(iovec(&d.payload)),
+                None => iovecs.push(iovec(d.payload.as_ptr(), d.payload.len())),
             }
         }
         let mut message = Box::new(OutMessage {
