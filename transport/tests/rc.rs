@@ -7,8 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferroce_transport::engine::{PathMtu, QpState, QpType, SendOp, WcOpcode, WcStatus};
-use ferroce_transport::wire::{AckSyndrome, NakCode, OpCode, Psn, Rkey};
+use ferroce_transport::engine::{
+    Datagram, PathMtu, QpState, QpType, SendOp, WcOpcode, WcStatus, QP_BURST,
+};
+use ferroce_transport::wire::{packet, AckSyndrome, NakCode, OpCode, Psn, Qpn, Rkey};
 
 #[test]
 fn send_multi_packet_message_arrives_whole() {
@@ -195,6 +197,84 @@ fn payloads_lent_from_registered_memory_go_out_as_copied_ones_would() {
     assert_eq!(
         lent, copied,
         "the same packets, byte counts and ICRCs accepted"
+    );
+}
+
+/// `poll_transmit_into` sends what `poll_transmit` sends, but each QP's packets in
+/// bursts of up to `QP_BURST` (QPs still take turns), never more than asked, and says 0
+/// when nothing is ready.
+#[test]
+fn batched_transmit_takes_turns_in_bursts() {
+    let mut pairs = [false, true].map(|batched| {
+        let mut pair = Pair::rc();
+        let (a, b) = (&mut pair.a, &mut pair.b);
+        let second_a = a
+            .engine
+            .create_qp(NS, init_attr(QP_RC, a.pd, a.cq))
+            .unwrap();
+        let second_b = b
+            .engine
+            .create_qp(NS, init_attr(QP_RC, b.pd, b.cq))
+            .unwrap();
+        let p = Params::default();
+        connect(&mut a.engine, NS, second_a, b.addr, second_b, QP_RC, &p);
+        connect(&mut b.engine, NS, second_b, a.addr, second_a, QP_RC, &p);
+        a.write(0, &pattern(20 * 1024, 3));
+        let rkey = b.mr.rkey;
+        for (i, qpn) in [a.qpn, second_a].into_iter().enumerate() {
+            let remote_addr = b.mr.addr + i as u64 * 20 * 1024;
+            let op = SendOp::RdmaWrite { remote_addr, rkey };
+            let wr = send_wr(i as u64, op, vec![a.sge(0, 20 * 1024)]);
+            a.engine.post_send(NS, qpn, wr).unwrap();
+        }
+        let mut out = Vec::new();
+        if batched {
+            assert_eq!(a.engine.poll_transmit_into(pair.now, &mut out, 5), 5);
+            while a.engine.poll_transmit_into(pair.now, &mut out, 64) > 0 {}
+        } else {
+            out.extend(std::iter::from_fn(|| a.engine.poll_transmit(pair.now)));
+        }
+        (pair, out)
+    });
+    let dest_qp = |d: &Datagram| packet::parse(&d.payload).unwrap().repr.bth.dest_qp;
+    let (first, second) = (pairs[0].0.b.qpn, dest_qp(&pairs[0].1[1]));
+    // At a 1024-byte MTU each WRITE is 20 packets.
+    let mut runs: Vec<(Qpn, usize)> = Vec::new();
+    for d in &pairs[1].1 {
+        match runs.last_mut() {
+            Some((qpn, n)) if *qpn == dest_qp(d) => *n += 1,
+            _ => runs.push((dest_qp(d), 1)),
+        }
+    }
+    assert_eq!(
+        runs,
+        [
+            (first, 5),
+            (second, QP_BURST),
+            (first, 15),
+            (second, 20 - QP_BURST)
+        ]
+    );
+    let per_qp = |out: &[Datagram], qpn| -> Vec<Vec<u8>> {
+        let mine = out.iter().filter(|d| dest_qp(d) == qpn);
+        mine.map(|d| d.payload.clone()).collect()
+    };
+    for qpn in [first, second] {
+        assert_eq!(per_qp(&pairs[0].1, qpn), per_qp(&pairs[1].1, qpn));
+    }
+    // Delivered, they finish both WRITEs.
+    let (pair, out) = &mut pairs[1];
+    for d in out.drain(..) {
+        pair.b.engine.handle_datagram(pair.now, d.meta, &d.payload);
+    }
+    pair.run();
+    assert_eq!(pair.b.read(20 * 1024, 20 * 1024), pattern(20 * 1024, 3));
+    assert_eq!(pair.a.poll().len(), 2);
+    assert_eq!(
+        pair.a
+            .engine
+            .poll_transmit_into(pair.now, &mut Vec::new(), 64),
+        0
     );
 }
 

@@ -264,6 +264,16 @@ pub enum SourcePortPolicy {
     Fixed(u16),
 }
 
+impl SourcePortPolicy {
+    /// The source port of a QP whose own (entropy) port is `qp_port`.
+    fn port(self, qp_port: u16) -> u16 {
+        match self {
+            SourcePortPolicy::PerQp => qp_port,
+            SourcePortPolicy::Fixed(port) => port,
+        }
+    }
+}
+
 /// Engine configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -481,6 +491,11 @@ use ferroce_wire::Qpn;
 use namespace::Namespace;
 use qp::{Context, QueuePair};
 
+/// Packets a QP sends in a row before the next QP with work gets its turn: one 64 KiB
+/// message at a 4 KiB MTU, so a QP's multi-packet message leaves in one run while QPs
+/// still take turns.
+pub const QP_BURST: usize = 16;
+
 /// The sans-IO RoCEv2 engine: namespaces of verbs resources, driven by datagrams and
 /// time. Same seed and same inputs give the same outputs.
 #[derive(Debug)]
@@ -502,6 +517,36 @@ pub struct Engine {
     buffers: BufferPool,
     /// See [`Engine::lend_payloads`].
     lend: bool,
+}
+
+/// The datagram of a packet a QP built: headers emitted and the ICRC filled in.
+#[allow(unsafe_code)] // Reads lent bytes, which `lend_payloads`' contract keeps valid.
+fn build(out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
+    use ferroce_wire::{icrc, packet};
+    let env = envelope(out.src, out.dst, src_port)?;
+    let mut repr = out.repr;
+    repr.bth.pad_count = packet::pad_for(out.payload_len);
+    let mut bytes = out.buffer;
+    // The payload is in place (or lent) and the pad bytes are still zero: write the
+    // headers, then the ICRC over all of it.
+    repr.emit(&mut bytes).ok()?;
+    match &out.lent {
+        // SAFETY: lent by the QP a moment ago in this `poll_transmit`; nothing has
+        // run since that could write or free it.
+        Some(lent) => icrc::fill_around(&env, &mut bytes, lent.at, unsafe { lent.bytes() }).ok()?,
+        None => icrc::fill(&env, &mut bytes).ok()?,
+    }
+    Some(Datagram {
+        meta: DatagramMeta {
+            src: canonical(out.src),
+            dst: canonical(out.dst),
+            src_port,
+            ecn: Ecn::NotEct,
+            ipv4_ident: None,
+        },
+        payload: bytes,
+        lent: out.lent,
+    })
 }
 
 macro_rules! context {
@@ -1012,11 +1057,8 @@ impl Engine {
             qp.resp.release_ack(Time::ZERO);
             let mut ctx = context!(space, self, Time::ZERO);
             let out = qp.poll_response(&mut ctx);
-            let src_port = match self.config.udp_src_port {
-                SourcePortPolicy::PerQp => qp.src_port,
-                SourcePortPolicy::Fixed(port) => port,
-            };
-            if let Some(mut datagram) = out.and_then(|out| self.build(out, src_port)) {
+            let src_port = self.config.udp_src_port.port(qp.src_port);
+            if let Some(mut datagram) = out.and_then(|out| build(out, src_port)) {
                 datagram.own(); // It outlives this call.
                 self.parting.push_back(datagram);
             }
@@ -1183,13 +1225,39 @@ impl Engine {
 
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
-        if let Some(datagram) = self.parting.pop_front() {
+        let mut next = None;
+        self.transmit(now, 1, |datagram| next = Some(datagram));
+        next
+    }
+
+    /// Appends up to `max` datagrams to send to `out`; returns how many. Zero means
+    /// nothing is ready, as `poll_transmit` returning `None` does. Cheaper per datagram
+    /// than calling `poll_transmit` in a loop: each QP is looked up, and its timer
+    /// refiled, once per burst of up to [`QP_BURST`] packets.
+    pub fn poll_transmit_into(&mut self, now: Time, out: &mut Vec<Datagram>, max: usize) -> usize {
+        self.transmit(now, max, |datagram| out.push(datagram))
+    }
+
+    /// One pass over the QPs with something to send, each giving up to [`QP_BURST`]
+    /// packets in turn, until `max` datagrams went to `emit`.
+    fn transmit(&mut self, now: Time, max: usize, mut emit: impl FnMut(Datagram)) -> usize {
+        let mut count = 0;
+        while count < max {
+            let Some(datagram) = self.parting.pop_front() else {
+                break;
+            };
             self.counters.packets_out += 1;
             self.counters.bytes_out += datagram.len() as u64;
-            return Some(datagram);
+            emit(datagram);
+            count += 1;
         }
         for _ in 0..self.active.len() {
-            let (ns, qpn) = self.active.pop_front()?;
+            if count >= max {
+                break;
+            }
+            let Some((ns, qpn)) = self.active.pop_front() else {
+                break;
+            };
             let Some(space) = self.namespaces.get_mut(&ns) else {
                 self.active_set.remove(&(ns, qpn));
                 continue;
@@ -1198,56 +1266,32 @@ impl Engine {
                 self.active_set.remove(&(ns, qpn));
                 continue;
             };
-            let src_port = match self.config.udp_src_port {
-                SourcePortPolicy::PerQp => qp.src_port,
-                SourcePortPolicy::Fixed(port) => port,
-            };
+            let src_port = self.config.udp_src_port.port(qp.src_port);
             let mut ctx = context!(space, self, now);
-            let out = qp.poll_transmit(&mut ctx);
+            let mut drained = false;
+            for _ in 0..QP_BURST {
+                if count >= max {
+                    break;
+                }
+                let Some(out) = qp.poll_transmit(&mut ctx) else {
+                    drained = true;
+                    break;
+                };
+                if let Some(datagram) = build(out, src_port) {
+                    ctx.counters.packets_out += 1;
+                    ctx.counters.bytes_out += datagram.len() as u64;
+                    emit(datagram);
+                    count += 1;
+                }
+            }
             self.refresh_timer(ns, qpn);
-            let Some(out) = out else {
+            if drained {
                 self.active_set.remove(&(ns, qpn));
-                continue;
-            };
-            self.active.push_back((ns, qpn));
-            if let Some(datagram) = self.build(out, src_port) {
-                self.counters.packets_out += 1;
-                self.counters.bytes_out += datagram.len() as u64;
-                return Some(datagram);
+            } else {
+                self.active.push_back((ns, qpn));
             }
         }
-        None
-    }
-
-    #[allow(unsafe_code)] // Reads lent bytes, which `lend_payloads`' contract keeps valid.
-    fn build(&mut self, out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
-        use ferroce_wire::{icrc, packet};
-        let env = envelope(out.src, out.dst, src_port)?;
-        let mut repr = out.repr;
-        repr.bth.pad_count = packet::pad_for(out.payload_len);
-        let mut bytes = out.buffer;
-        // The payload is in place (or lent) and the pad bytes are still zero: write the
-        // headers, then the ICRC over all of it.
-        repr.emit(&mut bytes).ok()?;
-        match &out.lent {
-            // SAFETY: lent by the QP a moment ago in this `poll_transmit`; nothing has
-            // run since that could write or free it.
-            Some(lent) => {
-                icrc::fill_around(&env, &mut bytes, lent.at, unsafe { lent.bytes() }).ok()?
-            }
-            None => icrc::fill(&env, &mut bytes).ok()?,
-        }
-        Some(Datagram {
-            meta: DatagramMeta {
-                src: canonical(out.src),
-                dst: canonical(out.dst),
-                src_port,
-                ecn: Ecn::NotEct,
-                ipv4_ident: None,
-            },
-            payload: bytes,
-            lent: out.lent,
-        })
+        count
     }
 
     /// Lets [`Engine::poll_transmit`] leave payloads in registered memory ([`Lent`])

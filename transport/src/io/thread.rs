@@ -588,6 +588,8 @@ struct Runner {
     core: Core,
     ports: Vec<Port>,
     solvers: Solvers,
+    /// The engine's datagrams on their way to their port's `pending`.
+    outbox: Vec<Datagram>,
 }
 
 /// Marks the thread dead however it ends (a panic included) and drops queued work, so
@@ -638,6 +640,7 @@ impl EngineThread {
                 },
                 ports,
                 solvers: Solvers::default(),
+                outbox: Vec::with_capacity(TRANSMIT_BATCH),
             }),
             doorbell,
             wait_fds,
@@ -901,6 +904,7 @@ impl Runner {
             core,
             ports,
             solvers,
+            ..
         } = self;
         let mut total = 0;
         let mut worked = 0;
@@ -957,15 +961,29 @@ impl Runner {
             // Take datagrams while every driver has room; a driver whose kernel buffer is
             // full keeps its backlog and so holds the engine back (it will retransmit).
             let mut taken = 0;
-            while self.ports.iter().all(|p| p.pending.len() < TRANSMIT_BATCH) {
-                let Some(datagram) = self.core.engine.poll_transmit(now) else {
-                    break;
+            loop {
+                let room = self
+                    .ports
+                    .iter()
+                    .map(|p| TRANSMIT_BATCH.saturating_sub(p.pending.len()));
+                let room = room.min().unwrap_or(0);
+                let n = match room {
+                    0 => 0,
+                    _ => self
+                        .core
+                        .engine
+                        .poll_transmit_into(now, &mut self.outbox, room),
                 };
-                taken += 1;
-                let src = datagram.meta.src.to_canonical();
-                match self.ports.iter_mut().find(|p| p.ip == src) {
-                    Some(port) => port.pending.push(datagram),
-                    None => self.core.counters.unroutable += 1,
+                if n == 0 {
+                    break;
+                }
+                taken += n;
+                for datagram in self.outbox.drain(..) {
+                    let src = datagram.meta.src.to_canonical();
+                    match self.ports.iter_mut().find(|p| p.ip == src) {
+                        Some(port) => port.pending.push(datagram),
+                        None => self.core.counters.unroutable += 1,
+                    }
                 }
             }
             let mut progress = false;
