@@ -89,16 +89,76 @@ fn fix_icrc(payload: &mut [u8], delta: u32) {
     }
 }
 
+/// Pieces of at most this many bytes that meet between lent ones are copied together
+/// into one iovec: the kernel pays per iovec, and these are a few bytes each.
+const SEAM_MAX: usize = 64;
+
+/// The iovecs of `run`'s bytes in order, and the buffer some of them point into. A
+/// datagram with lent bytes has three pieces (headers, the lent bytes, then pad and
+/// ICRC); consecutive short pieces, such as one datagram's ICRC and the next one's
+/// headers in a run of lent payloads, are copied into one seam. The segments are the
+/// same: GSO cuts the joined bytes, wherever the iovecs end.
+fn gather(run: &[Datagram]) -> (Vec<libc::iovec>, Vec<u8>) {
+    let mut pieces = Vec::with_capacity(run.len() * 3);
+    for d in run {
+        match d.lent {
+            Some(lent) => {
+                let (head, tail) = d.payload.split_at(lent.at.min(d.payload.len()));
+                pieces.push((head.as_ptr(), head.len()));
+                pieces.push((lent.as_ptr(), lent.len()));
+                pieces.push((tail.as_ptr(), tail.len()));
+            }
+            None => pieces.push((d.payload.as_ptr(), d.payload.len())),
+        }
+    }
+    // First the seams' bytes (so the buffer is done moving), then the iovecs.
+    let short = |&(_, len): &(*const u8, usize)| len <= SEAM_MAX;
+    let mut seams = Vec::with_capacity(pieces.iter().filter(|p| short(p)).map(|p| p.1).sum());
+    let mut spans: Vec<Result<Range<usize>, (*const u8, usize)>> = Vec::new();
+    for piece in pieces.iter().filter(|p| p.1 > 0) {
+        if !short(piece) {
+            spans.push(Err(*piece));
+            continue;
+        }
+        let start = seams.len();
+        // SAFETY: a payload's bytes, alive while `run` is borrowed, or lent ones, which
+        // the lending contract keeps valid as long.
+        seams.extend_from_slice(unsafe { std::slice::from_raw_parts(piece.0, piece.1) });
+        match spans.last_mut() {
+            Some(Ok(seam)) => seam.end = seams.len(),
+            _ => spans.push(Ok(start..seams.len())),
+        }
+    }
+    let iovecs = spans
+        .into_iter()
+        .map(|span| {
+            let (base, len) = match span {
+                Ok(seam) => (seams[seam.start..].as_ptr(), seam.len()),
+                Err(piece) => piece,
+            };
+            libc::iovec {
+                iov_base: base as *mut _,
+                iov_len: len,
+            }
+        })
+        .collect();
+    (iovecs, seams)
+}
+
 /// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
 /// with everything its `msghdr` points at. Boxed, because the header points into it;
-/// the payloads stay in their `Vec`s, which do not move. A datagram with lent bytes
-/// takes three iovecs: headers, the lent bytes, then pad and ICRC.
+/// the payloads stay in their `Vec`s, which do not move (see [`gather`] for the
+/// iovecs).
 pub(super) struct OutMessage {
     datagrams: Vec<Datagram>,
     /// The correction XORed into each datagram's ICRC for its place in the run.
     deltas: Vec<u32>,
     name: SockAddr,
     iovecs: Vec<libc::iovec>,
+    /// Copies of the short pieces between lent bytes, which `iovecs` point into (kept,
+    /// never read).
+    #[allow(dead_code)]
+    seams: Vec<u8>,
     control: [u8; CMSG_SPACE],
     header: libc::msghdr,
 }
@@ -126,27 +186,13 @@ impl OutMessage {
                 delta
             })
             .collect();
-        let iovec = |base: *const u8, len: usize| libc::iovec {
-            iov_base: base as *mut _,
-            iov_len: len,
-        };
-        let mut iovecs = Vec::with_capacity(run.len());
-        for d in &run {
-            match d.lent {
-                Some(lent) => {
-                    let (head, tail) = d.payload.split_at(lent.at.min(d.payload.len()));
-                    iovecs.push(iovec(head.as_ptr(), head.len()));
-                    iovecs.push(iovec(lent.as_ptr(), lent.len()));
-                    iovecs.push(iovec(tail.as_ptr(), tail.len()));
-                }
-                None => iovecs.push(iovec(d.payload.as_ptr(), d.payload.len())),
-            }
-        }
+        let (iovecs, seams) = gather(&run);
         let mut message = Box::new(OutMessage {
             datagrams: run,
             deltas,
             name: SockAddr::from(dst),
             iovecs,
+            seams,
             control: [0; CMSG_SPACE],
             // SAFETY: msghdr is plain data; zero is a valid value.
             header: unsafe { mem::zeroed() },
@@ -293,6 +339,50 @@ mod tests {
         assert_eq!(runs(&many), vec![0..64, 64..128, 128..150]);
         let big: Vec<Datagram> = (0..20).map(|_| d("10.0.0.2", 4124)).collect();
         assert_eq!(runs(&big), vec![0..15, 15..20]);
+    }
+
+    /// Joined bytes of the iovecs.
+    fn joined(iovecs: &[libc::iovec]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in iovecs {
+            // SAFETY: built by `gather` over live payloads and a live `body`.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lent_payloads_are_gathered_with_one_iovec_per_seam() {
+        let body: Vec<u8> = (0..3 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut expect = Vec::new();
+        let run: Vec<Datagram> = (0..3)
+            .map(|i| {
+                let mut d = datagram("10.0.0.2", 16);
+                d.payload[..12].fill(i as u8);
+                d.payload[12..].fill(0xe0 + i as u8);
+                let part = &body[i * 1024..(i + 1) * 1024];
+                expect.extend_from_slice(&d.payload[..12]);
+                expect.extend_from_slice(part);
+                expect.extend_from_slice(&d.payload[12..]);
+                let start = std::ptr::NonNull::from(&part[0]);
+                d.lent = Some(crate::engine::Lent::new(12, start, part.len()));
+                d
+            })
+            .collect();
+        let (iovecs, _seams) = gather(&run);
+        // Headers, then each lent payload followed by one seam (ICRC and next headers,
+        // or the last ICRC).
+        let lens: Vec<usize> = iovecs.iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, [12, 1024, 16, 1024, 16, 1024, 4]);
+        assert_eq!(joined(&iovecs), expect);
+        // Owned payloads past the seam size point at themselves.
+        let owned = vec![datagram("10.0.0.2", 1000), datagram("10.0.0.2", 1000)];
+        let (iovecs, seams) = gather(&owned);
+        assert_eq!(iovecs.len(), 2);
+        assert!(seams.is_empty());
+        assert_eq!(iovecs[1].iov_base as *const u8, owned[1].payload.as_ptr());
     }
 
     #[test]
