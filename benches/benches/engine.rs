@@ -208,6 +208,8 @@ fn rc_write(c: &mut Criterion) {
         (64u32, PathMtu::Mtu1024),
         (4096, PathMtu::Mtu1024),
         (4096, PathMtu::Mtu4096),
+        // The loopback bandwidth bench's WRITE.
+        (65536, PathMtu::Mtu4096),
     ];
     for (unit, label) in [("bytes", true), ("packets", false)] {
         let mut group = c.benchmark_group(format!("engine/rc_write/{unit}"));
