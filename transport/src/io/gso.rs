@@ -114,10 +114,15 @@ fn gather(run: &[Datagram]) -> (Vec<libc::iovec>, Vec<u8>) {
     // First the seams' bytes (so the buffer is done moving), then the iovecs.
     let short = |&(_, len): &(*const u8, usize)| len <= SEAM_MAX;
     let mut seams = Vec::with_capacity(pieces.iter().filter(|p| short(p)).map(|p| p.1).sum());
-    let mut spans: Vec<Result<Range<usize>, (*const u8, usize)>> = Vec::new();
-    for piece in pieces.iter().filter(|p| p.1 > 0) {
-        if !short(piece) {
-            spans.push(Err(*piece));
+    /// One iovec to be: bytes of the seams, or a piece pointed at where it is.
+    enum Span {
+        Seam(Range<usize>),
+        InPlace(*const u8, usize),
+    }
+    let mut spans = Vec::with_capacity(pieces.len());
+    for &piece in pieces.iter().filter(|p| p.1 > 0) {
+        if !short(&piece) {
+            spans.push(Span::InPlace(piece.0, piece.1));
             continue;
         }
         let start = seams.len();
@@ -125,16 +130,16 @@ fn gather(run: &[Datagram]) -> (Vec<libc::iovec>, Vec<u8>) {
         // the lending contract keeps valid as long.
         seams.extend_from_slice(unsafe { std::slice::from_raw_parts(piece.0, piece.1) });
         match spans.last_mut() {
-            Some(Ok(seam)) => seam.end = seams.len(),
-            _ => spans.push(Ok(start..seams.len())),
+            Some(Span::Seam(seam)) => seam.end = seams.len(),
+            _ => spans.push(Span::Seam(start..seams.len())),
         }
     }
     let iovecs = spans
         .into_iter()
         .map(|span| {
             let (base, len) = match span {
-                Ok(seam) => (seams[seam.start..].as_ptr(), seam.len()),
-                Err(piece) => piece,
+                Span::Seam(seam) => (seams[seam.start..].as_ptr(), seam.len()),
+                Span::InPlace(base, len) => (base, len),
             };
             libc::iovec {
                 iov_base: base as *mut _,
