@@ -2,7 +2,8 @@
 //! simulator, no sockets), one thread. Each iteration posts a batch of signaled RDMA
 //! WRITEs on an RC QP, moves datagrams until both engines are quiet and reaps the
 //! completions, so the figures include segmentation, ICRC on both sides, the
-//! responder's memory writes, ACKs and completion handling.
+//! responder's memory writes, ACKs and completion handling. Payloads are lent from the
+//! sender's region, as the I/O runner has them, and copied out as its kernel would.
 //!
 //! Two views of the same work: `…/bytes` reports payload bytes per second, `…/packets`
 //! datagrams per second (requests and ACKs, both directions) — per CPU core, since it
@@ -134,6 +135,14 @@ impl Pair {
         a.engine
             .mr_write(NS, a.mr.lkey, a.mr.addr, &data)
             .expect("fill");
+        for side in [&mut a, &mut b] {
+            // SAFETY: `batch` owns every datagram as soon as `poll_transmit_into` gives
+            // it, before either engine runs again.
+            #[allow(unsafe_code)]
+            unsafe {
+                side.engine.lend_payloads(true)
+            };
+        }
         Pair {
             sides: [a, b],
             queues: [Vec::new(), Vec::new()],
@@ -171,9 +180,11 @@ impl Pair {
             self.now = self.now + Duration::from_micros(1);
             let mut progress = false;
             for (from, queue) in [(0, 1), (1, 0)] {
-                // In batches, as the I/O layer takes them.
+                // In batches, as the I/O layer takes them; lent payloads are copied
+                // out at once, as the kernel's send copies them.
                 let (engine, out) = (&mut self.sides[from].engine, &mut self.queues[queue]);
                 while engine.poll_transmit_into(self.now, out, 64) > 0 {}
+                out.iter_mut().for_each(Datagram::own);
             }
             for (to, queue) in self.queues.iter_mut().enumerate() {
                 for datagram in queue.drain(..) {
