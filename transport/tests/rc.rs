@@ -234,10 +234,11 @@ fn batched_transmit_takes_turns_in_bursts() {
         } else {
             out.extend(std::iter::from_fn(|| a.engine.poll_transmit(pair.now)));
         }
-        (pair, out)
+        (pair, out, second_b)
     });
     let dest_qp = |d: &Datagram| packet::parse(&d.payload).unwrap().repr.bth.dest_qp;
-    let (first, second) = (pairs[0].0.b.qpn, dest_qp(&pairs[0].1[1]));
+    // The responder's QPNs the two WRITEs go to (the same in both pairs: same seeds).
+    let (first, second) = (pairs[0].0.b.qpn, pairs[0].2);
     // At a 1024-byte MTU each WRITE is 20 packets.
     let mut runs: Vec<(Qpn, usize)> = Vec::new();
     for d in &pairs[1].1 {
@@ -263,7 +264,7 @@ fn batched_transmit_takes_turns_in_bursts() {
         assert_eq!(per_qp(&pairs[0].1, qpn), per_qp(&pairs[1].1, qpn));
     }
     // Delivered, they finish both WRITEs.
-    let (pair, out) = &mut pairs[1];
+    let (pair, out, _) = &mut pairs[1];
     for d in out.drain(..) {
         pair.b.engine.handle_datagram(pair.now, d.meta, &d.payload);
     }

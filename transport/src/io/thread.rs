@@ -967,13 +967,13 @@ impl Runner {
                     .iter()
                     .map(|p| TRANSMIT_BATCH.saturating_sub(p.pending.len()));
                 let room = room.min().unwrap_or(0);
-                let n = match room {
-                    0 => 0,
-                    _ => self
-                        .core
-                        .engine
-                        .poll_transmit_into(now, &mut self.outbox, room),
-                };
+                if room == 0 {
+                    break;
+                }
+                let n = self
+                    .core
+                    .engine
+                    .poll_transmit_into(now, &mut self.outbox, room);
                 if n == 0 {
                     break;
                 }
