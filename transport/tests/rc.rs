@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use ferroce_transport::engine::{
-    Datagram, PathMtu, QpState, QpType, SendOp, WcOpcode, WcStatus, QP_BURST,
+    AccessFlags, Datagram, PathMtu, QpAttr, QpState, QpType, SendOp, Sge, WcOpcode, WcStatus,
+    QP_BURST,
 };
 use ferroce_transport::wire::{packet, AckSyndrome, NakCode, OpCode, Psn, Qpn, Rkey};
 
@@ -802,10 +803,14 @@ fn fence_waits_for_earlier_reads() {
 }
 
 #[test]
-fn send_with_invalidate_and_local_invalidate() {
+fn send_with_invalidate_of_a_user_region_fails_as_in_rxe() {
+    // rxe invalidates only fast-registered regions and memory windows; a user region
+    // refuses (class J): the receive fails with REM_INV_REQ_ERR and the responder's QP
+    // goes to ERR, while the requester gets a plain ACK and sees success.
     let mut pair = Pair::rc();
     pair.b.post_recv(1, 0, 64);
     let target = pair.b.mr.rkey;
+    pair.a.write(0, b"payload!");
     pair.a.post_send(send_wr(
         1,
         SendOp::SendWithInv(target),
@@ -813,21 +818,70 @@ fn send_with_invalidate_and_local_invalidate() {
     ));
     pair.run();
     let wc = pair.b.poll().remove(0);
-    assert_eq!(wc.invalidated_rkey, Some(target));
+    assert_eq!((wc.wr_id, wc.status), (1, WcStatus::RemInvReqErr));
+    assert_eq!(wc.invalidated_rkey, None);
+    assert_eq!(pair.b.state(), QpState::Err);
     assert_eq!(pair.a.poll()[0].status, WcStatus::Success);
-    // The rkey is dead now: a WRITE with it is refused.
+    assert_eq!(
+        pair.count(Dir::BtoA, |r| r.aeth.is_some_and(|a| !a.syndrome.is_ack())),
+        0
+    );
+    // The region was not touched: a new connection WRITEs with the same rkey.
+    reconnect(&mut pair);
     pair.a.post_send(send_wr(
         2,
         SendOp::RdmaWrite {
-            remote_addr: pair.b.mr.addr,
+            remote_addr: pair.b.mr.addr + 100,
             rkey: target,
         },
         vec![pair.a.sge(0, 8)],
     ));
     pair.run();
     let got: Vec<_> = pair.a.poll().iter().map(|w| w.status).collect();
-    assert_eq!(got, [WcStatus::RemAccessErr]);
+    assert_eq!(got, [WcStatus::Success]);
+    assert_eq!(pair.b.read(100, 8), b"payload!");
+}
 
+#[test]
+fn a_region_without_remote_access_is_out_of_a_peers_reach() {
+    let mut pair = Pair::rc();
+    let local = pair
+        .b
+        .engine
+        .reg_mr(NS, pair.b.pd, 4096, AccessFlags::LOCAL_WRITE)
+        .unwrap();
+    assert_eq!(local.rkey, Rkey(0), "rxe gives a local-only region no rkey");
+    // The peer guesses the lkey (the rkey every region had before) and invalidates it.
+    pair.b.post_recv(1, 0, 64);
+    pair.a.post_send(send_wr(
+        1,
+        SendOp::SendWithInv(Rkey(local.lkey.0)),
+        vec![pair.a.sge(0, 8)],
+    ));
+    pair.run();
+    assert_eq!(pair.b.poll()[0].status, WcStatus::RemInvReqErr);
+    // B's own use of the region by lkey still works on a fresh connection.
+    reconnect(&mut pair);
+    pair.b
+        .engine
+        .mr_write(NS, local.lkey, local.addr, b"mine")
+        .unwrap();
+    pair.a.post_recv(7, 0, 64);
+    let sge = Sge {
+        addr: local.addr,
+        length: 4,
+        lkey: local.lkey,
+    };
+    pair.b.post_send(send_wr(2, SendOp::Send, vec![sge]));
+    pair.run();
+    let sent: Vec<_> = pair.b.poll().iter().map(|w| w.status).collect();
+    assert_eq!(sent, [WcStatus::Success]);
+    assert_eq!(pair.a.read(0, 4), b"mine");
+}
+
+#[test]
+fn local_invalidate_of_a_user_region_is_a_local_qp_operation_error() {
+    // rxe_do_local_ops: LOC_QP_OP_ERR, the QP goes to ERR, what follows is flushed.
     let mut p = Pair::rc();
     let own = p.a.mr.rkey;
     p.a.post_send(send_wr(1, SendOp::LocalInv(own), vec![]));
@@ -839,12 +893,33 @@ fn send_with_invalidate_and_local_invalidate() {
             .iter()
             .map(|w| (w.wr_id, w.status, w.opcode))
             .collect();
-    assert_eq!(got[0], (1, WcStatus::Success, WcOpcode::LocalInv));
     assert_eq!(
-        got[1],
-        (2, WcStatus::LocProtErr, WcOpcode::Send),
-        "the invalidated lkey fails"
+        got,
+        [
+            (1, WcStatus::LocQpOpErr, WcOpcode::LocalInv),
+            (2, WcStatus::WrFlushErr, WcOpcode::Send),
+        ]
     );
+    assert_eq!(p.a.state(), QpState::Err);
+    // The region itself is as it was.
+    p.a.write(0, b"still");
+    assert_eq!(p.a.read(0, 5), b"still");
+}
+
+/// Both QPs back to RESET and connected again (after one went to ERR).
+fn reconnect(pair: &mut Pair) {
+    for side in [&mut pair.a, &mut pair.b] {
+        let reset = QpAttr {
+            state: Some(QpState::Reset),
+            ..QpAttr::default()
+        };
+        side.engine.modify_qp(NS, side.qpn, &reset).unwrap();
+        side.poll();
+    }
+    let p = Params::default();
+    let (a, b) = (&mut pair.a, &mut pair.b);
+    connect(&mut a.engine, NS, a.qpn, b.addr, b.qpn, QP_RC, &p);
+    connect(&mut b.engine, NS, b.qpn, a.addr, a.qpn, QP_RC, &p);
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! namespace's table, then the PD, the access flags and the bounds are checked. Keys are
 //! `index << 8 | key` with a random 8-bit key per registration, so a stale or guessed
 //! key fails; deregistration removes the entry, so no later access can reach the bytes.
+//! As in rxe, a region registered without any `REMOTE_*` access has rkey 0 and no key
+//! a peer presents reaches it; and only fast-registered regions and memory windows can
+//! be invalidated, which ferroce does not have, so no invalidation ever succeeds.
 //!
 //! A region's bytes are a [`RegionMemory`]: either a [`MemoryBacking`] the engine owns
 //! and may borrow as slices (`Vec<u8>` for `reg_mr`), or [`CallerMemory`], the
@@ -50,6 +53,8 @@ impl AccessFlags {
     pub const REMOTE_ATOMIC: AccessFlags = AccessFlags(1 << 3);
     /// Every flag above.
     pub const ALL: AccessFlags = AccessFlags(0xf);
+    /// Any of the remote flags.
+    const ANY_REMOTE: u32 = 0xe;
 
     /// Flags from ibverbs bits; unknown bits are refused.
     pub const fn from_bits(bits: u32) -> Option<AccessFlags> {
@@ -69,6 +74,11 @@ impl AccessFlags {
     pub const fn contains(self, other: AccessFlags) -> bool {
         self.0 & other.0 == other.0
     }
+
+    /// True when some `REMOTE_*` flag is set: only then does a region get an rkey.
+    pub const fn allows_remote(self) -> bool {
+        self.0 & Self::ANY_REMOTE != 0
+    }
 }
 
 impl std::ops::BitOr for AccessFlags {
@@ -85,7 +95,8 @@ pub struct MemoryRegion {
     pub pd: ProtectionDomain,
     /// Local key (for SGEs).
     pub lkey: Lkey,
-    /// Remote key (for peers' RETH and AtomicETH).
+    /// Remote key (for peers' RETH and AtomicETH); 0, which no region answers to, when
+    /// the region allows no remote access (as rxe).
     pub rkey: Rkey,
     /// First byte's address (the iova peers use).
     pub addr: u64,
@@ -107,7 +118,8 @@ pub enum Key {
 /// Why a memory access failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccessError {
-    /// No region with this key (never registered, deregistered, invalidated, stale key).
+    /// No region with this key (never registered, deregistered, stale key, or an rkey
+    /// of a region without remote access).
     InvalidKey,
     /// The region belongs to another PD.
     PdMismatch,
@@ -117,6 +129,10 @@ pub enum AccessError {
     OutOfBounds,
     /// An atomic on an address that is not 8-byte aligned.
     Misaligned,
+    /// An invalidation of a region that cannot be invalidated: only fast-registered
+    /// regions and memory windows can, and every ferroce region is a user region
+    /// (rxe's `rxe_invalidate_mr` refuses every type but `IB_MR_TYPE_MEM_REG`).
+    NotInvalidatable,
 }
 
 /// An atomic operation on 8 bytes of remote memory.
@@ -199,7 +215,9 @@ pub trait MemoryAccess {
         op: AtomicOp,
     ) -> Result<u64, AccessError>;
     /// Invalidates a key (SEND with invalidate, local invalidate): later accesses with it
-    /// fail until the region is deregistered.
+    /// fail until the region is registered again. Only fast-registered regions and
+    /// memory windows can be invalidated; a user region answers
+    /// [`AccessError::NotInvalidatable`] and stays as it was.
     fn invalidate(&mut self, key: Key, pd: ProtectionDomain) -> Result<(), AccessError>;
 }
 
@@ -348,7 +366,8 @@ impl CallerMemory {
 }
 
 /// The bytes of one memory region: a backing the engine owns, or caller memory.
-#[derive(Debug)]
+/// `Debug` shows which and how long, never the bytes (a region may be gigabytes, and
+/// its contents are the tenant's).
 #[non_exhaustive]
 pub enum RegionMemory {
     /// Memory the engine may borrow (`reg_mr`'s `Vec<u8>`, or a buffer handed over).
@@ -372,6 +391,16 @@ impl From<Box<dyn MemoryBacking>> for RegionMemory {
 impl From<CallerMemory> for RegionMemory {
     fn from(memory: CallerMemory) -> RegionMemory {
         RegionMemory::Caller(memory)
+    }
+}
+
+impl fmt::Debug for RegionMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            RegionMemory::Backing(_) => "Backing",
+            RegionMemory::Caller(_) => "Caller",
+        };
+        f.debug_struct(kind).field("len", &self.len()).finish()
     }
 }
 
@@ -465,11 +494,22 @@ fn slice_range(
 #[derive(Debug)]
 struct Entry {
     pd: ProtectionDomain,
+    /// The lkey; also the rkey when `access` allows remote access (else there is none).
     key: u32,
     addr: u64,
     access: AccessFlags,
-    valid: bool,
     memory: RegionMemory,
+}
+
+impl Entry {
+    /// True when `key` names this region: an lkey always, an rkey only when the region
+    /// has one.
+    fn answers(&self, key: Key) -> bool {
+        match key {
+            Key::Local(Lkey(k)) => k == self.key,
+            Key::Remote(Rkey(k)) => k == self.key && self.access.allows_remote(),
+        }
+    }
 }
 
 /// The memory regions of one namespace, with the bytes the engine owns.
@@ -548,14 +588,13 @@ impl MemoryTable {
             key,
             addr,
             access,
-            valid: true,
             memory,
         });
         self.count += 1;
         Ok(MemoryRegion {
             pd,
             lkey: Lkey(key),
-            rkey: Rkey(key),
+            rkey: Rkey(if access.allows_remote() { key } else { 0 }),
             addr,
             length,
             access,
@@ -577,18 +616,18 @@ impl MemoryTable {
         self.slots.iter().flatten().any(|e| e.pd == pd)
     }
 
-    fn entry(&self, raw: u32) -> Option<&Entry> {
+    fn entry(&self, key: Key) -> Option<&Entry> {
         self.slots
-            .get((raw >> 8) as usize)?
+            .get((raw_key(key) >> 8) as usize)?
             .as_ref()
-            .filter(|e| e.key == raw)
+            .filter(|e| e.answers(key))
     }
 
-    fn entry_mut(&mut self, raw: u32) -> Option<&mut Entry> {
+    fn entry_mut(&mut self, key: Key) -> Option<&mut Entry> {
         self.slots
-            .get_mut((raw >> 8) as usize)?
+            .get_mut((raw_key(key) >> 8) as usize)?
             .as_mut()
-            .filter(|e| e.key == raw)
+            .filter(|e| e.answers(key))
     }
 
     /// The owner reads its region: any byte inside it, no access flags needed (like an
@@ -599,7 +638,9 @@ impl MemoryTable {
         addr: u64,
         out: &mut [u8],
     ) -> Result<(), AccessError> {
-        let entry = self.entry(lkey.0).ok_or(AccessError::InvalidKey)?;
+        let entry = self
+            .entry(Key::Local(lkey))
+            .ok_or(AccessError::InvalidKey)?;
         let offset = offset_in(entry, addr, out.len() as u64)?;
         entry.memory.read_at(offset, out)
     }
@@ -611,7 +652,9 @@ impl MemoryTable {
         addr: u64,
         data: &[u8],
     ) -> Result<(), AccessError> {
-        let entry = self.entry_mut(lkey.0).ok_or(AccessError::InvalidKey)?;
+        let entry = self
+            .entry_mut(Key::Local(lkey))
+            .ok_or(AccessError::InvalidKey)?;
         let offset = offset_in(entry, addr, data.len() as u64)?;
         entry.memory.write_at(offset, data)
     }
@@ -623,19 +666,15 @@ impl MemoryTable {
         addr: u64,
         len: u64,
         required: AccessFlags,
-    ) -> Result<(u32, usize), AccessError> {
-        let raw = raw_key(key);
-        let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
-        if !entry.valid {
-            return Err(AccessError::InvalidKey);
-        }
+    ) -> Result<usize, AccessError> {
+        let entry = self.entry(key).ok_or(AccessError::InvalidKey)?;
         if entry.pd != pd {
             return Err(AccessError::PdMismatch);
         }
         if !entry.access.contains(required) {
             return Err(AccessError::AccessDenied);
         }
-        Ok((raw, offset_in(entry, addr, len)?))
+        offset_in(entry, addr, len)
     }
 }
 
@@ -678,8 +717,8 @@ impl MemoryAccess for MemoryTable {
         out: &mut [u8],
         required: AccessFlags,
     ) -> Result<(), AccessError> {
-        let (raw, offset) = self.checked(key, pd, addr, out.len() as u64, required)?;
-        let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
+        let offset = self.checked(key, pd, addr, out.len() as u64, required)?;
+        let entry = self.entry(key).ok_or(AccessError::InvalidKey)?;
         entry.memory.read_at(offset, out)
     }
 
@@ -691,8 +730,8 @@ impl MemoryAccess for MemoryTable {
         len: usize,
         required: AccessFlags,
     ) -> Result<NonNull<u8>, AccessError> {
-        let (raw, offset) = self.checked(key, pd, addr, len as u64, required)?;
-        let entry = self.entry(raw).ok_or(AccessError::InvalidKey)?;
+        let offset = self.checked(key, pd, addr, len as u64, required)?;
+        let entry = self.entry(key).ok_or(AccessError::InvalidKey)?;
         entry.memory.lend_at(offset, len)
     }
 
@@ -704,8 +743,8 @@ impl MemoryAccess for MemoryTable {
         data: &[u8],
         required: AccessFlags,
     ) -> Result<(), AccessError> {
-        let (raw, offset) = self.checked(key, pd, addr, data.len() as u64, required)?;
-        let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
+        let offset = self.checked(key, pd, addr, data.len() as u64, required)?;
+        let entry = self.entry_mut(key).ok_or(AccessError::InvalidKey)?;
         entry.memory.write_at(offset, data)
     }
 
@@ -719,24 +758,19 @@ impl MemoryAccess for MemoryTable {
         if addr % 8 != 0 {
             return Err(AccessError::Misaligned);
         }
-        let (raw, offset) =
-            self.checked(Key::Remote(rkey), pd, addr, 8, AccessFlags::REMOTE_ATOMIC)?;
-        let entry = self.entry_mut(raw).ok_or(AccessError::InvalidKey)?;
+        let key = Key::Remote(rkey);
+        let offset = self.checked(key, pd, addr, 8, AccessFlags::REMOTE_ATOMIC)?;
+        let entry = self.entry_mut(key).ok_or(AccessError::InvalidKey)?;
         entry.memory.atomic_at(offset, op)
     }
 
     fn invalidate(&mut self, key: Key, pd: ProtectionDomain) -> Result<(), AccessError> {
-        let entry = self
-            .entry_mut(raw_key(key))
-            .ok_or(AccessError::InvalidKey)?;
+        let entry = self.entry(key).ok_or(AccessError::InvalidKey)?;
         if entry.pd != pd {
             return Err(AccessError::PdMismatch);
         }
-        if !entry.valid {
-            return Err(AccessError::InvalidKey);
-        }
-        entry.valid = false;
-        Ok(())
+        // Every entry is a user region (`reg_mr`): no fast registration, no windows.
+        Err(AccessError::NotInvalidatable)
     }
 }
 
@@ -834,13 +868,25 @@ mod tests {
     }
 
     #[test]
-    fn deregistered_and_invalidated_keys_fail() {
+    fn deregistered_keys_fail_and_user_regions_cannot_be_invalidated() {
         let (mut table, mr) = table_with(AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE);
         let key = Key::Remote(mr.rkey);
-        assert_eq!(table.invalidate(key, PD), Ok(()));
+        // A user region is not invalidated by either key, and stays usable (rxe).
+        assert_eq!(
+            table.invalidate(key, PD),
+            Err(AccessError::NotInvalidatable)
+        );
+        assert_eq!(
+            table.invalidate(Key::Local(mr.lkey), PD),
+            Err(AccessError::NotInvalidatable)
+        );
+        assert_eq!(
+            table.invalidate(key, ProtectionDomain(2)),
+            Err(AccessError::PdMismatch)
+        );
         assert_eq!(
             table.write(key, PD, mr.addr, &[1], AccessFlags::REMOTE_WRITE),
-            Err(AccessError::InvalidKey)
+            Ok(())
         );
         assert_eq!(table.deregister(mr.lkey), Some(PD));
         assert_eq!(table.deregister(mr.lkey), None);
@@ -854,6 +900,43 @@ mod tests {
             table.check(key, PD, mr.addr, 1, AccessFlags::NONE),
             Err(AccessError::InvalidKey)
         );
+    }
+
+    #[test]
+    fn a_region_without_remote_access_has_no_rkey() {
+        let (mut table, local) = table_with(AccessFlags::LOCAL_WRITE);
+        assert_eq!(local.rkey, Rkey(0));
+        // Not by rkey 0, not by the lkey's value presented as an rkey: no peer reaches it.
+        for rkey in [local.rkey, Rkey(local.lkey.0)] {
+            let key = Key::Remote(rkey);
+            assert_eq!(
+                table.check(key, PD, local.addr, 1, AccessFlags::NONE),
+                Err(AccessError::InvalidKey)
+            );
+            assert_eq!(table.invalidate(key, PD), Err(AccessError::InvalidKey));
+        }
+        // Its owner still reaches it by lkey.
+        assert_eq!(
+            table.check(Key::Local(local.lkey), PD, local.addr, 1, AccessFlags::NONE),
+            Ok(())
+        );
+        let remote = table
+            .register(PD, 8, AccessFlags::REMOTE_READ, 0x21, 0)
+            .unwrap();
+        assert_eq!(
+            remote.rkey.0, remote.lkey.0,
+            "rxe: rkey == lkey when remote"
+        );
+    }
+
+    #[test]
+    fn debug_shows_lengths_not_bytes() {
+        let (table, _) = table_with(AccessFlags::LOCAL_WRITE);
+        let mut big = table;
+        big.register(PD, 1 << 20, AccessFlags::NONE, 1, 0).unwrap();
+        let text = format!("{big:?}");
+        assert!(text.contains("len: 1048576"), "{text}");
+        assert!(text.len() < 4096, "{} bytes of Debug", text.len());
     }
 
     /// Registers `buffer` (raw, as the verbs layer does) with every access flag.

@@ -210,7 +210,9 @@ impl QueuePair {
                 wqe.started = true;
                 self.req.send_index += 1;
                 if result.is_err() {
-                    wqe.status = WcStatus::LocProtErr;
+                    // rxe_do_local_ops: a failed invalidation is a local QP operation
+                    // error, and the QP goes to ERR.
+                    wqe.status = WcStatus::LocQpOpErr;
                     wqe.vendor_err = vendor_err::LOCAL_KEY;
                     self.enter_error(ctx);
                     return None;

@@ -105,14 +105,19 @@ pub(crate) struct Responder {
     ack_hold: Option<Time>,
 }
 
-/// How a request failed (class A/C errors of IBA 9.9.3).
+/// How a request failed: class A/C errors of IBA 9.9.3 NAK it; a failed invalidation
+/// (`nak: None`, rxe's class J) is acknowledged as if it had worked, and only the
+/// responder's receive completion and QP state say it did not.
 struct Refusal {
-    nak: NakCode,
+    nak: Option<NakCode>,
     recv_status: WcStatus,
 }
 
 fn refuse(nak: NakCode, recv_status: WcStatus) -> Refusal {
-    Refusal { nak, recv_status }
+    Refusal {
+        nak: Some(nak),
+        recv_status,
+    }
 }
 
 impl Responder {
@@ -301,10 +306,17 @@ impl QueuePair {
             }
             Ok(None) => {}
             Err(refusal) => {
-                if rc {
-                    self.resp.push_nak(psn, AckSyndrome::Nak(refusal.nak));
-                    ctx.counters.naks_sent.count(refusal.nak);
+                if let (true, Some(nak)) = (rc, refusal.nak) {
+                    self.resp.push_nak(psn, AckSyndrome::Nak(nak));
+                    ctx.counters.naks_sent.count(nak);
                     self.fail_receive(refusal.recv_status, ctx);
+                } else if rc {
+                    // rxe: the receive fails and the QP goes to ERR, but the packet is
+                    // ACKed like any other (after the flush, which keeps only NAKs).
+                    self.fail_receive(refusal.recv_status, ctx);
+                    if parsed.repr.bth.ack_req {
+                        self.resp.push_ack(psn, false);
+                    }
                 } else {
                     ctx.counters.drops.refused += 1;
                     self.abort_uc_message(ctx);
@@ -438,15 +450,17 @@ impl QueuePair {
                 if position.ends_message() {
                     let mut invalidated = None;
                     if let Some(ieth) = parsed.repr.ieth {
+                        // Only fast-registered regions and memory windows can be
+                        // invalidated (none here): rxe's class J error.
                         if ctx
                             .memory
                             .invalidate(Key::Remote(ieth.rkey), self.pd)
                             .is_err()
                         {
-                            return Err(refuse(
-                                NakCode::RemoteOperationalError,
-                                WcStatus::RemOpErr,
-                            ));
+                            return Err(Refusal {
+                                nak: None,
+                                recv_status: WcStatus::RemInvReqErr,
+                            });
                         }
                         invalidated = Some(ieth.rkey);
                     }
@@ -518,9 +532,6 @@ impl QueuePair {
                     return Err(invalid());
                 }
                 let reth = parsed.repr.reth.ok_or_else(invalid)?;
-                if reth.dma_length > MAX_MESSAGE {
-                    return Err(invalid());
-                }
                 if reth.dma_length > MAX_MESSAGE {
                     return Err(invalid());
                 }
