@@ -906,6 +906,28 @@ fn local_invalidate_of_a_user_region_is_a_local_qp_operation_error() {
     assert_eq!(p.a.read(0, 5), b"still");
 }
 
+#[test]
+fn engine_debug_shows_no_region_or_packet_bytes() {
+    let mut pair = Pair::rc();
+    let big = pair
+        .a
+        .engine
+        .reg_mr(NS, pair.a.pd, 4 << 20, AccessFlags::LOCAL_WRITE)
+        .unwrap();
+    pair.a
+        .engine
+        .mr_write(NS, big.lkey, big.addr, b"secret")
+        .unwrap();
+    pair.b.post_recv(1, 0, 4096);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 4000)]));
+    let d = pair.a.engine.poll_transmit(pair.now).unwrap();
+    pair.a.engine.recycle(d.payload);
+    let text = format!("{:?}", pair.a.engine);
+    // 4 MiB of region and a 4 KiB packet, printed as bytes, would be megabytes.
+    assert!(text.len() < 16 * 1024, "{} bytes of Debug", text.len());
+}
+
 /// Both QPs back to RESET and connected again (after one went to ERR).
 fn reconnect(pair: &mut Pair) {
     for side in [&mut pair.a, &mut pair.b] {
