@@ -1462,8 +1462,7 @@ fn duplicate_read_restarts_the_stream_in_progress() {
     let mut expected = vec![(1, RcReadResponseFirst)];
     expected.extend((2..7).map(|p| (p, RcReadResponseMiddle)));
     expected.extend([(7, RcReadResponseLast), (8, RcAtomicAcknowledge)]);
-    // The duplicate fetch-add is answered again from the saved result.
-    expected.push((8, RcAtomicAcknowledge));
+    // The duplicate fetch-add finds its answer still queued: no second one.
     assert_eq!(
         rest, expected,
         "one stream, restarted at PSN 1, then the atomic"
@@ -1562,4 +1561,45 @@ fn unacknowledged_psns_are_capped_and_a_loss_halves_the_cap_down_to_rxes() {
         .collect();
     assert_eq!(statuses, [(1, WcStatus::Success), (2, WcStatus::Success)]);
     assert_eq!(pair.a.engine.counters().timeouts, 3);
+}
+
+#[test]
+fn reads_beyond_the_responder_resources_are_an_invalid_request() {
+    // A requester allowed 4 outstanding READs against a responder that granted 2 (the
+    // application broke the rule max_rd_atomic <= peer's max_dest_rd_atomic).
+    let mut pair = Pair::rc();
+    let granted = Params {
+        max_rd_atomic: 2,
+        ..Params::default()
+    };
+    let b = &mut pair.b;
+    let reset = QpAttr {
+        state: Some(QpState::Reset),
+        ..QpAttr::default()
+    };
+    b.engine.modify_qp(NS, b.qpn, &reset).unwrap();
+    connect(
+        &mut b.engine,
+        NS,
+        b.qpn,
+        pair.a.addr,
+        pair.a.qpn,
+        QP_RC,
+        &granted,
+    );
+    for i in 0..3 {
+        let op = SendOp::RdmaRead {
+            remote_addr: pair.b.mr.addr,
+            rkey: pair.b.mr.rkey,
+        };
+        pair.a
+            .post_send(send_wr(i, op, vec![pair.a.sge(i * 4096, 4096)]));
+    }
+    // All three arrive before B sends anything: the third is one too many.
+    a_to_b(&mut pair);
+    assert_eq!(pair.b.engine.counters().naks_sent.invalid_request, 1);
+    assert_eq!(pair.b.state(), QpState::Err);
+    pair.run();
+    let got: Vec<_> = pair.a.poll().iter().map(|w| w.status).collect();
+    assert!(got.contains(&WcStatus::RemInvReqErr), "{got:?}");
 }

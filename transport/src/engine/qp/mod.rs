@@ -195,6 +195,9 @@ pub struct QpInfo {
     pub send_outstanding: usize,
     /// Receive WRs posted and not yet consumed.
     pub recv_outstanding: usize,
+    /// Responses (ACKs, NAKs, READ responses, atomic ACKs) waiting to be sent: at most
+    /// `MAX_QUEUED_ACKS` plus two per responder resource.
+    pub responses_queued: usize,
 }
 
 /// A scatter/gather element (`ibv_sge`).
@@ -750,6 +753,7 @@ impl QueuePair {
             cap: self.cap,
             send_outstanding: self.sq.len(),
             recv_outstanding: self.rq.len(),
+            responses_queued: self.resp.queued(),
         }
     }
 

@@ -22,6 +22,12 @@ pub const MAX_MESSAGE: u32 = 1 << 31;
 /// Length of the GRH space at the start of a UD receive buffer.
 pub const GRH_LEN: usize = 40;
 
+/// ACKs and NAKs queued at most before each new one replaces the last (which it
+/// acknowledges past): a requester has at most this many PSNs unacknowledged
+/// ([`MAX_UNACKED_PSNS`](super::requester::MAX_UNACKED_PSNS)), so more could only come
+/// from a peer flooding faster than the engine sends.
+pub const MAX_QUEUED_ACKS: usize = 256;
+
 /// A message being received across several packets.
 #[derive(Debug)]
 enum InProgress {
@@ -55,6 +61,10 @@ enum Resource {
 }
 
 /// Something the responder must send, in PSN order.
+///
+/// Bounded: every READ or atomic job answers a resource in the responder-resource ring
+/// (`max_dest_rd_atomic` entries), one job per resource; ACKs and NAKs beyond
+/// [`MAX_QUEUED_ACKS`] fold into the last one.
 #[derive(Debug, Clone, Copy)]
 enum Job {
     Ack {
@@ -62,6 +72,7 @@ enum Job {
         syndrome: AckSyndrome,
         msn: u32,
     },
+    /// READ responses, built one packet at a time from the region as they are sent.
     Read {
         psn: Psn,
         va: u64,
@@ -69,11 +80,14 @@ enum Job {
         remaining: u32,
         first: bool,
         msn: u32,
+        /// Answers a duplicate request (not counted against `max_dest_rd_atomic`).
+        replay: bool,
     },
     Atomic {
         psn: Psn,
         original: u64,
         msn: u32,
+        replay: bool,
     },
 }
 
@@ -82,6 +96,37 @@ impl Job {
     fn psn(&self) -> Psn {
         match *self {
             Job::Ack { psn, .. } | Job::Read { psn, .. } | Job::Atomic { psn, .. } => psn,
+        }
+    }
+
+    /// An ACK or a NAK that a later one may stand for (plain ACK, PSN sequence error,
+    /// RNR): each acknowledges every PSN before its own. Fatal NAKs stay.
+    fn is_foldable_ack(&self) -> bool {
+        matches!(self, Job::Ack { syndrome, .. } if syndrome.is_ack()
+            || matches!(syndrome, AckSyndrome::Nak(NakCode::PsnSequenceError) | AckSyndrome::RnrNak { .. }))
+    }
+
+    /// A READ or atomic being answered for the first time.
+    fn is_fresh_read_or_atomic(&self) -> bool {
+        matches!(
+            self,
+            Job::Read { replay: false, .. } | Job::Atomic { replay: false, .. }
+        )
+    }
+
+    /// True when this job answers `resource`.
+    fn answers(&self, resource: &Resource) -> bool {
+        match (*self, *resource) {
+            (
+                Job::Read { psn, .. },
+                Resource::Read {
+                    first_psn,
+                    last_psn,
+                    ..
+                },
+            ) => !psn.is_before(first_psn) && !psn.is_after(last_psn),
+            (Job::Atomic { psn, .. }, Resource::Atomic { psn: p, .. }) => psn == p,
+            _ => false,
         }
     }
 }
@@ -177,27 +222,56 @@ impl Responder {
                 return;
             }
         }
-        self.jobs.push_back(Job::Ack {
-            psn,
-            syndrome: AckSyndrome::Ack {
-                credits: aeth::CREDITS_INVALID,
-            },
-            msn,
-        });
+        let syndrome = AckSyndrome::Ack {
+            credits: aeth::CREDITS_INVALID,
+        };
+        self.queue_ack(Job::Ack { psn, syndrome, msn });
     }
 
     fn push_nak(&mut self, psn: Psn, syndrome: AckSyndrome) {
         let msn = self.msn;
-        self.jobs.push_back(Job::Ack { psn, syndrome, msn });
+        self.queue_ack(Job::Ack { psn, syndrome, msn });
+    }
+
+    /// Queues an ACK or NAK; past [`MAX_QUEUED_ACKS`] a foldable one replaces the
+    /// foldable one queued last (or is dropped if that one is already further on).
+    fn queue_ack(&mut self, ack: Job) {
+        if self.jobs.len() >= MAX_QUEUED_ACKS && ack.is_foldable_ack() {
+            if let Some(last) = self.jobs.back_mut().filter(|j| j.is_foldable_ack()) {
+                if !ack.psn().is_before(last.psn()) {
+                    *last = ack;
+                }
+                return;
+            }
+        }
+        self.jobs.push_back(ack);
+    }
+
+    /// READ and atomic jobs answering requests for the first time: the requester has at
+    /// least these outstanding, and may have `max_dest_rd_atomic` at most.
+    fn fresh_reads_and_atomics(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| j.is_fresh_read_or_atomic())
+            .count()
     }
 
     fn store_resource(&mut self, resource: Resource) {
         if self.resources.is_empty() {
             return;
         }
-        // The oldest entry is overwritten, as in rxe.
-        self.resources[self.resource_head] = Some(resource);
+        // The oldest entry is overwritten, as in rxe; a replay of it still queued goes
+        // with it (its requester has moved on), so every READ/atomic job answers an
+        // entry of the ring.
+        if let Some(old) = self.resources[self.resource_head].replace(resource) {
+            self.jobs.retain(|job| !job.answers(&old));
+        }
         self.resource_head = (self.resource_head + 1) % self.resources.len();
+    }
+
+    /// READ/atomic responses and ACKs waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
     }
 
     /// Queues `replay`, a duplicate READ's answer, for the READ whose PSNs are
@@ -528,7 +602,7 @@ impl QueuePair {
                 }
             }
             Operation::ReadRequest => {
-                if self.resp.resources.is_empty() {
+                if self.exceeds_responder_resources() {
                     return Err(invalid());
                 }
                 let reth = parsed.repr.reth.ok_or_else(invalid)?;
@@ -563,11 +637,12 @@ impl QueuePair {
                     remaining: reth.dma_length,
                     first: true,
                     msn,
+                    replay: false,
                 });
                 Ok(Some(psns))
             }
             Operation::CompareSwap | Operation::FetchAdd => {
-                if self.resp.resources.is_empty() {
+                if self.exceeds_responder_resources() {
                     return Err(invalid());
                 }
                 let eth = parsed.repr.atomic_eth.ok_or_else(invalid)?;
@@ -589,11 +664,26 @@ impl QueuePair {
                 self.resp.store_resource(Resource::Atomic { psn, original });
                 self.resp.complete_message();
                 let msn = self.resp.msn;
-                self.resp.jobs.push_back(Job::Atomic { psn, original, msn });
+                self.resp.jobs.push_back(Job::Atomic {
+                    psn,
+                    original,
+                    msn,
+                    replay: false,
+                });
                 Ok(Some(1))
             }
             _ => Err(invalid()),
         }
+    }
+
+    /// True when a new READ or atomic would exceed `max_dest_rd_atomic`: more answers
+    /// still to send than the responder resources the requester was granted, which a
+    /// requester within its `max_rd_atomic` never causes. Refused as rxe refuses one
+    /// when it has no resources at all (`RESPST_ERR_TOO_MANY_RDMA_ATM_REQ`: NAK invalid
+    /// request, class C). rxe itself answers each READ whole before it takes the next
+    /// packet, so it never holds more than one.
+    fn exceeds_responder_resources(&self) -> bool {
+        self.resp.fresh_reads_and_atomics() >= self.resp.resources.len()
     }
 
     /// One WRITE packet; returns the message length when it was the last packet.
@@ -712,6 +802,7 @@ impl QueuePair {
                     remaining: reth.dma_length,
                     first: true,
                     msn: self.resp.msn,
+                    replay: true,
                 };
                 self.resp.queue_read_replay(first_psn, last_psn, replay);
             }
@@ -720,10 +811,18 @@ impl QueuePair {
                     Resource::Atomic { psn: p, original } if p == psn => Some(original),
                     _ => None,
                 });
+                let queued = |job: &Job| matches!(*job, Job::Atomic { psn: p, .. } if p == psn);
                 match found {
+                    // The saved result is on its way already: one answer is enough.
+                    Some(_) if self.resp.jobs.iter().any(queued) => {}
                     Some(original) => {
                         let msn = self.resp.msn;
-                        self.resp.jobs.push_back(Job::Atomic { psn, original, msn });
+                        self.resp.jobs.push_back(Job::Atomic {
+                            psn,
+                            original,
+                            msn,
+                            replay: true,
+                        });
                     }
                     None => ctx.counters.drops.duplicate_not_replayed += 1,
                 }
@@ -773,7 +872,9 @@ impl QueuePair {
                 repr.aeth = Some(aeth::Repr { syndrome, msn });
                 repr
             }
-            Job::Atomic { psn, original, msn } => {
+            Job::Atomic {
+                psn, original, msn, ..
+            } => {
                 let mut repr =
                     packet::Repr::new(self.response_bth(OpCode::RcAtomicAcknowledge, psn));
                 repr.aeth = Some(aeth::Repr {
@@ -792,6 +893,7 @@ impl QueuePair {
                 remaining,
                 first,
                 msn,
+                replay,
             } => {
                 if self.state == QpState::Err {
                     return None;
@@ -822,6 +924,7 @@ impl QueuePair {
                         remaining: remaining - n,
                         first: false,
                         msn,
+                        replay,
                     });
                 }
                 repr
