@@ -1603,3 +1603,65 @@ fn reads_beyond_the_responder_resources_are_an_invalid_request() {
     let got: Vec<_> = pair.a.poll().iter().map(|w| w.status).collect();
     assert!(got.contains(&WcStatus::RemInvReqErr), "{got:?}");
 }
+
+/// Memory whose iova is the top of the address space.
+#[derive(Debug)]
+struct AtTheTop(Vec<u8>);
+
+impl ferroce_transport::engine::MemoryBacking for AtTheTop {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    fn address(&self) -> Option<u64> {
+        Some(u64::MAX - (self.0.len() as u64 - 1))
+    }
+}
+
+#[test]
+fn an_sge_running_past_the_top_of_the_address_space_fails_cleanly() {
+    let mut pair = Pair::rc();
+    let b = &mut pair.b;
+    let top = b
+        .engine
+        .reg_mr_backed(
+            NS,
+            b.pd,
+            Box::new(AtTheTop(vec![0; 4096])),
+            AccessFlags::LOCAL_WRITE,
+        )
+        .unwrap();
+    // The SGE claims 8 KiB from 4 KiB below 2^64: the fifth 1 KiB packet lands past it.
+    let sge = Sge {
+        addr: top.addr,
+        length: 8192,
+        lkey: top.lkey,
+    };
+    b.engine
+        .post_recv(
+            NS,
+            b.qpn,
+            ferroce_transport::engine::RecvWr {
+                wr_id: 9,
+                sg_list: vec![sge].into(),
+            },
+        )
+        .unwrap();
+    pair.a.write(0, &pattern(5000, 4));
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 5000)]));
+    pair.run();
+    let got: Vec<_> = pair.b.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(9, WcStatus::LocProtErr)]);
+    assert_eq!(pair.a.poll()[0].status, WcStatus::RemOpErr);
+    let mut first = vec![0; 4096];
+    pair.b
+        .engine
+        .mr_read(NS, top.lkey, top.addr, &mut first)
+        .unwrap();
+    assert_eq!(first, pattern(5000, 4)[..4096]);
+}

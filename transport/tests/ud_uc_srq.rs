@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use common::*;
 use ferroce_transport::engine::{
-    AsyncEvent, Engine, PathMtu, QpAttr, QpState, QpType, RecvWr, SendOp, SrqAttr, UdDestination,
-    VerbsError, WcOpcode, WcStatus,
+    AsyncEvent, Engine, EngineConfig, PathMtu, QpAttr, QpState, QpType, RecvWr, SendOp, SrqAttr,
+    UdDestination, VerbsError, WcOpcode, WcStatus,
 };
 use ferroce_transport::wire::{OpCode, Psn, Qpn};
 
@@ -137,6 +137,35 @@ fn ud_message_limits() {
     exchange(&mut a, &mut b);
     let wc = b.poll().remove(0);
     assert_eq!((wc.wr_id, wc.status), (9, WcStatus::LocLenErr));
+}
+
+#[test]
+fn ud_messages_longer_than_the_port_mtu_are_dropped() {
+    // A peer whose port MTU is 4096 sends 2000 bytes to a port of 1024.
+    let config = EngineConfig {
+        active_mtu: PathMtu::Mtu4096,
+        ..EngineConfig::default()
+    };
+    let mut a = Side::with_config(
+        config,
+        "10.0.0.1".parse().unwrap(),
+        1,
+        QpType::Ud,
+        all_access(),
+    );
+    let (_, mut b) = ud_pair();
+    ud_ready(&mut a.engine, a.qpn);
+    b.post_recv(1, 0, 4096);
+    a.post_send(ud_send(1, SendOp::Send, a.sge(0, 2000), &b, QKEY));
+    a.post_send(ud_send(2, SendOp::Send, a.sge(0, 1024), &b, QKEY));
+    assert_eq!(exchange(&mut a, &mut b), 2);
+    let got: Vec<_> = b.poll().iter().map(|w| (w.status, w.byte_len)).collect();
+    assert_eq!(
+        got,
+        [(WcStatus::Success, 40 + 1024)],
+        "the receive waited for the second"
+    );
+    assert_eq!(b.engine.counters().drops.too_long, 1);
 }
 
 #[test]

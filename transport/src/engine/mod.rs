@@ -378,6 +378,8 @@ pub struct DropCounters {
     pub duplicate_not_replayed: u64,
     /// UC requests refused (UC sends no NAK).
     pub refused: u64,
+    /// UD messages longer than the port's active MTU (no sender may emit one).
+    pub too_long: u64,
 }
 
 /// Engine counters.

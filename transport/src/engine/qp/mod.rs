@@ -1167,12 +1167,12 @@ impl QueuePair {
             out.copy_from_slice(src);
             return Ok(());
         }
-        walk_sges(&wqe.wr.sg_list, offset, out.len(), |sge, skip, at, n| {
+        walk_sges(&wqe.wr.sg_list, offset, out.len(), |sge, addr, at, n| {
             memory
                 .read(
                     Key::Local(sge.lkey),
                     self.pd,
-                    sge.addr + u64::from(skip),
+                    addr,
                     &mut out[at..at + n],
                     AccessFlags::NONE,
                 )
@@ -1195,11 +1195,10 @@ impl QueuePair {
             return None;
         }
         let mut start = None;
-        walk_sges(&wqe.wr.sg_list, offset, len, |sge, skip, at, n| {
+        walk_sges(&wqe.wr.sg_list, offset, len, |sge, addr, at, n| {
             if at != 0 || n != len {
                 return Err(()); // Spread over SGEs: copied instead.
             }
-            let addr = sge.addr + u64::from(skip);
             start = ctx
                 .memory
                 .lend(Key::Local(sge.lkey), self.pd, addr, len, AccessFlags::NONE)
@@ -1218,12 +1217,12 @@ impl QueuePair {
         data: &[u8],
         memory: &mut dyn MemoryAccess,
     ) -> core::result::Result<(), ()> {
-        walk_sges(sg_list, offset, data.len(), |sge, skip, at, n| {
+        walk_sges(sg_list, offset, data.len(), |sge, addr, at, n| {
             memory
                 .write(
                     Key::Local(sge.lkey),
                     pd,
-                    sge.addr + u64::from(skip),
+                    addr,
                     &data[at..at + n],
                     AccessFlags::LOCAL_WRITE,
                 )
@@ -1232,13 +1231,14 @@ impl QueuePair {
     }
 }
 
-/// Calls `f(sge, offset_in_sge, offset_in_data, len)` for each piece of the byte range
-/// `offset..offset + len` of a scatter/gather list; fails when the list is too short.
+/// Calls `f(sge, address, offset_in_data, len)` for each piece of the byte range
+/// `offset..offset + len` of a scatter/gather list; fails when the list is too short or
+/// a piece's address overflows (an SGE near the top of the address space).
 fn walk_sges(
     sg_list: &[Sge],
     offset: u32,
     len: usize,
-    mut f: impl FnMut(&Sge, u32, usize, usize) -> core::result::Result<(), ()>,
+    mut f: impl FnMut(&Sge, u64, usize, usize) -> core::result::Result<(), ()>,
 ) -> core::result::Result<(), ()> {
     let mut skip = u64::from(offset);
     let mut done = 0usize;
@@ -1252,7 +1252,8 @@ fn walk_sges(
             continue;
         }
         let n = ((sge_len - skip) as usize).min(len - done);
-        f(sge, skip as u32, done, n)?;
+        let addr = sge.addr.checked_add(skip).ok_or(())?;
+        f(sge, addr, done, n)?;
         done += n;
         skip = 0;
     }

@@ -978,6 +978,12 @@ impl QueuePair {
             ctx.counters.drops.qkey_mismatch += 1;
             return;
         }
+        // C10-93.1.1: no CI emits a UD message longer than the port MTU; one that
+        // arrives anyway is a length error, dropped before it takes a receive (class D).
+        if parsed.payload.len() > self.path_mtu_for_ud() as usize {
+            ctx.counters.drops.too_long += 1;
+            return;
+        }
         let Some((recv, _)) = self.take_recv(ctx) else {
             ctx.counters.drops.no_receive_buffer += 1;
             return;
