@@ -309,6 +309,7 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
             ("duplicate_response", d.duplicate_response),
             ("duplicate_not_replayed", d.duplicate_not_replayed),
             ("refused", d.refused),
+            ("too_long", d.too_long),
         ]
         .into_iter()
         .map(|(name, value)| (format!("drops.{name}"), value)),
