@@ -1665,3 +1665,41 @@ fn an_sge_running_past_the_top_of_the_address_space_fails_cleanly() {
         .unwrap();
     assert_eq!(first, pattern(5000, 4)[..4096]);
 }
+
+#[test]
+fn a_receive_lost_to_a_full_cq_moves_the_qp_to_error() {
+    // rxe's class G: the CQ does not grow; the responder's QP goes to ERR and leaves the
+    // request unacknowledged, so the requester runs out of retries.
+    let params = Params {
+        retry_cnt: 2,
+        ..Params::default()
+    };
+    let mut pair = Pair::new(QP_RC, params);
+    let depth = 256; // `Side`'s CQ
+    for i in 0..depth {
+        pair.b.post_recv(i, 0, 64);
+    }
+    for i in 0..depth {
+        pair.a
+            .post_send(send_wr(i, SendOp::Send, vec![pair.a.sge(0, 8)]));
+        if i % 64 == 63 {
+            pair.run();
+            pair.a.poll();
+        }
+    }
+    assert_eq!(pair.b.state(), QpState::Rts);
+    pair.b.post_recv(999, 0, 64);
+    pair.a
+        .post_send(send_wr(999, SendOp::Send, vec![pair.a.sge(0, 8)]));
+    pair.run();
+    assert_eq!(pair.b.state(), QpState::Err);
+    let counters = pair.b.engine.counters();
+    assert!(counters.completion_queue_overflows >= 1, "{counters:?}");
+    let got: Vec<_> = pair.a.poll().iter().map(|w| (w.wr_id, w.status)).collect();
+    assert_eq!(got, [(999, WcStatus::RetryExcErr)]);
+    assert_eq!(
+        pair.b.poll().len(),
+        depth as usize,
+        "the CQ held its depth, no more"
+    );
+}

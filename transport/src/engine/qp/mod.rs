@@ -608,20 +608,24 @@ impl Context<'_> {
     }
 
     /// Adds a completion; `solicited` when the message asked for a solicited event.
+    /// False when the CQ was full (it never grows past its depth): the completion is
+    /// lost and counted, and the owner learns it from the `CqOverflow` event.
     fn push_completion_solicited(
         &mut self,
         cq: CompletionQueueId,
         wc: WorkCompletion,
         solicited: bool,
-    ) {
+    ) -> bool {
         match self.cqs.get_mut(&cq).map(|q| q.push(wc, solicited)) {
             Some(Ok(true)) => self.events.push_back(AsyncEvent::CompletionEvent(cq)),
             Some(Ok(false)) => {}
             Some(Err(())) | None => {
                 self.counters.completion_queue_overflows += 1;
                 self.events.push_back(AsyncEvent::CqOverflow(cq));
+                return false;
             }
         }
+        true
     }
 }
 

@@ -10,7 +10,7 @@ use ferroce_wire::opcode::Operation;
 use ferroce_wire::packet::Parsed;
 use ferroce_wire::{aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Position, Psn, Rkey};
 
-use super::super::cq::{WcOpcode, WcStatus};
+use super::super::cq::{WcOpcode, WcStatus, WorkCompletion};
 use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
 use super::super::{AsyncEvent, DatagramMeta, Time};
 use super::requester::packets_for;
@@ -365,6 +365,9 @@ impl QueuePair {
             }
         }
         match self.execute(parsed, info.operation, info.position, ctx) {
+            // The receive completion was lost to a full CQ (class G): the QP went to
+            // ERR and, as in rxe, the request is not acknowledged.
+            Ok(Some(_)) if self.state == QpState::Err => {}
             Ok(Some(advance)) => {
                 self.resp.epsn = psn.add(advance);
                 if rc
@@ -546,7 +549,8 @@ impl QueuePair {
                         self.recv_completion(&recv, WcStatus::Success, WcOpcode::Recv, offset);
                     wc.imm_data = parsed.repr.imm.map(|i| i.imm);
                     wc.invalidated_rkey = invalidated;
-                    ctx.push_completion_solicited(self.recv_cq, wc, parsed.repr.bth.solicited);
+                    let solicited = parsed.repr.bth.solicited;
+                    self.complete_receive(wc, solicited, ctx);
                     self.resp.complete_message();
                 }
                 Ok(Some(1))
@@ -595,7 +599,7 @@ impl QueuePair {
                             );
                             wc.imm_data = parsed.repr.imm.map(|i| i.imm);
                             let solicited = parsed.repr.bth.solicited;
-                            ctx.push_completion_solicited(self.recv_cq, wc, solicited);
+                            self.complete_receive(wc, solicited, ctx);
                         }
                         Ok(Some(1))
                     }
@@ -1008,7 +1012,16 @@ impl QueuePair {
                 wc.byte_len = 0;
             }
         }
-        ctx.push_completion_solicited(self.recv_cq, wc, solicited);
+        self.complete_receive(wc, solicited, ctx);
+    }
+
+    /// Puts a receive completion in the receive CQ; when the CQ is full the QP goes to
+    /// ERR (rxe's class G, `RESPST_ERR_CQ_OVERFLOW`), so a peer cannot keep a QP
+    /// working for completions no one can see.
+    fn complete_receive(&mut self, wc: WorkCompletion, solicited: bool, ctx: &mut Context<'_>) {
+        if !ctx.push_completion_solicited(self.recv_cq, wc, solicited) {
+            self.enter_error(ctx);
+        }
     }
 }
 
