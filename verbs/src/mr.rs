@@ -236,7 +236,8 @@ impl MemoryRegion {
         self.mr.lkey
     }
 
-    /// Remote key, for peers' RDMA WRITE, READ and atomics.
+    /// Remote key, for peers' RDMA WRITE, READ and atomics; 0 (which no region answers
+    /// to) when the region was registered without any `REMOTE_*` access, as in rxe.
     pub fn rkey(&self) -> Rkey {
         self.mr.rkey
     }
