@@ -102,8 +102,15 @@ impl Job {
     /// An ACK or a NAK that a later one may stand for (plain ACK, PSN sequence error,
     /// RNR): each acknowledges every PSN before its own. Fatal NAKs stay.
     fn is_foldable_ack(&self) -> bool {
-        matches!(self, Job::Ack { syndrome, .. } if syndrome.is_ack()
-            || matches!(syndrome, AckSyndrome::Nak(NakCode::PsnSequenceError) | AckSyndrome::RnrNak { .. }))
+        let Job::Ack { syndrome, .. } = self else {
+            return false;
+        };
+        matches!(
+            syndrome,
+            AckSyndrome::Ack { .. }
+                | AckSyndrome::Nak(NakCode::PsnSequenceError)
+                | AckSyndrome::RnrNak { .. }
+        )
     }
 
     /// A READ or atomic being answered for the first time.
@@ -1078,4 +1085,58 @@ fn grh_bytes(meta: &DatagramMeta, udp_payload_len: usize) -> [u8; GRH_LEN] {
         }
     }
     grh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn psn_of_last(responder: &Responder) -> Psn {
+        responder.jobs.back().map(Job::psn).unwrap_or_default()
+    }
+
+    #[test]
+    fn acks_past_the_bound_fold_into_the_last_and_fatal_naks_stay() {
+        let mut responder = Responder::default();
+        for i in 0..MAX_QUEUED_ACKS as u32 + 100 {
+            responder.push_ack(Psn::new(i), false);
+        }
+        assert_eq!(responder.queued(), MAX_QUEUED_ACKS);
+        assert_eq!(
+            psn_of_last(&responder),
+            Psn::new(MAX_QUEUED_ACKS as u32 + 99)
+        );
+        // An older one does not move the last back.
+        responder.push_nak(Psn::new(5), AckSyndrome::RnrNak { timer: 1 });
+        assert_eq!(
+            psn_of_last(&responder),
+            Psn::new(MAX_QUEUED_ACKS as u32 + 99)
+        );
+        let last = Psn::new(MAX_QUEUED_ACKS as u32 + 100);
+        responder.push_nak(last, AckSyndrome::Nak(NakCode::PsnSequenceError));
+        assert_eq!(responder.queued(), MAX_QUEUED_ACKS);
+        // A fatal NAK is never folded away, nor folded into.
+        responder.push_nak(last, AckSyndrome::Nak(NakCode::RemoteAccessError));
+        responder.push_ack(last.next(), false);
+        assert_eq!(responder.queued(), MAX_QUEUED_ACKS + 2);
+    }
+
+    #[test]
+    fn an_overwritten_resource_takes_its_queued_answer_with_it() {
+        let mut responder = Responder::default();
+        responder.resize_resources(2);
+        for p in [10, 11, 12] {
+            let psn = Psn::new(p);
+            responder.store_resource(Resource::Atomic { psn, original: 0 });
+            responder.jobs.push_back(Job::Atomic {
+                psn,
+                original: 0,
+                msn: 0,
+                replay: true,
+            });
+        }
+        let left: Vec<_> = responder.jobs.iter().map(Job::psn).collect();
+        assert_eq!(left, [Psn::new(11), Psn::new(12)]);
+        assert_eq!(responder.fresh_reads_and_atomics(), 0);
+    }
 }
