@@ -69,6 +69,7 @@ pub mod qp;
 pub mod sim;
 pub mod srq;
 pub mod timer;
+mod trace;
 
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
@@ -83,6 +84,7 @@ pub use qp::{
     SendWr, SgList, Sge, UdDestination,
 };
 pub use srq::{SharedReceiveQueueId, SrqAttr};
+use trace::count_drop;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -554,6 +556,7 @@ fn build(out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
 macro_rules! context {
     ($ns:expr, $engine:expr, $now:expr) => {
         Context {
+            ns: $ns.id,
             now: $now,
             buffers: &mut $engine.buffers,
             lend: $engine.lend,
@@ -629,7 +632,7 @@ impl Engine {
             self.routes.insert(*gid, id);
         }
         let rng = SplitMix64::for_namespace(self.seed, id);
-        self.namespaces.insert(id, Namespace::new(gids, rng));
+        self.namespaces.insert(id, Namespace::new(id, gids, rng));
         Ok(())
     }
 
@@ -1161,23 +1164,24 @@ impl Engine {
         self.counters.packets_in += 1;
         self.counters.bytes_in += payload.len() as u64;
         let Ok(parsed) = packet::parse(payload) else {
-            self.counters.drops.malformed += 1;
+            count_drop!(self.counters, malformed, src = %meta.src);
             return;
         };
         let Some(env) = received_envelope(meta.src, meta.dst, meta.src_port, meta.ipv4_ident)
         else {
-            self.counters.drops.malformed += 1;
+            count_drop!(self.counters, malformed, src = %meta.src);
             return;
         };
         if !icrc_verified && !matches!(icrc::verify(&env, payload), Ok(true)) {
             self.counters.icrc_errors += 1;
+            tracing::debug!(src = %meta.src, qpn = %parsed.repr.bth.dest_qp, reason = "icrc_error", "packet dropped");
             return;
         }
         if meta.ecn == Ecn::Ce {
             self.counters.ecn_ce_received += 1;
         }
         let Ok(info) = parsed.repr.info() else {
-            self.counters.drops.malformed += 1;
+            count_drop!(self.counters, malformed, src = %meta.src);
             return;
         };
         if info.transport == Transport::Cnp {
@@ -1186,16 +1190,16 @@ impl Engine {
             return;
         }
         let Some(&ns) = self.routes.get(&canonical(meta.dst)) else {
-            self.counters.drops.unknown_address += 1;
+            count_drop!(self.counters, unknown_address, src = %meta.src, dst = %meta.dst);
             return;
         };
         let Some(space) = self.namespaces.get_mut(&ns) else {
-            self.counters.drops.unknown_address += 1;
+            count_drop!(self.counters, unknown_address, src = %meta.src, dst = %meta.dst);
             return;
         };
         let qpn = parsed.repr.bth.dest_qp;
         let Some(qp) = space.qps.get_mut(&qpn) else {
-            self.counters.drops.unknown_qp += 1;
+            count_drop!(self.counters, unknown_qp, %ns, qpn = %qpn, src = %meta.src);
             return;
         };
         let transport_ok = matches!(
@@ -1203,14 +1207,14 @@ impl Engine {
             (Transport::Rc, QpType::Rc) | (Transport::Uc, QpType::Uc) | (Transport::Ud, QpType::Ud)
         );
         if !transport_ok {
-            self.counters.drops.wrong_transport += 1;
+            count_drop!(self.counters, wrong_transport, %ns, qpn = %qpn, src = %meta.src);
             return;
         }
         if qp.qp_type != QpType::Ud {
             // As rxe's check_addr: a connected QP only hears its peer.
             let peer = qp.attr.av.map(|av| canonical(av.remote));
             if peer != Some(canonical(meta.src)) || qp.local != Some(canonical(meta.dst)) {
-                self.counters.drops.address_mismatch += 1;
+                count_drop!(self.counters, address_mismatch, %ns, qpn = %qpn, src = %meta.src);
                 return;
             }
         }

@@ -35,6 +35,8 @@ pub const FIRST_QPN: u32 = 0x11;
 /// One namespace's resources.
 #[derive(Debug)]
 pub(crate) struct Namespace {
+    /// This namespace's own name (what trace events report).
+    pub id: NamespaceId,
     pub gids: Vec<IpAddr>,
     pub pds: BTreeSet<ProtectionDomain>,
     pub memory: MemoryTable,
@@ -51,8 +53,9 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(gids: Vec<IpAddr>, rng: SplitMix64) -> Namespace {
+    pub fn new(id: NamespaceId, gids: Vec<IpAddr>, rng: SplitMix64) -> Namespace {
         Namespace {
+            id,
             gids,
             rng,
             pds: BTreeSet::new(),

@@ -315,7 +315,15 @@ impl UringDriver {
                     }
                     let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
                         // No buffer: an error such as ENOBUFS (all buffers busy). Re-arm.
-                        if cqe.result() < 0 && cqe.result() != -libc::ENOBUFS {
+                        if cqe.result() == -libc::ECANCELED
+                            && token != RECV_TAG | self.recv_generation
+                        {
+                            // The receive `follow_driver` cancelled to re-arm it on the
+                            // driving thread: expected, not a failure.
+                            tracing::debug!(
+                                "multishot recvmsg retired after moving to the driving thread"
+                            );
+                        } else if cqe.result() < 0 && cqe.result() != -libc::ENOBUFS {
                             tracing::warn!(error = %io::Error::from_raw_os_error(-cqe.result()), "multishot recvmsg failed");
                         }
                         continue;

@@ -7,6 +7,7 @@ use ferroce_wire::{AckSyndrome, NakCode, Position, Psn};
 
 use super::super::cq::WcStatus;
 use super::super::timer;
+use super::super::trace::count_drop;
 use super::requester::vendor_err;
 use super::{Context, QpState, QueuePair};
 
@@ -14,7 +15,7 @@ impl QueuePair {
     /// A response (ACK, NAK, READ response, atomic ACK) arrived for this RC requester.
     pub(crate) fn handle_response(&mut self, parsed: &Parsed<'_>, ctx: &mut Context<'_>) {
         if !matches!(self.state, QpState::Rts | QpState::Sqd) {
-            ctx.counters.drops.wrong_state += 1;
+            count_drop!(ctx.counters, wrong_state, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         let Ok(info) = parsed.repr.info() else {
@@ -23,7 +24,7 @@ impl QueuePair {
         let psn = parsed.repr.bth.psn;
         // Nothing outstanding at or after this PSN: a stale or bogus response.
         if !psn.is_before(self.req.send_high) {
-            ctx.counters.drops.unexpected_response += 1;
+            count_drop!(ctx.counters, unexpected_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         match info.operation {
@@ -36,14 +37,16 @@ impl QueuePair {
                     AckSyndrome::RnrNak { timer: code } => {
                         if self.req.rnr_nak_psn == Some(psn) {
                             // The same NAK again before the retry went out: a duplicate.
-                            ctx.counters.drops.duplicate_response += 1;
+                            count_drop!(ctx.counters, duplicate_response, ns = %ctx.ns, qpn = %self.qpn);
                         } else {
                             ctx.counters.naks_received.rnr += 1;
+                            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?aeth.syndrome, "NAK received");
                             self.handle_rnr(psn, code, ctx);
                         }
                     }
                     AckSyndrome::Nak(code) => {
                         ctx.counters.naks_received.count(code);
+                        tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?aeth.syndrome, "NAK received");
                         self.handle_nak(psn, code, ctx);
                     }
                 }
@@ -131,7 +134,7 @@ impl QueuePair {
 
     fn handle_ack(&mut self, psn: Psn, ctx: &mut Context<'_>) {
         if psn.is_before(self.req.comp_psn.sub(1)) {
-            ctx.counters.drops.duplicate_response += 1;
+            count_drop!(ctx.counters, duplicate_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         let mut need_retry = false;
@@ -189,6 +192,7 @@ impl QueuePair {
         if self.attr.retry_cnt != Some(timer::RETRY_INFINITE) {
             self.req.retry_left -= 1;
         }
+        tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, retry_left = self.req.retry_left, "going back to resend");
         self.req.retrying_from = Some(self.req.comp_psn);
         self.req.shrink_window();
         self.go_back();
@@ -210,6 +214,7 @@ impl QueuePair {
         self.req.retransmit_at = None;
         self.req.rnr_nak_psn = Some(psn);
         self.req.rnr_until = Some(ctx.now + timer::rnr_timeout(code));
+        tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, wait = ?timer::rnr_timeout(code), rnr_left = self.req.rnr_left, "RNR wait");
         // Stop sending now; resend from the NAKed PSN when the RNR timer ends.
         self.go_back();
     }
@@ -241,7 +246,7 @@ impl QueuePair {
     ) {
         let psn = parsed.repr.bth.psn;
         if psn.is_before(self.req.comp_psn) {
-            ctx.counters.drops.duplicate_response += 1;
+            count_drop!(ctx.counters, duplicate_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         self.implied_ack_before(psn);
@@ -253,12 +258,12 @@ impl QueuePair {
         let wqe = &self.sq[index];
         let is_read = matches!(wqe.wr.op, super::SendOp::RdmaRead { .. });
         if !wqe.started || !is_read || psn.is_before(wqe.first_psn) || psn.is_after(wqe.last_psn) {
-            ctx.counters.drops.unexpected_response += 1;
+            count_drop!(ctx.counters, unexpected_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         if psn != self.req.comp_psn {
             // Earlier responses of this READ were lost.
-            ctx.counters.drops.out_of_sequence += 1;
+            count_drop!(ctx.counters, out_of_sequence, ns = %ctx.ns, qpn = %self.qpn);
             self.retry_counted(ctx);
             return;
         }
@@ -294,7 +299,7 @@ impl QueuePair {
 
     fn handle_atomic_ack(&mut self, psn: Psn, original: u64, ctx: &mut Context<'_>) {
         if psn.is_before(self.req.comp_psn) {
-            ctx.counters.drops.duplicate_response += 1;
+            count_drop!(ctx.counters, duplicate_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         self.implied_ack_before(psn);
@@ -304,7 +309,7 @@ impl QueuePair {
         };
         let wqe = &self.sq[index];
         if !wqe.started || !wqe.wr.op.is_atomic() || wqe.first_psn != psn {
-            ctx.counters.drops.unexpected_response += 1;
+            count_drop!(ctx.counters, unexpected_response, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         let bytes = original.to_ne_bytes();

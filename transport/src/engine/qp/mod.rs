@@ -589,6 +589,8 @@ impl Outgoing {
 
 /// Everything outside the QP that processing touches.
 pub(crate) struct Context<'a> {
+    /// The QP's namespace (for trace events: QPNs are per namespace).
+    pub ns: crate::engine::NamespaceId,
     pub now: Time,
     pub buffers: &'a mut BufferPool,
     /// Payloads of at least [`LEND_MIN`] bytes from one SGE may stay in registered
@@ -885,6 +887,9 @@ impl QueuePair {
             _ => {}
         }
         self.state = to;
+        if from != to {
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, ?from, ?to, "QP state changed");
+        }
         Ok(())
     }
 
@@ -1082,6 +1087,7 @@ impl QueuePair {
 
     /// Fails the oldest unfinished send WR with `status`, moves the QP to ERR and flushes.
     pub(crate) fn fail_send(&mut self, status: WcStatus, vendor_err: u32, ctx: &mut Context<'_>) {
+        tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, ?status, vendor_err, "send failed; QP goes to error");
         if let Some(wqe) = self.sq.iter_mut().find(|w| !w.done) {
             wqe.done = true;
             wqe.status = status;
@@ -1096,6 +1102,7 @@ impl QueuePair {
         if self.state == QpState::Err {
             return;
         }
+        tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = ?self.state, to = ?QpState::Err, "QP state changed");
         self.state = QpState::Err;
         ctx.events.push_back(AsyncEvent::QpFatal(self.qpn));
         self.flush(ctx);

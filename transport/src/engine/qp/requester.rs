@@ -407,6 +407,7 @@ impl QueuePair {
         }
         if self.qp_type != QpType::Ud && psn.is_before(self.req.send_high) {
             ctx.counters.retransmits += 1;
+            tracing::trace!(ns = %ctx.ns, qpn = %self.qpn, %psn, "retransmit");
         }
         self.req.next_psn = psn.add(psns_used);
         if self.req.next_psn.is_after(self.req.send_high) {
@@ -447,6 +448,7 @@ impl QueuePair {
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Context<'_>) {
         if self.req.rnr_until.is_some_and(|t| t <= ctx.now) {
             self.req.rnr_until = None;
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, "RNR wait over; resending");
             self.go_back();
         }
         if self.req.retransmit_at.is_some_and(|t| t <= ctx.now) {
@@ -456,6 +458,7 @@ impl QueuePair {
                 return;
             }
             ctx.counters.timeouts += 1;
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, retry_left = self.req.retry_left, "retransmit timeout");
             if self.req.retry_left == 0 {
                 self.fail_send(WcStatus::RetryExcErr, vendor_err::RETRY_EXHAUSTED, ctx);
                 return;

@@ -12,6 +12,7 @@ use ferroce_wire::{aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Posi
 
 use super::super::cq::{WcOpcode, WcStatus, WorkCompletion};
 use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
+use super::super::trace::count_drop;
 use super::super::{AsyncEvent, DatagramMeta, Time};
 use super::requester::packets_for;
 use super::{sg_capacity, Context, Outgoing, QpState, QpType, QueuePair, RecvWr, LEND_MIN};
@@ -324,7 +325,7 @@ impl QueuePair {
             self.state,
             QpState::Rtr | QpState::Rts | QpState::Sqd | QpState::Sqe
         ) {
-            ctx.counters.drops.wrong_state += 1;
+            count_drop!(ctx.counters, wrong_state, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         match self.qp_type {
@@ -342,18 +343,20 @@ impl QueuePair {
         if rc {
             let d = psn.diff(self.resp.epsn);
             if d > 0 {
-                ctx.counters.drops.out_of_sequence += 1;
+                count_drop!(ctx.counters, out_of_sequence, ns = %ctx.ns, qpn = %self.qpn);
                 if !self.resp.nak_sent {
                     self.resp.nak_sent = true;
                     let epsn = self.resp.epsn;
                     self.resp
                         .push_nak(epsn, AckSyndrome::Nak(NakCode::PsnSequenceError));
                     ctx.counters.naks_sent.psn_sequence += 1;
+                    tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, %epsn, syndrome = ?AckSyndrome::Nak(NakCode::PsnSequenceError), "NAK sent");
                 }
                 return;
             }
             if d < 0 {
                 ctx.counters.duplicates += 1;
+                tracing::trace!(ns = %ctx.ns, qpn = %self.qpn, %psn, "duplicate request");
                 self.handle_duplicate(parsed, info.operation, ctx);
                 return;
             }
@@ -364,7 +367,7 @@ impl QueuePair {
                 self.abort_uc_message(ctx);
                 self.resp.uc_drop = false;
             } else {
-                ctx.counters.drops.out_of_sequence += 1;
+                count_drop!(ctx.counters, out_of_sequence, ns = %ctx.ns, qpn = %self.qpn);
                 self.abort_uc_message(ctx);
                 self.resp.uc_drop = true;
                 self.resp.epsn = psn.next();
@@ -393,6 +396,7 @@ impl QueuePair {
                 if let (true, Some(nak)) = (rc, refusal.nak) {
                     self.resp.push_nak(psn, AckSyndrome::Nak(nak));
                     ctx.counters.naks_sent.count(nak);
+                    tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?AckSyndrome::Nak(nak), "NAK sent");
                     self.fail_receive(refusal.recv_status, ctx);
                 } else if rc {
                     // rxe: the receive fails and the QP goes to ERR, but the packet is
@@ -402,7 +406,7 @@ impl QueuePair {
                         self.resp.push_ack(psn, false);
                     }
                 } else {
-                    ctx.counters.drops.refused += 1;
+                    count_drop!(ctx.counters, refused, ns = %ctx.ns, qpn = %self.qpn);
                     self.abort_uc_message(ctx);
                     self.resp.uc_drop = true;
                     self.resp.epsn = psn.next();
@@ -455,8 +459,9 @@ impl QueuePair {
             self.resp.nak_sent = true;
             self.resp.push_nak(psn, AckSyndrome::RnrNak { timer });
             ctx.counters.naks_sent.rnr += 1;
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?AckSyndrome::RnrNak { timer }, "NAK sent");
         } else {
-            ctx.counters.drops.no_receive_buffer += 1;
+            count_drop!(ctx.counters, no_receive_buffer, ns = %ctx.ns, qpn = %self.qpn);
             self.resp.uc_drop = true;
             self.resp.epsn = psn.next();
         }
@@ -795,7 +800,7 @@ impl QueuePair {
                     _ => None,
                 });
                 let Some((first_psn, last_psn, va, rkey, length)) = found else {
-                    ctx.counters.drops.duplicate_not_replayed += 1;
+                    count_drop!(ctx.counters, duplicate_not_replayed, ns = %ctx.ns, qpn = %self.qpn);
                     return;
                 };
                 let end = reth.virtual_address.checked_add(u64::from(reth.dma_length));
@@ -803,7 +808,7 @@ impl QueuePair {
                     && reth.virtual_address >= va
                     && end.is_some_and(|e| e <= va + u64::from(length));
                 if !inside {
-                    ctx.counters.drops.duplicate_not_replayed += 1;
+                    count_drop!(ctx.counters, duplicate_not_replayed, ns = %ctx.ns, qpn = %self.qpn);
                     return;
                 }
                 let replay = Job::Read {
@@ -835,7 +840,9 @@ impl QueuePair {
                             replay: true,
                         });
                     }
-                    None => ctx.counters.drops.duplicate_not_replayed += 1,
+                    None => {
+                        count_drop!(ctx.counters, duplicate_not_replayed, ns = %ctx.ns, qpn = %self.qpn)
+                    }
                 }
             }
             _ => {}
@@ -969,6 +976,7 @@ impl QueuePair {
                 msn,
             });
             ctx.counters.naks_sent.remote_access += 1;
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?AckSyndrome::Nak(NakCode::RemoteAccessError), "NAK sent");
             // The rest of this READ is not sent.
             if let Some(Job::Read { psn: next, .. }) = self.resp.jobs.front() {
                 if *next == psn.next() {
@@ -986,17 +994,17 @@ impl QueuePair {
             return;
         };
         if deth.qkey != self.attr.qkey.unwrap_or(0) {
-            ctx.counters.drops.qkey_mismatch += 1;
+            count_drop!(ctx.counters, qkey_mismatch, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         // C10-93.1.1: no CI emits a UD message longer than the port MTU; one that
         // arrives anyway is a length error, dropped before it takes a receive (class D).
         if parsed.payload.len() > self.path_mtu_for_ud() as usize {
-            ctx.counters.drops.too_long += 1;
+            count_drop!(ctx.counters, too_long, ns = %ctx.ns, qpn = %self.qpn);
             return;
         }
         let Some((recv, _)) = self.take_recv(ctx) else {
-            ctx.counters.drops.no_receive_buffer += 1;
+            count_drop!(ctx.counters, no_receive_buffer, ns = %ctx.ns, qpn = %self.qpn);
             return;
         };
         let total = GRH_LEN + parsed.payload.len();
