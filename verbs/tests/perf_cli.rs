@@ -139,3 +139,100 @@ fn atomics_run_in_loopback() {
         assert_eq!(lines[0]["iterations"].as_u64(), Some(50));
     }
 }
+
+/// Counts, sizes and depths that make no run are refused when the flags are parsed,
+/// naming the flag: `-n 0` used to end in "data check failed", `lat -n 0` printed a
+/// row of zeros and exited 0.
+#[test]
+fn nonsense_counts_are_refused_at_parsing() {
+    for (args, flag) in [
+        (&["write", "bw", "-n", "0"][..], "--iters"),
+        (&["write", "bw", "-D", "0"], "--duration"),
+        (&["write", "lat", "-n", "0"], "--iters"),
+        (&["send", "bw", "-s", "0"], "--size"),
+        (&["write", "bw", "-q", "0"], "--qp"),
+        (&["write", "bw", "-t", "0"], "--tx-depth"),
+        (&["send", "bw", "-r", "0"], "--rx-depth"),
+        (&["write", "bw", "-Q", "0"], "--cq-mod"),
+        (&["write", "bw", "-n", "many"], "--iters"),
+        (&["write", "bw", "-I", "100000"], "--inline_size"),
+        (&["write", "bw", "-m", "1500"], "--mtu"),
+    ] {
+        let output = perf(15, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("invalid value '{}' for '{flag}", args[3])),
+            "{args:?}: {stderr}"
+        );
+    }
+    let stderr =
+        String::from_utf8_lossy(&perf(15, &["write", "lat", "-n", "0"]).stderr).into_owned();
+    assert!(stderr.contains("must be at least 1"), "{stderr}");
+}
+
+/// A message too big for one memory region names the size and the device's limit.
+#[test]
+fn oversize_messages_name_the_size_and_the_limit() {
+    let output = perf(16, &["write", "bw", "-s", "1073741825"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("-s 1073741825 with -q 1 needs a memory region of 1073741825 bytes")
+            && stderr.contains("max_mr_size of 1073741824 bytes"),
+        "{stderr}"
+    );
+    // Two QPs of 512 MiB do not fit either; over the network each QP has two slots.
+    let output = ferroce(&[
+        "perf",
+        "write",
+        "bw",
+        "-s",
+        "536870912",
+        "-q",
+        "2",
+        "127.0.0.1",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("needs a memory region of 2147483648 bytes"),
+        "{stderr}"
+    );
+}
+
+/// A loopback address whose UDP 4791 is taken is named, with the flag that avoids it.
+#[test]
+fn a_busy_loopback_address_is_named_with_the_way_out() {
+    let _holder = std::net::UdpSocket::bind("127.78.17.1:4791").expect("bind");
+    let output = perf(17, &["write", "bw", "-n", "10"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("UDP port 4791 on 127.78.17.1 is in use") && stderr.contains("--addresses"),
+        "{stderr}"
+    );
+}
+
+/// `-m`'s help names the default a loopback run uses: the active MTU of `lo`, 4096.
+#[test]
+fn mtu_help_matches_the_loopback_default() {
+    let help = ferroce(&["perf", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    let mtu_help: String = text
+        .split("--mtu <MTU>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  -").next())
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        mtu_help.contains("4096 on `lo`, so with --loopback"),
+        "{mtu_help}"
+    );
+    let run = perf(18, &["write", "bw", "-n", "10", "-s", "64"]);
+    let header = String::from_utf8_lossy(&run.stdout);
+    assert!(header.contains("MTU : 4096"), "{header}");
+}

@@ -3,14 +3,16 @@
 //! perftest's TCP exchange on a free port and RoCEv2 between their UDP 4791 sockets.
 //! Every operation and test must finish on both sides with exit 0 and the client must
 //! print perftest's columns; a client to a closed port and a server on a busy port fail
-//! clearly.
+//! clearly; a silent peer (in the exchange or in the traffic) ends the run within
+//! `--timeout`; a server and a client with default addresses on one host both work.
 
 #![allow(clippy::disallowed_methods)] // Timeouts on child processes.
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,62 +47,102 @@ fn finish(mut child: Child, who: &str) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// A server process that has said it listens.
+struct Server {
+    child: Child,
+    /// Its stderr, read to the end by a thread.
+    stderr: JoinHandle<String>,
+    /// The line saying it listens (with the RoCE addresses).
+    listening: String,
+}
+
+impl Server {
+    /// Starts `ferroce perf ARGS` and waits until it listens.
+    fn start(args: &[&str]) -> Server {
+        let mut child = ferroce()
+            .arg("perf")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("server starts");
+        // The server says on stderr when it listens; the rest is kept for failures.
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready, listening) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Waiting for client") {
+                    let _ = ready.send(line.clone());
+                }
+                lines.push(line);
+            }
+            lines.join("\n")
+        });
+        match listening.recv_timeout(TIMEOUT) {
+            Ok(line) => Server {
+                child,
+                stderr: reader,
+                listening: line,
+            },
+            Err(_) => {
+                let output = finish(child, "server");
+                panic!(
+                    "server never listened: {:?}\n{}",
+                    output.status,
+                    reader.join().unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// Waits for the server to exit (within [`TIMEOUT`]).
+    fn finish(self) -> Output {
+        let mut output = finish(self.child, "server");
+        output.stderr = self.stderr.join().unwrap_or_default().into_bytes();
+        output
+    }
+}
+
 /// Runs a server on 127.0.0.`server_host` and a client on 127.0.0.`server_host + 1`,
 /// both with `args`; returns (server, client) outputs.
 fn pair(server_host: u8, args: &[&str]) -> (Output, Output) {
     let port = free_port().to_string();
     let server_address = format!("127.0.0.{server_host}");
     let client_address = format!("127.0.0.{}", server_host + 1);
-    let mut server = ferroce()
+    let mut server_args = args.to_vec();
+    server_args.extend(["--bind", &server_address, "-p", &port]);
+    let server = Server::start(&server_args);
+    let mut client_args = args.to_vec();
+    client_args.extend(["--bind", &client_address, "-p", &port, &server_address]);
+    let client = client(&client_args);
+    let server = server.finish();
+    both_succeeded(&server, &client, &format!("{args:?}"));
+    (server, client)
+}
+
+/// Runs a client `ferroce perf ARGS` to its end (within [`TIMEOUT`]).
+fn client(args: &[&str]) -> Output {
+    let child = ferroce()
         .arg("perf")
         .args(args)
-        .args(["--bind", &server_address, "-p", &port])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    // The server says on stderr when it listens; the rest of stderr is kept for failures.
-    let stderr = server.stderr.take().expect("stderr");
-    let (ready, listening) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Waiting for client") {
-                let _ = ready.send(());
-            }
-            lines.push(line);
-        }
-        lines.join("\n")
-    });
-    if listening.recv_timeout(TIMEOUT).is_err() {
-        let output = finish(server, "server");
-        panic!(
-            "server never listened: {:?}\n{}",
-            output.status,
-            reader.join().unwrap_or_default()
-        );
-    }
-    let client = ferroce()
-        .arg("perf")
-        .args(args)
-        .args(["--bind", &client_address, "-p", &port, &server_address])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("client starts");
-    let client = finish(client, "client");
-    let mut server = finish(server, "server");
-    server.stderr = reader.join().unwrap_or_default().into_bytes();
-    for (who, output) in [("server", &server), ("client", &client)] {
+    finish(child, "client")
+}
+
+fn both_succeeded(server: &Output, client: &Output, context: &str) {
+    for (who, output) in [("server", server), ("client", client)] {
         assert!(
             output.status.success(),
-            "{args:?}: {who} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            "{context}: {who} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    (server, client)
 }
 
 /// The result rows (lines after the column titles that start with the size).
@@ -269,4 +311,194 @@ fn bad_flags_are_refused() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty(), "{args:?}");
     }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A TCP peer that accepts one connection and never says a word (until dropped).
+fn silent_server() -> (u16, mpsc::Sender<()>, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let (_stream, _) = listener.accept().expect("accept");
+        // Hold the connection open until the test is done with it.
+        let _ = stopped.recv_timeout(TIMEOUT);
+    });
+    (port, stop, thread)
+}
+
+/// Default arguments: perftest's exchange starts with the client's version message, the
+/// silent server never answers, and the client says what it waited for (it used to wait
+/// forever, and a read timeout read "Resource temporarily unavailable").
+#[test]
+fn a_silent_server_ends_the_client_with_what_it_waited_for() {
+    let (port, stop, server) = silent_server();
+    let start = Instant::now();
+    let port = port.to_string();
+    let output = client(&[
+        "write",
+        "bw",
+        "--bind",
+        "127.0.0.61",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
+    let _ = stop.send(());
+    server.join().expect("silent server");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("timed out waiting for the peer's perftest version message"),
+        "{text}"
+    );
+    assert!(text.contains("nothing came for 10 s"), "{text}");
+    assert!(!text.contains("os error"), "{text}");
+    // The default --timeout is 10 s, as pingpong's.
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(9), "{waited:?}");
+}
+
+/// A client that connects and says nothing: the server gives up after `--timeout`.
+#[test]
+fn a_silent_client_ends_the_server_with_what_it_waited_for() {
+    let port = free_port().to_string();
+    let server = Server::start(&[
+        "write",
+        "bw",
+        "--bind",
+        "127.0.0.62",
+        "-p",
+        &port,
+        "--timeout",
+        "1",
+    ]);
+    let silent =
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port.parse().expect("port"))).expect("connect");
+    let output = server.finish();
+    drop(silent);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "timed out waiting for the peer's perftest version message: nothing came for 1 s"
+        ),
+        "{text}"
+    );
+}
+
+/// Sends SIGSTOP or SIGCONT to a process.
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {name}");
+}
+
+/// A pair in the middle of a 30-second run whose server (or client) is frozen with
+/// SIGSTOP: the other end must give up after `--timeout` 2 s; returns its output.
+fn freeze_mid_run(server_host: u8, freeze_server: bool) -> Output {
+    let port = free_port().to_string();
+    let server_address = format!("127.0.0.{server_host}");
+    let client_address = format!("127.0.0.{}", server_host + 1);
+    let common = ["write", "bw", "-D", "30", "--timeout", "2", "-p", &port];
+    let mut server_args = common.to_vec();
+    server_args.extend(["--bind", &server_address]);
+    let server = Server::start(&server_args);
+    let mut client = ferroce()
+        .arg("perf")
+        .args(common)
+        .args(["--bind", &client_address, &server_address])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client starts");
+    // The column titles come right before the traffic.
+    let mut stdout = BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("#bytes") {
+        line.clear();
+        let read = stdout.read_line(&mut line).expect("client stdout");
+        assert!(read > 0, "the client ended before its traffic");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen = Instant::now();
+    let output = if freeze_server {
+        signal(&server.child, "-STOP");
+        let output = finish(client, "client");
+        signal(&server.child, "-CONT");
+        let mut server = server;
+        let _ = server.child.kill();
+        let _ = server.finish();
+        output
+    } else {
+        signal(&client, "-STOP");
+        let output = server.finish();
+        signal(&client, "-CONT");
+        let _ = client.kill();
+        let _ = client.wait();
+        output
+    };
+    let waited = frozen.elapsed();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        waited < Duration::from_secs(20),
+        "gave up {waited:?} after the peer froze"
+    );
+    output
+}
+
+#[test]
+fn a_peer_frozen_mid_run_ends_the_other_end() {
+    let client = freeze_mid_run(63, true);
+    let text = stderr(&client);
+    assert!(
+        text.contains("timed out after 2 s waiting for the peer's responses (a completion)"),
+        "{text}"
+    );
+    // The passive server of a WRITE test sees only packets: their absence ends it.
+    let server = freeze_mid_run(65, false);
+    let text = stderr(&server);
+    assert!(
+        text.contains(
+            "timed out after 2 s waiting for the peer's packets or its next message of the \
+             exchange"
+        ),
+        "{text}"
+    );
+}
+
+/// Two terminals on one host, no `--bind`: the server takes UDP 4791 on the host's
+/// addresses, and a client toward the first of them (the address it routes from, so its
+/// own default) steps aside to a free loopback address and says so. Only the TCP port
+/// is chosen, so that tests running at once do not meet.
+#[test]
+fn server_and_client_on_one_host_with_default_addresses() {
+    let port = free_port().to_string();
+    let server = Server::start(&["write", "bw", "-n", "50", "-p", &port]);
+    // " Waiting for client to connect... (TCP port P, RoCE on [A, ...])"
+    let target = server
+        .listening
+        .split("RoCE on [")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ']']).next())
+        .expect("the server names its addresses")
+        .to_owned();
+    let client = client(&["write", "bw", "-n", "50", "-p", &port, &target]);
+    let server = server.finish();
+    both_succeeded(&server, &client, "default addresses");
+    for (who, output) in [("server", &server), ("client", &client)] {
+        assert_eq!(rows(output, 65536).len(), 1, "{who}");
+    }
+    let note = stderr(&client);
+    assert!(
+        note.contains(&format!("UDP port 4791 on {target} is taken"))
+            && note.contains("this client uses 127.0.0.")
+            && note.contains("--bind"),
+        "{note}"
+    );
 }

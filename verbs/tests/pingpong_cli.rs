@@ -385,6 +385,32 @@ fn devinfo_prints_the_device_like_ibv_devinfo() {
         );
     }
 
+    // Every counter's value starts in one column, apart from its name.
+    let counters: Vec<&str> = verbose
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "\tcounters:")
+        .skip(1)
+        .take_while(|l| l.starts_with("\t\t\t"))
+        .collect();
+    assert!(counters.len() > 30, "{}", verbose.stdout);
+    let column = |line: &str| line.rfind(' ').map(|space| space + 1);
+    let first = column(counters[0]);
+    for line in &counters {
+        let name = line.trim_start().split(' ').next().unwrap_or_default();
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(
+            value.parse::<u64>().is_ok() && !name.is_empty() && name != value,
+            "{line:?}"
+        );
+        assert_eq!(
+            column(line),
+            first,
+            "{line:?} out of column in\n{counters:#?}"
+        );
+        assert!(line.contains("  "), "{line:?}: name and value run together");
+    }
+
     let missing = finish(
         spawn(&strings(&["devinfo", "-d", "mlx5_0"])),
         String::new(),
@@ -476,5 +502,91 @@ fn ud_peer_that_never_answers_times_out() {
             .contains("no completion for 1 s after 1 sends and 0 receives of 5"),
         "{}",
         outcome.stderr
+    );
+}
+
+/// A server that accepts the TCP connection and never answers: the client gives up
+/// after `--timeout`, naming the message it waited for (not "Resource temporarily
+/// unavailable", the read timeout's errno).
+#[test]
+fn silent_server_times_out_naming_the_message() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(stream);
+    });
+    let args = strings(&[
+        "pingpong",
+        "rc",
+        "127.0.0.1",
+        "--bind",
+        "127.78.57.2",
+        "-p",
+        &port.to_string(),
+        "--timeout",
+        "1",
+    ]);
+    let outcome = finish(spawn(&args), String::new(), None);
+    holder.join().unwrap();
+    assert_eq!(outcome.status.code(), Some(1), "{outcome:?}");
+    assert!(
+        outcome
+            .stderr
+            .contains("timed out waiting for the peer's pingpong address message"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!outcome.stderr.contains("os error"), "{}", outcome.stderr);
+}
+
+/// Two terminals on one host, no `--bind`: the server takes UDP 4791 on the host's
+/// addresses (127.0.0.1 when it has no other), and a client toward the server's address
+/// — which would be its own default — steps aside to a free loopback address, says so,
+/// and the ping-pong runs. Only the TCP port is chosen, so tests running at once do not
+/// meet.
+#[test]
+fn rc_server_and_client_on_one_host_with_default_addresses() {
+    let port = free_port().to_string();
+    let mut server = spawn(&strings(&["pingpong", "rc", "-p", &port, "-n", "20"]));
+    let mut reader = BufReader::new(server.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    let Some(gid) = first
+        .trim_end()
+        .rsplit("GID ")
+        .next()
+        .filter(|_| first.contains("local address:"))
+    else {
+        let outcome = finish(server, first, Some(reader));
+        panic!("server did not start: {outcome:?}");
+    };
+    let target = gid.trim_start_matches("::ffff:").to_string();
+    let client = finish(
+        spawn(&strings(&[
+            "pingpong", "rc", &target, "-p", &port, "-n", "20",
+        ])),
+        String::new(),
+        None,
+    );
+    let server = finish(server, first, Some(reader));
+    for (name, outcome) in [("server", &server), ("client", &client)] {
+        assert!(outcome.status.success(), "{name} failed: {outcome:?}");
+        line(&outcome.stdout, "20 iters in ");
+    }
+    assert!(
+        client
+            .stderr
+            .contains(&format!("UDP port 4791 on {target} is taken"))
+            && client.stderr.contains("this client uses 127.0.0.")
+            && client.stderr.contains("--bind"),
+        "{}",
+        client.stderr
+    );
+    assert!(
+        line(&client.stdout, "  local address:").contains("GID ::ffff:127.0.0."),
+        "{}",
+        client.stdout
     );
 }

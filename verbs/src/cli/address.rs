@@ -5,7 +5,11 @@
 //!   of the interface that routes there);
 //! - a server uses every non-loopback address of the host (IPv4 first, then global
 //!   IPv6), or 127.0.0.1 when there is none;
-//! - `--bind` overrides both.
+//! - when the client's address has UDP 4791 taken and the peer is this host — a server
+//!   in another terminal holds it — the client takes the first free loopback address
+//!   from 127.0.0.2 on, and says so (the kernel delivers between any two local
+//!   addresses, so 127.0.0.2 reaches a server on 127.0.0.1 or on the host's own IP);
+//! - `--bind` overrides all of these.
 //!
 //! Addresses come from `/proc/net/fib_trie` (IPv4 local addresses) and
 //! `/proc/net/if_inet6`, so no C library call is needed.
@@ -51,6 +55,12 @@ pub fn open_device(addresses: &[IpAddr]) -> Result<Device, OpenError> {
     let mut config = DeviceConfig::with_address(IpAddr::V4(Ipv4Addr::LOCALHOST));
     config.addresses = addresses.to_vec();
     config.active_mtu = active_mtu(addresses);
+    open_config(config)
+}
+
+/// Opens a device as `config` says, naming the address when one cannot be bound.
+pub fn open_config(config: DeviceConfig) -> Result<Device, OpenError> {
+    let addresses = &config.addresses.clone();
     let port = config.port;
     let first = addresses
         .first()
@@ -95,6 +105,69 @@ pub fn route_source(peer: IpAddr) -> io::Result<IpAddr> {
         ferroce_transport::wire::ROCEV2_UDP_PORT,
     ))?;
     Ok(socket.local_addr()?.ip())
+}
+
+/// The loopback addresses a client may fall back to, in order.
+const FALLBACK_HOSTS: std::ops::RangeInclusive<u8> = 2..=254;
+
+/// The local address a client without `--bind` uses toward `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// The address to open the device on.
+    pub address: IpAddr,
+    /// The address that routes to `peer`, when its UDP 4791 was taken and `address` is
+    /// a loopback address chosen instead.
+    pub taken: Option<IpAddr>,
+}
+
+impl ClientAddress {
+    /// What a tool tells its user when it did not use the routed address.
+    pub fn note(&self) -> Option<String> {
+        self.taken.map(|taken| {
+            format!(
+                "UDP port {port} on {taken} is taken (a server on this host?); this client \
+                 uses {address} instead (--bind chooses the address)",
+                port = ferroce_transport::wire::ROCEV2_UDP_PORT,
+                address = self.address
+            )
+        })
+    }
+}
+
+/// A client's local address toward `peer`: the one that routes there ([`route_source`]),
+/// unless its UDP 4791 is taken and `peer` is an IPv4 address of this host — then the
+/// first loopback address from 127.0.0.2 whose port is free. When none is free the
+/// routed address is kept, and opening the device names it.
+pub fn client_address(peer: IpAddr) -> io::Result<ClientAddress> {
+    let routed = route_source(peer)?;
+    let peer = peer.to_canonical();
+    let this_host = peer.is_loopback() || host_addresses().contains(&peer);
+    let port = ferroce_transport::wire::ROCEV2_UDP_PORT;
+    Ok(step_aside(routed, peer.is_ipv4() && this_host, |address| {
+        matches!(
+            UdpSocket::bind(SocketAddr::new(address, port)),
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse
+        )
+    }))
+}
+
+/// [`client_address`]'s choice, given the routed address, whether the peer is an IPv4
+/// address of this host, and which addresses have their port taken.
+fn step_aside(routed: IpAddr, local_peer: bool, busy: impl Fn(IpAddr) -> bool) -> ClientAddress {
+    let keep = ClientAddress {
+        address: routed,
+        taken: None,
+    };
+    if !local_peer || !busy(routed) {
+        return keep;
+    }
+    FALLBACK_HOSTS
+        .map(|host| IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
+        .find(|&candidate| candidate != routed && !busy(candidate))
+        .map_or(keep, |address| ClientAddress {
+            address,
+            taken: Some(routed),
+        })
 }
 
 /// The host's non-loopback addresses: IPv4 ones first, then global IPv6 ones (link-local
@@ -299,6 +372,33 @@ fe8000000000000000fc00fffe000001 04 40 20 80     eth0
     fn route_source_of_loopback_is_loopback() {
         let source = route_source(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("loopback route");
         assert!(source.is_loopback());
+    }
+
+    #[test]
+    fn a_client_steps_aside_only_from_a_taken_port_toward_this_host() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("literal");
+        let taken = [ip("127.0.0.1"), ip("127.0.0.2"), ip("192.0.2.2")];
+        let busy = |address: IpAddr| taken.contains(&address);
+        let chosen = step_aside(ip("127.0.0.1"), true, busy);
+        assert_eq!(
+            (chosen.address, chosen.taken),
+            (ip("127.0.0.3"), Some(ip("127.0.0.1")))
+        );
+        let note = chosen.note().expect("a note");
+        assert!(
+            note.contains("4791 on 127.0.0.1 is taken") && note.contains("uses 127.0.0.3"),
+            "{note}"
+        );
+        // The host's own address, held by a server there.
+        let own = step_aside(ip("192.0.2.2"), true, busy);
+        assert_eq!(own.address, ip("127.0.0.3"));
+        // A remote peer cannot reach a loopback address: keep the routed one.
+        let remote = step_aside(ip("192.0.2.2"), false, busy);
+        assert_eq!((remote.address, remote.taken), (ip("192.0.2.2"), None));
+        assert!(remote.note().is_none());
+        // Free: nothing to change. All taken: the routed address, whose open names it.
+        assert_eq!(step_aside(ip("10.0.0.1"), true, busy).taken, None);
+        assert_eq!(step_aside(ip("127.0.0.1"), true, |_| true).taken, None);
     }
 
     #[test]

@@ -329,8 +329,10 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
         .map(|(name, value)| (name.to_string(), value)),
     );
     let _ = writeln!(out, "\tcounters:");
+    // One column for the values, two spaces past the longest name.
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
     for (name, value) in rows {
-        let _ = writeln!(out, "\t\t\t{name:<32}{value}");
+        let _ = writeln!(out, "\t\t\t{name:<width$}{value}");
     }
 }
 

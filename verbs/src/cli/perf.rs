@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::address::OpenError;
 use crate::wire::Psn;
 use crate::{
-    AccessFlags, CompletionQueue, Device, DeviceConfig, DriverKind, Error, MemoryRegion, PathMtu,
-    QpCap, QpInitAttributes, QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WcStatus,
-    WorkCompletion,
+    AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error,
+    MemoryRegion, PathMtu, QpCap, QpInitAttributes, QpType, QueuePair, RecvRequest, RemoteEndpoint,
+    SendRequest, WcStatus, WorkCompletion,
 };
 
 /// The operation under test.
@@ -141,40 +142,42 @@ pub struct Args {
     /// Connection type: RC or UC (UC: write and send only).
     #[arg(short = 'c', long = "connection", value_enum, default_value = "RC")]
     pub connection: Connection,
-    /// Messages up to this size are sent inline (default 220 for lat, 0 for bw).
-    #[arg(short = 'I', long = "inline_size")]
+    /// Messages up to this size are sent inline (default 220 for lat, 0 for bw; at most
+    /// the device's max_inline_data, 400).
+    #[arg(short = 'I', long = "inline_size", value_parser = clap::value_parser!(u32).range(0..=MAX_INLINE))]
     pub inline_size: Option<u32>,
     /// Do not fail on CPU frequency warnings (perftest's `-F`; ferroce measures with the
     /// monotonic clock, so there is nothing to check).
     #[arg(short = 'F', long = "CPU-freq")]
     pub cpu_freq: bool,
     /// Message size in bytes (default 65536 for bw, 2 for lat, 8 for atomic).
-    #[arg(short = 's', long = "size")]
+    #[arg(short = 's', long = "size", value_parser = at_least_one::<u32>)]
     pub size: Option<u32>,
     /// Iterations per QP (perftest's default: 5000 for bw, 1000 for lat).
-    #[arg(short = 'n', long = "iters")]
+    #[arg(short = 'n', long = "iters", value_parser = at_least_one::<u64>)]
     pub iterations: Option<u64>,
     /// Number of QPs (bw).
-    #[arg(short = 'q', long = "qp", default_value_t = 1)]
+    #[arg(short = 'q', long = "qp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_QPS))]
     pub qps: u32,
-    /// Path MTU: 256, 512, 1024, 2048 or 4096 (default: 1024 with --loopback, else the
-    /// port's active MTU).
-    #[arg(short = 'm', long = "mtu")]
+    /// Path MTU: 256, 512, 1024, 2048 or 4096 (default: the port's active MTU, which rxe
+    /// derives from the interface's: 4096 on `lo`, so with --loopback; 1024 on a
+    /// 1500-byte Ethernet).
+    #[arg(short = 'm', long = "mtu", value_parser = parse_mtu)]
     pub mtu: Option<u32>,
     /// Run for this many seconds instead of a number of iterations.
-    #[arg(short = 'D', long = "duration")]
+    #[arg(short = 'D', long = "duration", value_parser = at_least_one::<u64>)]
     pub duration: Option<u64>,
     /// Every size from 2 bytes to 8 MiB (powers of two).
     #[arg(short = 'a', long = "all")]
     pub all: bool,
     /// Work requests in flight per QP (bw).
-    #[arg(short = 't', long = "tx-depth", default_value_t = 128)]
+    #[arg(short = 't', long = "tx-depth", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=MAX_DEPTH))]
     pub tx_depth: u32,
     /// Receives posted ahead per QP (send).
-    #[arg(short = 'r', long = "rx-depth", default_value_t = 512)]
+    #[arg(short = 'r', long = "rx-depth", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=MAX_DEPTH))]
     pub rx_depth: u32,
     /// A completion is requested every this many work requests (bw).
-    #[arg(short = 'Q', long = "cq-mod", default_value_t = 100)]
+    #[arg(short = 'Q', long = "cq-mod", default_value_t = 100, value_parser = at_least_one::<u32>)]
     pub cq_mod: u32,
     /// Packet driver.
     #[arg(long, value_enum, default_value = "auto")]
@@ -188,14 +191,42 @@ pub struct Args {
     /// Print both devices' engine and engine-thread counters to stderr at the end.
     #[arg(long)]
     pub counters: bool,
+    /// Give up after this many seconds in which the peer sent nothing the run waits for:
+    /// a message of the TCP exchange, a completion, a packet (0: wait forever).
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// The largest `-q`: the device's `max_qp`.
+const MAX_QPS: i64 = 0x1_0000;
+/// The largest `-t` and `-r`: one less than the device's `max_qp_wr` (a QP gets one
+/// work request more than the depth).
+const MAX_DEPTH: i64 = 0x4000 - 1;
+/// The largest `-I`: the device's `max_inline_data`.
+const MAX_INLINE: i64 = 400;
+
+/// A count or size that must be positive (`-n 0` would run nothing and report it).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(value) if value >= T::from(1) => Ok(value),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// `-m`: one of the five IB path MTUs.
+fn parse_mtu(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|&mtu| PathMtu::from_bytes(mtu).is_some())
+        .ok_or_else(|| format!("`{text}` is not a path MTU: 256, 512, 1024, 2048 or 4096"))
 }
 
 /// `-a` runs every power of two from 2 bytes up to this.
 const MAX_ALL_SIZE: u32 = 1 << 23;
 /// Inline bytes for latency tests, as perftest's default.
 const LAT_INLINE: u32 = 220;
-/// How long a run may wait for a completion before it counts as failed.
-const STALL: Duration = Duration::from_secs(10);
 /// perftest's atomic message size.
 const ATOMIC_SIZE: u32 = 8;
 
@@ -242,22 +273,7 @@ fn operation_title(operation: Operation) -> &'static str {
 
 /// Runs `ferroce perf`.
 pub fn run(args: &Args) -> ExitCode {
-    if args
-        .mtu
-        .is_some_and(|mtu| PathMtu::from_bytes(mtu).is_none())
-    {
-        eprintln!("ferroce perf: -m must be 256, 512, 1024, 2048 or 4096");
-        return ExitCode::from(2);
-    }
-    if args.qps == 0 || args.tx_depth == 0 || args.rx_depth == 0 || args.cq_mod == 0 {
-        eprintln!("ferroce perf: -q, -t, -r and -Q must be at least 1");
-        return ExitCode::from(2);
-    }
     let size = default_size(args);
-    if size == 0 && !args.all {
-        eprintln!("ferroce perf: -s must be at least 1");
-        return ExitCode::from(2);
-    }
     if args.operation == Operation::Atomic && (size != ATOMIC_SIZE || args.all) {
         eprintln!("ferroce perf: atomic tests use 8-byte messages (no -s other than 8, no -a)");
         return ExitCode::from(2);
@@ -275,6 +291,11 @@ pub fn run(args: &Args) -> ExitCode {
     } else {
         vec![size]
     };
+    let largest = sizes.iter().copied().max().unwrap_or(size).max(8);
+    if let Err(message) = check_region(args, largest) {
+        eprintln!("ferroce perf: {message}");
+        return ExitCode::from(2);
+    }
     if !args.loopback {
         return net::run(args, &sizes);
     }
@@ -282,9 +303,16 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("ferroce perf: --addresses needs two different addresses");
         return ExitCode::from(2);
     }
-    let largest = sizes.iter().copied().max().unwrap_or(size).max(8);
     let bench = match Bench::open(args, largest) {
         Ok(bench) => bench,
+        Err(OpenFailure::Device(OpenError::PortBusy { address, port })) => {
+            eprintln!(
+                "ferroce perf: cannot open the loopback devices: UDP port {port} on {address} \
+                 is in use (kernel rxe or another ferroce?); choose two free loopback \
+                 addresses with --addresses, e.g. --addresses 127.0.0.3 127.0.0.4"
+            );
+            return ExitCode::from(2);
+        }
         Err(error) => {
             eprintln!("ferroce perf: cannot open the loopback devices: {error}");
             return ExitCode::from(2);
@@ -328,6 +356,65 @@ pub fn run(args: &Args) -> ExitCode {
 
 const RULE: usize = 87;
 
+/// Refuses a run whose memory region would exceed the device's `max_mr_size`, naming
+/// the size and the limit (rather than failing inside the device).
+fn check_region(args: &Args, largest: u32) -> Result<(), String> {
+    let limit = DeviceLimits::default().max_mr_size;
+    let qps = u64::from(args.qps);
+    let (bytes, layout) = if args.loopback {
+        (u64::from(largest) * qps, "the size × -q")
+    } else {
+        // Per QP a slot to send from and one the peer targets, in whole pages (net.rs).
+        let page = u64::from(crate::oob::perftest::PerftestConfig::default().cycle_buffer);
+        let slot = u64::from(largest).div_ceil(page) * page;
+        (2 * slot * qps, "two page-rounded slots of the size per QP")
+    };
+    if bytes <= limit {
+        return Ok(());
+    }
+    let size = if args.all {
+        format!("-a (largest size {largest})")
+    } else {
+        format!("-s {largest}")
+    };
+    Err(format!(
+        "{size} with -q {qps} needs a memory region of {bytes} bytes ({layout}), more than \
+         the device's max_mr_size of {limit} bytes; choose a smaller -s or -q"
+    ))
+}
+
+/// Why the loopback devices could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum OpenFailure {
+    #[error(transparent)]
+    Device(#[from] OpenError),
+    #[error(transparent)]
+    Verbs(#[from] Error),
+}
+
+/// How long a run waits for something only the peer can bring about (`--timeout`).
+#[derive(Debug, Clone, Copy)]
+struct Patience(Option<Duration>);
+
+impl Patience {
+    fn of(args: &Args) -> Patience {
+        Patience((args.timeout > 0).then(|| Duration::from_secs(args.timeout)))
+    }
+
+    /// Whether a wait that last saw progress at `since` has lasted too long.
+    fn exhausted(self, since: Instant) -> bool {
+        self.0.is_some_and(|limit| since.elapsed() > limit)
+    }
+
+    /// The error of a wait for `what` that lasted too long.
+    fn stalled(self, what: &'static str) -> RunError {
+        RunError::Stalled {
+            seconds: self.0.map_or(0, |limit| limit.as_secs()),
+            what,
+        }
+    }
+}
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -339,8 +426,11 @@ enum RunError {
         status: WcStatus,
         vendor_err: u32,
     },
-    #[error("no completion for {0:?}")]
-    Stalled(Duration),
+    #[error(
+        "timed out after {seconds} s waiting for {what}: the peer stopped or is unreachable \
+         (--timeout changes the wait, 0 waits forever)"
+    )]
+    Stalled { seconds: u64, what: &'static str },
     #[error("data check failed on QP {0}: the bytes that arrived are not the bytes sent")]
     DataMismatch(usize),
 }
@@ -369,10 +459,10 @@ fn access() -> AccessFlags {
 }
 
 impl Bench {
-    fn open(args: &Args, largest: u32) -> Result<Bench, Error> {
+    fn open(args: &Args, largest: u32) -> Result<Bench, OpenFailure> {
         let mtu = PathMtu::from_bytes(loopback_mtu(args)).unwrap_or(PathMtu::Mtu1024);
         let slice = u64::from(largest);
-        let end = |address: IpAddr| -> Result<End, Error> {
+        let end = |address: IpAddr| -> Result<End, OpenFailure> {
             let mut config = DeviceConfig::with_address(address);
             config.active_mtu = mtu;
             config.driver = match args.driver {
@@ -380,7 +470,7 @@ impl Bench {
                 Driver::Uring => DriverKind::Uring,
                 Driver::Socket => DriverKind::Socket,
             };
-            let device = Device::open(config)?;
+            let device = super::address::open_config(config)?;
             let pd = device.alloc_pd()?;
             let cqe = (args.tx_depth + args.rx_depth) * args.qps + 16;
             let cq = device.create_cq(cqe.min(0x7fff), None)?;
@@ -551,6 +641,7 @@ impl Bench {
         let mut total_done = 0u64;
         let mut stopping = false;
         let mut last_progress = Instant::now();
+        let patience = Patience::of(args);
         loop {
             if let Some(limit) = deadline {
                 stopping |= start.elapsed() >= limit;
@@ -621,8 +712,8 @@ impl Bench {
             }
             if progress {
                 last_progress = Instant::now();
-            } else if last_progress.elapsed() > STALL {
-                return Err(RunError::Stalled(STALL));
+            } else if patience.exhausted(last_progress) {
+                return Err(patience.stalled("a completion"));
             } else {
                 std::thread::yield_now();
             }
@@ -706,6 +797,10 @@ impl Bench {
         let mut samples: Vec<f64> = Vec::with_capacity(iterations.min(1 << 24) as usize);
         let start = Instant::now();
         let mut wcs = Vec::with_capacity(4);
+        let wait = Waiter {
+            patience: Patience::of(args),
+            what: "a completion",
+        };
         let mut unsignaled = 0u32;
         let mut n = 0u64;
         loop {
@@ -726,7 +821,7 @@ impl Bench {
                         atomic_request(args.atomic_type, n, s.mr.addr(), s.mr.rkey())
                     };
                     c.qps[0].post_send(wr.sge(&c.mr, 0, size))?;
-                    wait_one(cq_c, &mut wcs)?;
+                    wait.one(cq_c, &mut wcs)?;
                     samples.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
                 Operation::Write | Operation::Send => {
@@ -737,10 +832,10 @@ impl Bench {
                         unsignaled = 0;
                     }
                     ping(c, s, &payload_c, n)?;
-                    wait_receive(cq_s, &mut wcs)?;
+                    wait.receive(cq_s, &mut wcs)?;
                     recv(s)?;
                     ping(s, c, &payload_s, n)?;
-                    wait_receive(cq_c, &mut wcs)?;
+                    wait.receive(cq_c, &mut wcs)?;
                     recv(c)?;
                     samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
                     if signal {
@@ -752,8 +847,8 @@ impl Bench {
                                 peer.mr.rkey(),
                             ))?;
                         }
-                        wait_one(cq_c, &mut wcs)?;
-                        wait_one(cq_s, &mut wcs)?;
+                        wait.one(cq_c, &mut wcs)?;
+                        wait.one(cq_s, &mut wcs)?;
                     }
                 }
             }
@@ -789,35 +884,45 @@ fn check(wc: &WorkCompletion) -> Result<(), RunError> {
     }
 }
 
-/// Spins (yielding) for one completion.
-fn wait_one(
-    cq: &CompletionQueue,
-    wcs: &mut Vec<WorkCompletion>,
-) -> Result<WorkCompletion, RunError> {
-    let start = Instant::now();
-    loop {
-        wcs.clear();
-        if cq.poll_into(1, wcs) == 1 {
-            let wc = wcs.remove(0);
-            check(&wc)?;
-            return Ok(wc);
-        }
-        if start.elapsed() > STALL {
-            return Err(RunError::Stalled(STALL));
-        }
-        std::thread::yield_now();
-    }
+/// Waits for completions, for as long as its patience lasts; a timeout names `what`.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    patience: Patience,
+    what: &'static str,
 }
 
-/// Waits for a receive completion, skipping send completions.
-fn wait_receive(cq: &CompletionQueue, wcs: &mut Vec<WorkCompletion>) -> Result<(), RunError> {
-    loop {
-        let wc = wait_one(cq, wcs)?;
-        if matches!(
-            wc.opcode,
-            crate::WcOpcode::Recv | crate::WcOpcode::RecvRdmaWithImm
-        ) {
-            return Ok(());
+impl Waiter {
+    /// Spins (yielding) for one completion.
+    fn one(
+        self,
+        cq: &CompletionQueue,
+        wcs: &mut Vec<WorkCompletion>,
+    ) -> Result<WorkCompletion, RunError> {
+        let start = Instant::now();
+        loop {
+            wcs.clear();
+            if cq.poll_into(1, wcs) == 1 {
+                let wc = wcs.remove(0);
+                check(&wc)?;
+                return Ok(wc);
+            }
+            if self.patience.exhausted(start) {
+                return Err(self.patience.stalled(self.what));
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Waits for a receive completion, skipping send completions.
+    fn receive(self, cq: &CompletionQueue, wcs: &mut Vec<WorkCompletion>) -> Result<(), RunError> {
+        loop {
+            let wc = self.one(cq, wcs)?;
+            if matches!(
+                wc.opcode,
+                crate::WcOpcode::Recv | crate::WcOpcode::RecvRdmaWithImm
+            ) {
+                return Ok(());
+            }
         }
     }
 }

@@ -728,11 +728,15 @@ fn client_setup(
         ))
     })?;
     let addresses = if options.bind.is_empty() {
-        let source = address::route_source(first.ip()).map_err(|source| PingpongError::Route {
-            peer: first.ip(),
-            source,
-        })?;
-        vec![source]
+        let chosen =
+            address::client_address(first.ip()).map_err(|source| PingpongError::Route {
+                peer: first.ip(),
+                source,
+            })?;
+        if let Some(note) = chosen.note() {
+            eprintln!("ferroce pingpong: {note}");
+        }
+        vec![chosen.address]
     } else {
         options.bind.clone()
     };

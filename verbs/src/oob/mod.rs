@@ -63,9 +63,16 @@ pub enum MessageError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OobError {
-    /// The socket failed (including read/write timeouts set on it by the caller).
+    /// The socket failed.
     #[error("out-of-band socket: {0}")]
     Io(#[from] io::Error),
+    /// A read timeout the caller set on the socket expired before the peer's message
+    /// came (a peer that accepted the connection and went silent).
+    #[error("timed out waiting for the peer's {message}")]
+    TimedOut {
+        /// The message being waited for.
+        message: &'static str,
+    },
     /// The peer closed the connection in the middle of, or instead of, a message.
     #[error("peer closed the connection after {received} of {expected} bytes of {message}")]
     Closed {
@@ -120,10 +127,20 @@ fn read_into(stream: &mut impl Read, buffer: &mut [u8], message: &'static str) -
             }
             Ok(count) => received += count,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if is_timeout(&error) => return Err(OobError::TimedOut { message }),
             Err(error) => return Err(OobError::Io(error)),
         }
     }
     Ok(())
+}
+
+/// Whether a socket error is an expired read or write timeout (`SO_RCVTIMEO` gives
+/// `EAGAIN` on Unix, `ETIMEDOUT` elsewhere).
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Writes one whole message with a single buffer, then flushes (buffered writers).
@@ -254,6 +271,30 @@ mod tests {
             })
         ));
         assert!(parse_hex(b" 0ff", 0, 4, "t").is_err());
+    }
+
+    /// A reader whose timeout expires: what a `TcpStream` with a read timeout returns.
+    struct Silent;
+
+    impl Read for Silent {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn an_expired_read_timeout_names_the_message() {
+        let error = read_message::<5>(&mut Silent, "test message").expect_err("times out");
+        assert!(matches!(
+            error,
+            OobError::TimedOut {
+                message: "test message"
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "timed out waiting for the peer's test message"
+        );
     }
 
     #[test]

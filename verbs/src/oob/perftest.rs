@@ -881,6 +881,9 @@ impl<S: Read + Write> PerftestSession<S> {
                 Err(error) if received == 0 && error.kind() == io::ErrorKind::ConnectionReset => {
                     break
                 }
+                Err(error) if super::is_timeout(&error) => {
+                    return Err(OobError::TimedOut { message: DONE })
+                }
                 Err(error) => return Err(error.into()),
             }
         }

@@ -37,8 +37,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::{
-    access, atomic_request, check, operation_title, peak_rate, wait_one, Args, Bandwidth, Latency,
-    Operation, Report, RunError, Test, LAT_INLINE, MIB, RULE, STALL,
+    access, atomic_request, check, operation_title, peak_rate, Args, Bandwidth, Latency, Operation,
+    Patience, Report, RunError, Test, Waiter, LAT_INLINE, MIB, RULE,
 };
 use crate::cli::address;
 use crate::oob::perftest::{
@@ -90,6 +90,14 @@ pub(super) fn run(args: &Args, sizes: &[u32]) -> ExitCode {
             eprintln!("ferroce perf: {message}");
             ExitCode::from(2)
         }
+        Err(NetError::Exchange(error @ OobError::TimedOut { .. })) => {
+            eprintln!(
+                "ferroce perf: {error}: nothing came for {} s, the peer is connected but \
+                 silent (--timeout changes the wait, 0 waits forever)",
+                args.timeout
+            );
+            ExitCode::from(1)
+        }
         Err(error) => {
             eprintln!("ferroce perf: {error}");
             ExitCode::from(1)
@@ -105,18 +113,26 @@ fn client(args: &Args, server: &str, sizes: &[u32]) -> Result<(), NetError> {
         .ok_or_else(|| NetError::Setup(format!("{server} has no address")))?;
     let local = match args.bind {
         Some(address) => address,
-        None => address::route_source(target.ip())
-            .map_err(|error| NetError::Setup(format!("no route to {}: {error}", target.ip())))?,
+        None => {
+            let chosen = address::client_address(target.ip()).map_err(|error| {
+                NetError::Setup(format!("no route to {}: {error}", target.ip()))
+            })?;
+            if let Some(note) = chosen.note() {
+                eprintln!("ferroce perf: {note}");
+            }
+            chosen.address
+        }
     };
     let device =
         address::open_device(&[local]).map_err(|error| NetError::Setup(error.to_string()))?;
-    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|error| {
+    let connect_timeout = Patience::of(args).0.unwrap_or(CONNECT_TIMEOUT);
+    let stream = TcpStream::connect_timeout(&target, connect_timeout).map_err(|error| {
         NetError::Setup(format!(
             "cannot connect to {target}: {error} (is a ferroce perf or perftest server \
              listening there? -p sets the port)"
         ))
     })?;
-    let _ = stream.set_nodelay(true);
+    exchange_timeouts(args, &stream);
     let gid = choose_gid(args, &device, None)?;
     serve_or_run(args, Role::Client, &stream, device, gid, sizes)
 }
@@ -145,10 +161,20 @@ fn server(args: &Args, sizes: &[u32]) -> Result<(), NetError> {
         .accept()
         .map_err(|error| NetError::Setup(format!("accepting a client failed: {error}")))?;
     drop(listener);
-    let _ = stream.set_nodelay(true);
+    exchange_timeouts(args, &stream);
     let toward = stream.local_addr().ok().map(|a| a.ip().to_canonical());
     let gid = choose_gid(args, &device, toward)?;
     serve_or_run(args, Role::Server, &stream, device, gid, sizes)
+}
+
+/// No delay on the exchange's messages, and `--timeout` on every read and write of it:
+/// a silent peer ends the run with the message it was waiting for.
+fn exchange_timeouts(args: &Args, stream: &TcpStream) {
+    let timeout = Patience::of(args).0;
+    // Best effort: without them the exchange waits as perftest's does.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_write_timeout(timeout);
 }
 
 /// The local GID: `-x` picks one of the device's addresses; else the one the TCP peer
@@ -231,6 +257,7 @@ fn serve_or_run(
         if index > 0 {
             // Receives for the next size are in place before the peer may send.
             end.post_receives()?;
+            end.await_peer(stream)?;
             session.exchange_keys(&local[0])?;
         }
         match (role, args.test, args.operation) {
@@ -264,6 +291,7 @@ fn serve_or_run(
             (Role::Server, Test::Lat, _) => {}
         }
     }
+    end.await_peer(stream)?;
     let remote_report = session.finish(&client_report)?;
     // A one-sided bandwidth server prints the client's result, as perftest does.
     let passive_server =
@@ -414,6 +442,38 @@ impl<'a> End<'a> {
         Ok(())
     }
 
+    /// A server reads first in each exchange after traffic, and a passive one (the
+    /// target of WRITEs, READs, atomics) has no completion to wait for while the client
+    /// runs: it waits here for the client's next message, counting the client's packets
+    /// as progress, so a long run never meets the socket's timeout and a vanished
+    /// client does. A client writes first: nothing to wait for.
+    fn await_peer(&self, stream: &TcpStream) -> Result<(), NetError> {
+        if self.role != Role::Server {
+            return Ok(());
+        }
+        let patience = Patience::of(self.args);
+        let packets_in = || {
+            self.device
+                .counters()
+                .map_or(0, |(engine, _)| engine.packets_in)
+        };
+        let mut packets = packets_in();
+        let mut last_progress = Instant::now();
+        while !peer_has_spoken(stream).map_err(|error| NetError::Exchange(OobError::Io(error)))? {
+            let now = packets_in();
+            if now != packets {
+                packets = now;
+                last_progress = Instant::now();
+            } else if patience.exhausted(last_progress) {
+                return Err(patience
+                    .stalled("the peer's packets or its next message of the exchange")
+                    .into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     /// A receive spanning QP `q`'s send slot, which fits every size of the run.
     fn post_receive(&mut self, q: usize) -> Result<(), Error> {
         let slot_len = u32::try_from(self.slot).unwrap_or(u32::MAX);
@@ -497,6 +557,14 @@ impl<'a> End<'a> {
         }
     }
 
+    /// Waits for completions within `--timeout`, naming `what` when it expires.
+    fn waiter(&self, what: &'static str) -> Waiter {
+        Waiter {
+            patience: Patience::of(self.args),
+            what,
+        }
+    }
+
     /// Inline bytes for a `size`-byte WRITE or SEND, when `-I` allows it.
     fn inline_payload(&self, size: u32) -> Option<Vec<u8>> {
         let inlined = size <= inline_size(self.args)
@@ -531,6 +599,7 @@ impl<'a> End<'a> {
         let mut total_done = 0u64;
         let mut stopping = false;
         let mut last_progress = start;
+        let patience = Patience::of(args);
         let mut progress = Progress::new(args.json);
         loop {
             if let Some(limit) = deadline {
@@ -572,8 +641,8 @@ impl<'a> End<'a> {
                 marks.push((now, total_done));
                 last_progress = now;
                 progress.tick(size, total_done, start);
-            } else if last_progress.elapsed() > STALL {
-                return Err(RunError::Stalled(STALL));
+            } else if patience.exhausted(last_progress) {
+                return Err(patience.stalled("the peer's responses (a completion)"));
             } else {
                 std::thread::yield_now();
             }
@@ -610,6 +679,7 @@ impl<'a> End<'a> {
         let mut last = Instant::now();
         let mut last_progress = Instant::now();
         let mut last_look = Instant::now();
+        let patience = Patience::of(args);
         let mut progress = Progress::new(args.json);
         loop {
             if per_qp.is_some_and(|n| received.iter().all(|&r| r >= n)) {
@@ -651,8 +721,10 @@ impl<'a> End<'a> {
                     break;
                 }
             }
-            if last_progress.elapsed() > STALL {
-                return Err(RunError::Stalled(STALL).into());
+            if patience.exhausted(last_progress) {
+                return Err(patience
+                    .stalled("the peer's SENDs (a receive completion)")
+                    .into());
             }
             std::thread::yield_now();
         }
@@ -679,6 +751,7 @@ impl<'a> End<'a> {
         let mut payload = self.inline_payload(size);
         let mut posted_at: Vec<Instant> = Vec::with_capacity(n.min(1 << 24) as usize);
         let mut wcs = Vec::with_capacity(1);
+        let acknowledged = self.waiter("the peer's acknowledgement (a send completion)");
         let (mut sent, mut received, mut completed) = (0u64, 0u64, 0u64);
         while sent < n || received < n || completed < n {
             if received < n && !(sent < 1 && role == Role::Server) {
@@ -706,7 +779,7 @@ impl<'a> End<'a> {
                 self.qps[0].post_send(wr.signaled(true))?;
             }
             if completed < n {
-                wait_one(&self.send_cq, &mut wcs)?;
+                acknowledged.one(&self.send_cq, &mut wcs)?;
                 completed += 1;
             }
         }
@@ -716,14 +789,15 @@ impl<'a> End<'a> {
     /// Waits until the byte at `offset` of the region is `value` (the peer's WRITE).
     fn wait_for_byte(&self, offset: u64, value: u8) -> Result<(), RunError> {
         let start = Instant::now();
+        let patience = Patience::of(self.args);
         let mut byte = [0u8; 1];
         loop {
             self.mr.read(offset, &mut byte)?;
             if byte[0] == value {
                 return Ok(());
             }
-            if start.elapsed() > STALL {
-                return Err(RunError::Stalled(STALL));
+            if patience.exhausted(start) {
+                return Err(patience.stalled("the peer's RDMA WRITE"));
             }
             std::thread::yield_now();
         }
@@ -737,10 +811,12 @@ impl<'a> End<'a> {
         let payload = self.inline_payload(size);
         let mut posted_at: Vec<Instant> = Vec::with_capacity(n.min(1 << 24) as usize);
         let mut wcs = Vec::with_capacity(1);
+        let sends = self.waiter("the peer's SEND (a receive completion)");
+        let acknowledged = self.waiter("the peer's acknowledgement (a send completion)");
         let (mut sent, mut received) = (0u64, 0u64);
         while sent < n || received < n {
             if received < n && !(sent < 1 && role == Role::Client) {
-                wait_one(&self.recv_cq, &mut wcs)?;
+                sends.one(&self.recv_cq, &mut wcs)?;
                 received += 1;
                 self.outstanding[0] = self.outstanding[0].saturating_sub(1);
                 self.post_receive(0)?;
@@ -752,7 +828,7 @@ impl<'a> End<'a> {
                 let wr = self.request(0, size, sent, payload.as_deref());
                 self.qps[0].post_send(wr.signaled(signaled))?;
                 if signaled {
-                    wait_one(&self.send_cq, &mut wcs)?;
+                    acknowledged.one(&self.send_cq, &mut wcs)?;
                 }
             }
         }
@@ -764,11 +840,12 @@ impl<'a> End<'a> {
         let n = iterations(self.args);
         let mut samples = Vec::with_capacity(n.min(1 << 24) as usize);
         let mut wcs = Vec::with_capacity(1);
+        let responses = self.waiter("the peer's response (a completion)");
         for i in 0..n {
             let start = Instant::now();
             let wr = self.request(0, size, i, None);
             self.qps[0].post_send(wr.signaled(true))?;
-            wait_one(&self.send_cq, &mut wcs)?;
+            responses.one(&self.send_cq, &mut wcs)?;
             samples.push(start.elapsed().as_secs_f64() * 1e6);
         }
         Ok(Latency::from_samples(samples))
