@@ -161,6 +161,86 @@ fn nothing_gets_through_is_an_integrity_failure() {
     assert!(text.contains("run ended early"), "{text}");
 }
 
+/// A link that loses everything, with the default retry count (for ever): the run
+/// meets its time limit and says so, with the virtual time it reached (not 0), that
+/// nothing completed and what was left waiting, and how to make the requester give up.
+#[test]
+fn total_loss_reports_the_time_limit_and_what_completed() {
+    let output = ferroce(&[
+        "sim",
+        "--loss",
+        "1",
+        "--count",
+        "20",
+        "--time-limit",
+        "50ms",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(
+        line(&text, "virtual time:"),
+        "virtual time:     50.000000 ms"
+    );
+    assert_eq!(line(&text, "completions:"), "completions:      none");
+    // The window holds 16 of the 20 operations.
+    assert_eq!(
+        line(&text, "run ended early:"),
+        "run ended early:  time limit reached (50ms of virtual time, --time-limit): 0 of 20 \
+         operations completed, 16 posted and waiting, 4 never posted"
+    );
+    assert!(
+        line(&text, "note:").contains("--retry-cnt 7 (the default) retries for ever"),
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the time limit, 50ms of virtual time, took ")
+            && stderr.contains(" s of wall time"),
+        "{stderr}"
+    );
+}
+
+/// `--retry-cnt 2`: the requester retransmits twice, then fails the request with
+/// RetryExcErr and flushes the rest — in virtual milliseconds, not at the time limit.
+#[test]
+fn retry_cnt_ends_a_dead_link() {
+    for op in ["write", "send"] {
+        let output = ferroce(&[
+            "sim",
+            "--loss",
+            "1",
+            "--count",
+            "3",
+            "--retry-cnt",
+            "2",
+            "--op",
+            op,
+        ]);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(1), "{op}: {text}");
+        assert_eq!(
+            line(&text, "completions:"),
+            "completions:      RetryExcErr 1, WrFlushErr 2",
+            "{op}"
+        );
+        let timeouts = number_after(line(&text, "retransmissions:"), "retransmit timeouts");
+        assert_eq!(timeouts, 3, "{op}: the first try and two retries: {text}");
+        assert!(!text.contains("run ended early"), "{op}: {text}");
+        assert!(
+            text.contains("data integrity: FAILED (0 of 3 operations verified"),
+            "{op}: {text}"
+        );
+        // Three ACK timeouts of 4.2 ms each.
+        let ms: f64 = line(&text, "virtual time:")
+            .trim_start_matches("virtual time:")
+            .trim()
+            .trim_end_matches(" ms")
+            .parse()
+            .expect("milliseconds");
+        assert!((12.0..13.0).contains(&ms), "{op}: {ms}");
+    }
+}
+
 #[test]
 fn bad_flags_exit_2() {
     for args in [
@@ -171,6 +251,7 @@ fn bad_flags_exit_2() {
         &["sim", "--rate", "fast"],
         &["sim", "--count", "0"],
         &["sim", "--size", "0"],
+        &["sim", "--retry-cnt", "8"],
     ] {
         let output = ferroce(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -3,9 +3,13 @@
 //!
 //! - Without `SERVER`: listen on TCP `-p` (18515), serve one test to a ferroce or perftest
 //!   client, exit. With `SERVER`: connect to a ferroce or perftest server and run the
-//!   test. Both speak perftest's out-of-band exchange and run perftest's traffic
-//!   pattern (see [`net`]). The local RoCE address is `--bind`, else the one routing to
-//!   the server (client) or every non-loopback address (server; see `cli::address`).
+//!   test. Both speak perftest's out-of-band exchange ([`crate::oob::perftest`]) and
+//!   run perftest's traffic pattern (`cli/perf/net.rs`). The local RoCE address is
+//!   `--bind`, else the one routing to the server (client; a free 127.0.0.x when a
+//!   server on this host holds that one) or every non-loopback address (server; see
+//!   [`super::address`]). `--timeout` (10 s; 0: for ever) bounds every wait for the
+//!   peer — each message of the exchange, each completion, the passive server's wait
+//!   for the client's packets — and a timeout names what was waited for.
 //! - `--loopback`: both ends in this process on two loopback devices (127.0.0.1 and
 //!   127.0.0.2 by default), no setup needed.
 //!

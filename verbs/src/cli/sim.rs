@@ -3,7 +3,16 @@
 //! RC queue pairs over a link with the given loss, reordering, duplication, corruption,
 //! delay and rate; every byte is checked where it lands.
 //!
-//! Everything is a function of the flags: the same seed prints the same output.
+//! Everything is a function of the flags: the same seed prints the same output (on
+//! stdout; a run that meets its time limit also says on stderr how long that took in
+//! wall time). A run that does not complete says why — the time limit, nothing left
+//! to happen — and how many operations completed, were posted and waiting, or were
+//! never posted.
+//!
+//! `--retry-cnt` is the requester's transport retry count; 7, the default, retries for
+//! ever, as rxe does, so a link that loses everything runs into the time limit; 0-6
+//! end such a run with a retry-exceeded completion and flushed ones.
+//!
 //! Exit status: 0 when every operation completed and every byte checked out, 1 when
 //! not, 2 on bad flags.
 
@@ -94,10 +103,20 @@ pub struct Args {
     /// Virtual time after which the run is abandoned (and integrity fails).
     #[arg(long, default_value = "3600s", value_parser = parse_duration)]
     pub time_limit: Duration,
+    /// Transport retries of an unanswered request before it fails with RetryExcErr
+    /// (0-7; 7 retries for ever, as rxe).
+    #[arg(long, default_value_t = RETRY_FOREVER, value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub retry_cnt: u8,
 }
+
+/// The `retry_cnt` that never gives up (rxe's reading of 7).
+const RETRY_FOREVER: u8 = 7;
 
 /// Runs `ferroce sim` and prints its report to stdout.
 pub fn run(args: &Args) -> ExitCode {
+    // The wall time of a run is no function of the flags: it goes to stderr only.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
     let report = match simulate(args) {
         Ok(report) => report,
         Err(message) => {
@@ -105,6 +124,13 @@ pub fn run(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if report.outcome == RunOutcome::Deadline {
+        eprintln!(
+            "ferroce sim: the time limit, {:?} of virtual time, took {:.1} s of wall time",
+            args.time_limit,
+            started.elapsed().as_secs_f64()
+        );
+    }
     if args.json {
         println!("{}", report.json());
     } else {
@@ -129,6 +155,9 @@ struct Flow {
     /// SEND only: receives posted and completed on the responder.
     receives_posted: u64,
     receives_completed: u64,
+    /// A requester completion failed: the QP is in the error state, and the receives it
+    /// would have consumed never complete.
+    failed: bool,
 }
 
 /// What a run produced.
@@ -136,8 +165,11 @@ struct Flow {
 pub struct Report {
     args: Args,
     size: u64,
+    /// Virtual time when the run ended (its last completion, or where it stopped).
     elapsed: Time,
     outcome: RunOutcome,
+    /// Operations posted and not completed when the run ended.
+    waiting: u64,
     network: NetworkStats,
     requester: Counters,
     responder: Counters,
@@ -234,13 +266,30 @@ impl Report {
             .iter()
             .map(|(status, count)| format!("{status} {count}"))
             .collect();
-        let _ = writeln!(out, "completions:      {}", completions.join(", "));
-        if self.outcome != RunOutcome::Stopped {
+        let completions = if completions.is_empty() {
+            "none".to_string()
+        } else {
+            completions.join(", ")
+        };
+        let _ = writeln!(out, "completions:      {completions}");
+        if let Some(why) = self.why_early() {
+            let completed: u64 = self.completions.values().sum();
+            let total = a.count * a.qps;
             let _ = writeln!(
                 out,
-                "run ended early:  {:?} with {} of {} operations verified",
-                self.outcome, self.verified, self.expected
+                "run ended early:  {why}: {completed} of {total} operations completed, {} \
+                 posted and waiting, {} never posted",
+                self.waiting,
+                total.saturating_sub(completed + self.waiting)
             );
+            if a.retry_cnt == RETRY_FOREVER && self.outcome == RunOutcome::Deadline {
+                let _ = writeln!(
+                    out,
+                    "note:             --retry-cnt 7 (the default) retries for ever, as rxe: \
+                     a request that is never answered never fails; --retry-cnt 0-6 ends it \
+                     with RetryExcErr"
+                );
+            }
         }
         if self.integrity_ok() {
             let _ = writeln!(
@@ -256,6 +305,19 @@ impl Report {
             );
         }
         out
+    }
+
+    /// Why the run stopped before every operation completed, if it did.
+    fn why_early(&self) -> Option<String> {
+        match self.outcome {
+            RunOutcome::Stopped => None,
+            RunOutcome::Deadline => Some(format!(
+                "time limit reached ({:?} of virtual time, --time-limit)",
+                self.args.time_limit
+            )),
+            RunOutcome::Idle => Some("nothing left to happen (no packet or timer pending)".into()),
+            RunOutcome::Stalled => Some("stalled (events without the clock moving)".into()),
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -275,7 +337,10 @@ impl Report {
             "corrupt": a.corrupt,
             "delay_ns": u64::try_from(a.delay.as_nanos()).unwrap_or(u64::MAX),
             "rate_bytes_per_sec": a.rate.0,
+            "retry_cnt": a.retry_cnt,
             "virtual_time_ns": self.elapsed.as_nanos(),
+            "ended_early": self.why_early(),
+            "waiting": self.waiting,
             "goodput_bits_per_sec": self.goodput_bits_per_sec(),
             "bytes": self.bytes_done,
             "packets_sent": {
@@ -433,7 +498,13 @@ impl Simulation {
             for index in 0..2 {
                 let peer = 1 - index;
                 let peer_addr = sides[peer].2.addr;
-                connect(&mut sides[index].0, qpns[index], peer_addr, qpns[peer], mtu)?;
+                let link = Link {
+                    peer: peer_addr,
+                    peer_qpn: qpns[peer],
+                    mtu,
+                    retry_cnt: args.retry_cnt,
+                };
+                connect(&mut sides[index].0, qpns[index], &link)?;
             }
             flows.push(Flow {
                 requester_qpn: qpns[REQUESTER],
@@ -443,6 +514,7 @@ impl Simulation {
                 completed: 0,
                 receives_posted: 0,
                 receives_completed: 0,
+                failed: false,
             });
         }
         let mut side_list = Vec::new();
@@ -630,6 +702,7 @@ impl Simulation {
             // Completions come in order: wr_id is the op's index.
             let in_order = index == self.flows[qp].completed - 1;
             if wc.status != WcStatus::Success {
+                self.flows[qp].failed = true;
                 if !in_order {
                     self.mismatches += 1;
                 }
@@ -707,7 +780,9 @@ impl Simulation {
     fn done(&self) -> bool {
         self.flows.iter().all(|flow| {
             flow.completed == self.count
-                && (self.op != Operation::Send || flow.receives_completed == self.count)
+                && (self.op != Operation::Send
+                    || flow.receives_completed == self.count
+                    || flow.failed)
         })
     }
 
@@ -726,13 +801,15 @@ impl Simulation {
     }
 }
 
-fn connect(
-    engine: &mut Engine,
-    qpn: Qpn,
+/// Where a QP connects to and how.
+struct Link {
     peer: IpAddr,
     peer_qpn: Qpn,
     mtu: PathMtu,
-) -> Result<(), String> {
+    retry_cnt: u8,
+}
+
+fn connect(engine: &mut Engine, qpn: Qpn, link: &Link) -> Result<(), String> {
     let steps = [
         QpAttr {
             state: Some(QpState::Init),
@@ -746,11 +823,11 @@ fn connect(
         QpAttr {
             state: Some(QpState::Rtr),
             av: Some(AddressVector {
-                remote: peer,
+                remote: link.peer,
                 local: None,
             }),
-            path_mtu: Some(mtu),
-            dest_qpn: Some(peer_qpn),
+            path_mtu: Some(link.mtu),
+            dest_qpn: Some(link.peer_qpn),
             rq_psn: Some(Psn::new(0)),
             max_dest_rd_atomic: Some(16),
             min_rnr_timer: Some(1),
@@ -760,8 +837,9 @@ fn connect(
             state: Some(QpState::Rts),
             sq_psn: Some(Psn::new(0)),
             timeout: Some(ACK_TIMEOUT),
-            // 7: retry for ever, so a lossy link slows the run down but never fails it.
-            retry_cnt: Some(7),
+            // 7 (the default): retry for ever, so a lossy link slows the run down but
+            // never fails it.
+            retry_cnt: Some(link.retry_cnt),
             rnr_retry: Some(7),
             max_rd_atomic: Some(16),
             ..QpAttr::default()
@@ -819,11 +897,20 @@ pub fn simulate(args: &Args) -> Result<Report, String> {
     }
     sim.check_final()?;
     let expected = args.count * args.qps;
+    let waiting = sim.flows.iter().map(|f| f.posted - f.completed).sum();
+    // A run that completes lasted until its last completion; one that meets the time
+    // limit, until the limit; one left with nothing to do, until its last event.
+    let elapsed = match outcome {
+        RunOutcome::Stopped => sim.last_completion,
+        RunOutcome::Deadline => deadline,
+        RunOutcome::Idle | RunOutcome::Stalled => sim.net.now().max(sim.last_completion),
+    };
     Ok(Report {
         args: args.clone(),
         size,
-        elapsed: sim.last_completion,
+        elapsed,
         outcome,
+        waiting,
         network: sim.net.stats(),
         requester: *sim.net.node(REQUESTER).counters(),
         responder: *sim.net.node(RESPONDER).counters(),

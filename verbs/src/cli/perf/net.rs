@@ -106,10 +106,12 @@ pub(super) fn run(args: &Args, sizes: &[u32]) -> ExitCode {
 }
 
 fn client(args: &Args, server: &str, sizes: &[u32]) -> Result<(), NetError> {
+    // IPv4 first, as pingpong: `localhost` may resolve to ::1 first, and a server
+    // listens on IPv4.
     let target = (server, args.port)
         .to_socket_addrs()
         .map_err(|error| NetError::Setup(format!("cannot resolve {server}: {error}")))?
-        .next()
+        .min_by_key(|target| target.is_ipv6())
         .ok_or_else(|| NetError::Setup(format!("{server} has no address")))?;
     let local = match args.bind {
         Some(address) => address,
