@@ -73,6 +73,12 @@ pub enum OobError {
         /// The message being waited for.
         message: &'static str,
     },
+    /// A write timeout the caller set on the socket expired: the peer stopped reading.
+    #[error("timed out sending our {message}: the peer does not read")]
+    SendTimedOut {
+        /// The message being sent.
+        message: &'static str,
+    },
     /// The peer closed the connection in the middle of, or instead of, a message.
     #[error("peer closed the connection after {received} of {expected} bytes of {message}")]
     Closed {
@@ -144,10 +150,17 @@ fn is_timeout(error: &io::Error) -> bool {
 }
 
 /// Writes one whole message with a single buffer, then flushes (buffered writers).
-fn write_message(stream: &mut impl Write, bytes: &[u8]) -> Result<()> {
-    stream.write_all(bytes)?;
-    stream.flush()?;
-    Ok(())
+fn write_message(stream: &mut impl Write, bytes: &[u8], message: &'static str) -> Result<()> {
+    stream
+        .write_all(bytes)
+        .and_then(|()| stream.flush())
+        .map_err(|error| {
+            if is_timeout(&error) {
+                OobError::SendTimedOut { message }
+            } else {
+                OobError::Io(error)
+            }
+        })
 }
 
 /// Writes `value` as exactly `width` lowercase hex digits into `out` (the `%0Nx` of the C
@@ -294,6 +307,25 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "timed out waiting for the peer's test message"
+        );
+    }
+
+    impl Write for Silent {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_expired_write_timeout_names_the_message() {
+        let error = write_message(&mut Silent, b"x", "test message").expect_err("times out");
+        assert_eq!(
+            error.to_string(),
+            "timed out sending our test message: the peer does not read"
         );
     }
 

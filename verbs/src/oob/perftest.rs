@@ -727,12 +727,12 @@ impl<S: Read + Write> PerftestSession<S> {
     fn exchange(&mut self, ours: &[u8], theirs: &mut [u8], message: &'static str) -> Result<()> {
         match self.role {
             Role::Client => {
-                write_message(&mut self.stream, ours)?;
+                write_message(&mut self.stream, ours, message)?;
                 read_into(&mut self.stream, theirs, message)
             }
             Role::Server => {
                 read_into(&mut self.stream, theirs, message)?;
-                write_message(&mut self.stream, ours)
+                write_message(&mut self.stream, ours, message)
             }
         }
     }
@@ -870,7 +870,7 @@ impl<S: Read + Write> PerftestSession<S> {
     pub fn close(&mut self) -> Result<()> {
         let keys = self.first_local()?;
         self.exchange_keys(&keys)?;
-        write_message(&mut self.stream, &DONE_MESSAGE)?;
+        write_message(&mut self.stream, &DONE_MESSAGE, DONE)?;
         let mut done = [0u8; DONE_MESSAGE.len()];
         let mut received = 0;
         while received < done.len() {

@@ -115,10 +115,10 @@ pub fn client_exchange<S: Read + Write>(
     stream: &mut S,
     local: &PingpongDest,
 ) -> Result<PingpongDest> {
-    write_message(stream, &local.encode())?;
+    write_message(stream, &local.encode(), MESSAGE)?;
     let reply = read_message::<MESSAGE_LEN>(stream, MESSAGE)?;
     let remote = PingpongDest::decode(&reply)?;
-    write_message(stream, &DONE_MESSAGE)?;
+    write_message(stream, &DONE_MESSAGE, DONE)?;
     Ok(remote)
 }
 
@@ -141,7 +141,7 @@ where
     let request = read_message::<MESSAGE_LEN>(stream, MESSAGE)?;
     let remote = PingpongDest::decode(&request)?;
     before_reply(&remote).map_err(OobError::Callback)?;
-    write_message(stream, &local.encode())?;
+    write_message(stream, &local.encode(), MESSAGE)?;
     let done = read_message::<{ DONE_MESSAGE.len() }>(stream, DONE)?;
     if done != DONE_MESSAGE {
         let offset = done
