@@ -157,6 +157,7 @@ fn nonsense_counts_are_refused_at_parsing() {
         (&["write", "bw", "-n", "many"], "--iters"),
         (&["write", "bw", "-I", "100000"], "--inline_size"),
         (&["write", "bw", "-m", "1500"], "--mtu"),
+        (&["write", "bw", "-p", "0"], "--port"),
     ] {
         let output = perf(15, args);
         let stderr = String::from_utf8_lossy(&output.stderr);

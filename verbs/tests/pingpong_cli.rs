@@ -255,8 +255,10 @@ fn ud_sizes_with_every_message_checked() {
 
 #[test]
 fn bad_flags_exit_2_with_a_message() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["pingpong", "rc", "--bogus"], "--bogus"),
+        (&["pingpong", "rc", "-p", "0"], "'0' for '--port"),
+        (&["pingpong", "rc", "-n", "0"], "'0' for '--iters"),
         (
             &["pingpong", "rc", "-m", "1000"],
             "256, 512, 1024, 2048 or 4096",

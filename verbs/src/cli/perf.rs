@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::address::OpenError;
+use crate::oob::DEFAULT_PORT;
 use crate::wire::Psn;
 use crate::{
     AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error,
@@ -122,7 +123,7 @@ pub struct Args {
     #[arg(long)]
     pub loopback: bool,
     /// TCP port of the out-of-band exchange (perftest's).
-    #[arg(short = 'p', long = "port", default_value_t = 18515)]
+    #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Local RoCE address (the GID): by default a client uses the address that routes to
     /// the server, a server every non-loopback address (127.0.0.1 when there is none).

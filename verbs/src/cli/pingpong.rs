@@ -69,7 +69,7 @@ pub struct Args {
     /// The server to connect to; without it, start a server and wait for a connection.
     pub server: Option<String>,
     /// Listen on / connect to this TCP port.
-    #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
+    #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Use this device (ferroce has one: ferroce0).
     #[arg(short = 'd', long = "ib-dev")]
