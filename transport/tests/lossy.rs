@@ -227,9 +227,12 @@ fn rc_reorder_and_duplicates_only() {
     }
 }
 
-/// A long sweep for rare interleavings: `cargo test --release --test lossy -- --ignored`.
+/// A long sweep for rare interleavings: 2000 seeds over loss rates 0-19% and
+/// reorder/duplicate rates 0-14%. ~30 s in a debug build (12 s of CPU, measured on a
+/// loaded 2-core machine), so a plain `cargo test` leaves it out; the README's test
+/// command (`-- --include-ignored`) and CI run it.
 #[test]
-#[ignore]
+#[ignore = "long (2000 seeded lossy runs, ~30 s in debug): run with `cargo test --workspace -- --include-ignored`"]
 fn rc_long_sweep() {
     for seed in 1000..3000 {
         workload(seed, seed % 20, (seed / 20) % 15);

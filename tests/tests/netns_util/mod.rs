@@ -23,33 +23,85 @@ use ferroce::{Device, DeviceConfig};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 const PREFIX: &str = "ferroce-";
 
-/// Whether this machine can run namespace tests needing `tools` (besides `ip`): root and
-/// every tool on the PATH. Prints why not and returns false; under CI (`CI=true`) a
-/// missing tool is a failure instead, since `.ci/run` installs them.
-pub fn ready(test: &str, tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("{test}: skipped: network namespaces need root");
-        return false;
+/// Makes sure this machine can run a namespace test needing `tools` (besides `ip`), or
+/// fails it saying what is missing. The tests that call this are `#[ignore]`d with the
+/// reason, so they only run when asked for (`-- --include-ignored`, the README's test
+/// command): missing root is then a failure, and missing tools are installed first
+/// (`interop/setup.sh --host-only`, root on Debian).
+pub fn require(test: &str, tools: &[&str]) {
+    assert!(
+        is_root(),
+        "{test}: network namespaces need root (run the README's test command as root, or \
+         leave out `--include-ignored` to skip the root tests)"
+    );
+    let tools: Vec<&str> = std::iter::once("ip").chain(tools.iter().copied()).collect();
+    if tools.iter().any(|tool| !on_path(tool)) {
+        install_host_tools(test);
     }
-    let missing: Vec<&str> = std::iter::once("ip")
-        .chain(tools.iter().copied())
-        .filter(|tool| !on_path(tool))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "{test}: missing {} (apt-get install iproute2 nftables tcpdump ethtool)",
+    let missing: Vec<&str> = tools.into_iter().filter(|tool| !on_path(tool)).collect();
+    assert!(
+        missing.is_empty(),
+        "{test}: missing {} after `interop/setup.sh --host-only` \
+         (Debian: apt-get install iproute2 nftables tcpdump ethtool)",
         missing.join(", ")
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    euid == 0
+}
+
+/// The repository's root (`tests/..`).
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs `interop/setup.sh` with `args`, its output into `log`; panics with its stderr
+/// when it fails. The one way the tests install what they need: the script knows the
+/// Debian packages (host tools for namespaces, loss rules and captures; the rxe guest).
+pub fn run_setup(test: &str, args: &[&str], log: &Path) {
+    assert!(
+        on_path("apt-get") && on_path("dpkg"),
+        "{test}: interop/setup.sh installs the host tools with apt-get: this is not Debian"
+    );
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).unwrap();
     }
-    eprintln!("{why}; skipped");
-    false
+    let err = log.with_extension("err");
+    let status = Command::new("bash")
+        .arg(repository().join("interop").join("setup.sh"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(log).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .status()
+        .unwrap_or_else(|e| panic!("{test}: bash interop/setup.sh: {e}"));
+    assert!(
+        status.success(),
+        "{test}: interop/setup.sh {} failed ({status}), log in {}:\n{}",
+        args.join(" "),
+        err.display(),
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+}
+
+/// Installs the host tools once per process (`interop/setup.sh --host-only`).
+fn install_host_tools(test: &str) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("netns")
+            .join("setup-host.log");
+        eprintln!("{test}: installing the host tools (interop/setup.sh --host-only)");
+        run_setup(test, &["--host-only"], &log);
+    });
 }
 
 /// Whether `tool` is an executable file on `PATH` (or in the sbin directories).

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns_util::{on_path, Namespace};
+use super::netns_util::{is_root, on_path, repository, run_setup, Namespace};
 
 /// The bridge's address in the namespace: ferroce's address and GID.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -36,28 +36,6 @@ while :; do
   n=$((n + 1))
 done
 "#;
-
-/// Whether the test is in CI (`CI=true`), where a missing prerequisite is a failure.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Outside CI: prints why the test cannot run and returns false. In CI: panics.
-fn unavailable(test: &str, why: &str) -> bool {
-    if in_ci() {
-        panic!("{test}: {why}");
-    }
-    eprintln!("{test}: skipped: {why}");
-    false
-}
-
-/// The repository's root (`tests/..`).
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Where this test keeps its files: `target/tmp/interop/`.
 pub fn work_dir() -> PathBuf {
@@ -76,52 +54,35 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Checks root and the host tools, builds the `ferroce` binary, runs `setup.sh`.
-    /// Returns None (after saying why) when the guest cannot run here outside CI.
-    pub fn prepare(test: &str) -> Option<Harness> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        #[allow(unsafe_code)]
-        let root = unsafe { libc::geteuid() } == 0;
-        if !root {
-            unavailable(test, "the rxe guest needs root (namespaces, taps)");
-            return None;
-        }
-        for tool in ["ip", "apt-get", "dpkg"] {
-            if !on_path(tool) {
-                unavailable(test, &format!("{tool} missing: the harness needs Debian"));
-                return None;
-            }
-        }
-        let scripts = repository().join("interop");
-        // setup.sh installs what is missing (qemu, busybox, tcpdump, ...) and builds
-        // the guest kernel and initramfs under /var/tmp/rxe; 1-2 s once done.
-        let log = work_dir().join("setup.log");
-        fs::create_dir_all(work_dir()).unwrap();
-        let status = Command::new("bash")
-            .arg(scripts.join("setup.sh"))
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).unwrap())
-            .stderr(File::create(work_dir().join("setup.err")).unwrap())
-            .status()
-            .unwrap();
-        if !status.success() {
-            let err = fs::read_to_string(work_dir().join("setup.err")).unwrap_or_default();
-            unavailable(test, &format!("interop/setup.sh failed ({status}):\n{err}"));
-            return None;
-        }
-        for tool in ["qemu-system-x86_64", "tcpdump", "nft"] {
-            if !on_path(tool) {
-                unavailable(test, &format!("{tool} missing after setup.sh"));
-                return None;
-            }
-        }
+    /// Checks root, runs `interop/setup.sh` (which installs what the host lacks and
+    /// builds the guest), checks the host tools, builds the `ferroce` binary. Panics
+    /// saying what is missing: the tests that call this are `#[ignore]`d with the reason
+    /// and run only when asked for.
+    pub fn prepare(test: &str) -> Harness {
+        assert!(
+            is_root(),
+            "{test}: the rxe guest needs root (namespaces, taps): run the README's test \
+             command as root, or leave out `--include-ignored` to skip the root tests"
+        );
+        // setup.sh installs what is missing (qemu, busybox, tcpdump, nftables, ...) and
+        // builds the guest kernel and initramfs under /var/tmp/rxe; 1-2 s once done.
+        run_setup(test, &[], &work_dir().join("setup.log"));
+        let missing: Vec<&str> = ["ip", "qemu-system-x86_64", "tcpdump", "nft"]
+            .into_iter()
+            .filter(|tool| !on_path(tool))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{test}: {} missing after interop/setup.sh",
+            missing.join(", ")
+        );
         let ferroce = build_ferroce();
         let namespace = Namespace::new();
-        Some(Harness {
-            scripts,
+        Harness {
+            scripts: repository().join("interop"),
             namespace,
             ferroce,
-        })
+        }
     }
 
     /// Environment of the harness scripts for guests with netdev MTU `mtu`.

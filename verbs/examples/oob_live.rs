@@ -1,10 +1,13 @@
-//! Live check of the out-of-band exchanges against the real rdma-core and perftest
-//! tools in the Linux rxe guest of the interop harness (`/work/shared/interop`).
-//! Ignored by default: it needs the guest. Run (from `/work/shared/interop`, guest 3 =
-//! 10.77.0.13, this binary built with `cargo test -p ferroce --test oob_live --no-run`):
+//! Live check of the out-of-band exchanges alone (no RDMA traffic) against the real
+//! rdma-core and perftest tools in the Linux rxe guest of the interop harness
+//! (`interop/`), run by hand: it needs a guest running the matching tool commands.
+//! `tests/tests/interop_rxe.rs` (the README's test command, as root) runs every tool
+//! whole against the guest, traffic included, so this example is for debugging an
+//! exchange on its own. Run from `interop/` as root, guest 3 = 10.77.0.13, after
+//! `cargo build -p ferroce --example oob_live`:
 //!
 //! ```text
-//! ./peer.sh -n 3 -t 600 -H 'FERROCE_OOB_GUEST=10.77.0.13 <oob_live binary> --ignored --nocapture' \
+//! ./peer.sh -n 3 -t 600 -H 'FERROCE_OOB_GUEST=10.77.0.13 <repo>/target/debug/examples/oob_live guest-servers-first' \
 //!   'for t in ib_write_bw ib_read_bw ib_atomic_bw ib_read_lat ib_atomic_lat; do
 //!      timeout 60 $t -d rxe0 -x 1 || echo "GUEST FAIL $t"; done; sleep 3;
 //!    for t in ibv_rc_pingpong ibv_ud_pingpong; do timeout 15 $t -d rxe0 -g 1 -n 1 $RXE_HOST_IP; done;
@@ -18,13 +21,13 @@
 //! Phase 3: ferroce is the perftest server of four real perftest clients, up to the
 //! traffic (ferroce has no QP behind the keys, so the clients then time out).
 //!
-//! Last run 2026-11-26 (guest: Debian 12, rdma-core 44, perftest 4.5-0.17 "6.06"): test
-//! ok in 124 s; the three guest BW servers printed ferroce's report
+//! Last run 2026-11-26, as an ignored test then (guest: Debian 12, rdma-core 44,
+//! perftest 4.5-0.17 "6.06"): ok in 124 s; the three guest BW servers printed ferroce's report
 //! (`65536 1234 111.11 99.99 0.001599`) and all five servers exited 0; both pingpong
 //! clients and all four perftest clients printed ferroce's remote address (QPN 0x0123,
 //! PSN 0xabcd, GID ::ffff:10.77.0.1), the perftest clients also their results header
 //! (printed after the last pre-traffic barrier), then timed out in the traffic as
-//! expected. `live_guest_servers_up_to_traffic` passed the same day (124 s): both
+//! expected. `guest-servers` passed the same day (124 s): both
 //! pingpong servers printed ferroce's address; `ib_send_bw`, `ib_write_lat`,
 //! `ib_send_lat` and `ib_write_bw -b` servers reached their results header and no
 //! server reported a failed exchange (each was then killed in the traffic).
@@ -81,8 +84,8 @@ fn connect_with_retry(address: SocketAddr, patience: Duration) -> TcpStream {
     }
 }
 
-#[test]
-#[ignore = "needs the rxe guest of the interop harness (see the file's doc)"]
+/// `guest-servers-first`: the three phases below against the guest command of the
+/// file's documentation.
 fn live_interop_with_guest_tools() {
     let guest: std::net::Ipv4Addr = std::env::var("FERROCE_OOB_GUEST")
         .expect("set FERROCE_OOB_GUEST to the guest's IPv4 address")
@@ -194,12 +197,9 @@ fn live_interop_with_guest_tools() {
 /// The roles the first test leaves out: ferroce as pingpong client of the guest's
 /// `ibv_rc_pingpong`/`ibv_ud_pingpong` servers, and as perftest client up to the
 /// traffic of servers that need traffic (`ib_send_bw`, `ib_write_lat`, `ib_send_lat`,
-/// `ib_write_bw -b`). Run with `live_guest_servers_up_to_traffic` as the filter and
-/// the guest command
+/// `ib_write_bw -b`): `guest-servers`, with the guest command
 /// `for t in ibv_rc_pingpong ibv_ud_pingpong; do timeout 20 $t -d rxe0 -g 1 -n 1; done;
 ///  for t in ib_send_bw ib_write_lat ib_send_lat "ib_write_bw -b"; do timeout 20 $t -d rxe0 -x 1; done`.
-#[test]
-#[ignore = "needs the rxe guest of the interop harness (see the file's doc)"]
 fn live_guest_servers_up_to_traffic() {
     let guest: std::net::Ipv4Addr = std::env::var("FERROCE_OOB_GUEST")
         .expect("set FERROCE_OOB_GUEST to the guest's IPv4 address")
@@ -248,4 +248,19 @@ fn live_guest_servers_up_to_traffic() {
         assert_eq!(session.remote_keys()[0].gid, guest.to_ipv6_mapped());
         println!("{test:?}: all pre-traffic exchanges done");
     }
+}
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("guest-servers-first") => live_interop_with_guest_tools(),
+        Some("guest-servers") => live_guest_servers_up_to_traffic(),
+        _ => {
+            eprintln!(
+                "usage: FERROCE_OOB_GUEST=<guest IPv4> oob_live guest-servers-first|guest-servers \
+                 (see the source's documentation for the guest commands)"
+            );
+            std::process::exit(2);
+        }
+    }
+    println!("ok");
 }
