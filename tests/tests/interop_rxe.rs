@@ -664,8 +664,10 @@ impl Rig {
     /// Posts `wr` on QP `q` and waits for its completion.
     fn run(&self, q: usize, wr: SendRequest, limit: Duration) -> WorkCompletion {
         self.qps[q].post_send(wr).unwrap();
-        let completions = self.cq.poll_wait(1, limit);
-        assert_eq!(completions.len(), 1, "QP {q}: no completion in {limit:?}");
+        let completions = self
+            .cq
+            .poll_wait(1, limit)
+            .unwrap_or_else(|timeout| panic!("QP {q}: {timeout}"));
         completions.into_iter().next().unwrap()
     }
 
@@ -1106,8 +1108,10 @@ fn rxe_interop_failures_and_loss() {
                     .post_recv(RecvRequest::new(100 + i).sge(&rig.mr, 0, 1024))
                     .unwrap();
             }
-            let received = rig.cq.poll_wait(20, OPERATION_LIMIT);
-            assert_eq!(received.len(), 20, "{received:?}");
+            let received = rig
+                .cq
+                .poll_wait(20, OPERATION_LIMIT)
+                .unwrap_or_else(|timeout| panic!("receives: {timeout}: {timeout:?}"));
             assert!(
                 received
                     .iter()
@@ -1190,11 +1194,12 @@ fn rxe_interop_failures_and_loss() {
                         .unwrap();
                     posted += 1;
                 }
-                let completions = rig.cq.poll_wait(1, Duration::from_secs(120));
-                assert!(
-                    !completions.is_empty(),
-                    "64 MiB {verb:?} by ferroce stalled at {done}"
-                );
+                let completions = rig
+                    .cq
+                    .poll_wait(1, Duration::from_secs(120))
+                    .unwrap_or_else(|timeout| {
+                        panic!("64 MiB {verb:?} by ferroce stalled at {done}: {timeout}")
+                    });
                 for wc in completions {
                     assert_eq!(
                         wc.status,

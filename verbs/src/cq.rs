@@ -149,20 +149,43 @@ impl CompletionQueue {
         self.inner.ring.wait(timeout)
     }
 
-    /// Polls until `count` completions arrived or `timeout` passed; returns them.
+    /// Polls until `count` completions arrived, or `timeout` passed: `Ok` holds exactly
+    /// `count` completions, oldest first; [`PollTimeout`] holds the fewer that came in
+    /// time (none taken is lost). `?` turns the timeout into
+    /// [`Error::Timeout`](crate::Error::Timeout).
     #[allow(clippy::disallowed_methods)] // An application-side deadline, not engine time.
-    pub fn poll_wait(&self, count: usize, timeout: Duration) -> Vec<WorkCompletion> {
+    pub fn poll_wait(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<WorkCompletion>, PollTimeout> {
         let deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::with_capacity(count);
         while out.len() < count {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                break;
+                return Err(PollTimeout {
+                    completions: out,
+                    wanted: count,
+                    timeout,
+                });
             }
             if self.inner.ring.poll(count - out.len(), &mut out) == 0 {
                 self.wait(Some(left));
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// [`CompletionQueue::poll_wait`] ran out of time before `wanted` completions arrived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {timeout:?} with {} of {wanted} completions", completions.len())]
+pub struct PollTimeout {
+    /// The completions that did arrive, oldest first (fewer than `wanted`).
+    pub completions: Vec<WorkCompletion>,
+    /// How many were asked for.
+    pub wanted: usize,
+    /// How long `poll_wait` waited.
+    pub timeout: Duration,
 }

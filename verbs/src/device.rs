@@ -17,7 +17,8 @@ use crate::cq::{CompletionChannel, CompletionQueue};
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 
-/// How to open a [`Device`].
+/// How to open a [`Device`]. `Default` is [`DeviceConfig::loopback`]; change fields of
+/// [`DeviceConfig::with_address`] or of the default for other settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// The GIDs: one UDP socket is bound per address (port [`DeviceConfig::port`]).
@@ -59,6 +60,13 @@ impl DeviceConfig {
     /// The loopback device: 127.0.0.1:4791. Needs no root and no configuration.
     pub fn loopback() -> DeviceConfig {
         DeviceConfig::with_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
+impl Default for DeviceConfig {
+    /// [`DeviceConfig::loopback`]: 127.0.0.1:4791, default limits, MTU 1024.
+    fn default() -> DeviceConfig {
+        DeviceConfig::loopback()
     }
 }
 

@@ -3,6 +3,8 @@
 pub use ferroce_transport::engine::VerbsError;
 use ferroce_transport::io::thread::EngineStopped;
 
+use crate::cq::PollTimeout;
+
 /// Why a verbs call failed. Work completions carry their own status
 /// ([`WcStatus`](crate::WcStatus)); this is for calls the device refuses.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,35 @@ pub enum Error {
     /// An argument the API checks itself (say, a range outside a memory region).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// [`CompletionQueue::poll_wait`](crate::CompletionQueue::poll_wait) ran out of time;
+    /// the completions that arrived are inside.
+    #[error(transparent)]
+    Timeout(#[from] PollTimeout),
+    /// [`QueuePair::post_send_list`](crate::QueuePair::post_send_list) refused one
+    /// request of the list (nothing of the list was posted).
+    #[error(transparent)]
+    PostList(Box<PostListError>),
+}
+
+/// Request `bad_wr` of a list given to
+/// [`QueuePair::post_send_list`](crate::QueuePair::post_send_list) was refused, for
+/// `error` (ibverbs' `bad_wr`, as an index into the list). The list is checked whole
+/// before any of it is posted, so none of it was: fix or drop that request and post the
+/// list again. A refusal of the QP itself (not ready to send, device stopped) names
+/// request 0.
+#[derive(Debug, thiserror::Error)]
+#[error("work request {bad_wr} of the list: {error}")]
+pub struct PostListError {
+    /// Index of the refused request in the list.
+    pub bad_wr: usize,
+    /// Why it was refused.
+    pub error: Error,
+}
+
+impl From<PostListError> for Error {
+    fn from(error: PostListError) -> Error {
+        Error::PostList(Box::new(error))
+    }
 }
 
 impl From<EngineStopped> for Error {

@@ -43,17 +43,17 @@
 //! let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
 //! mr_a.write(0, &data)?;
 //! qp_a.post_send(SendRequest::write(1, mr_b.addr(), mr_b.rkey()).sge(&mr_a, 0, 3000))?;
-//! let wc = cq_a.poll_wait(1, Duration::from_secs(5));
+//! let wc = cq_a.poll_wait(1, Duration::from_secs(5))?; // Err on a timeout
 //! assert_eq!((wc[0].wr_id, wc[0].status, wc[0].opcode), (1, WcStatus::Success, WcOpcode::RdmaWrite));
 //! assert_eq!(mr_b.to_vec(0, 3000)?, data);
 //!
 //! // SEND "hello" into a receive B posted at offset 3000.
 //! qp_b.post_recv(RecvRequest::new(7).sge(&mr_b, 3000, 1000))?;
 //! qp_a.post_send(SendRequest::send(2).inline(b"hello"))?;
-//! let wc = cq_b.poll_wait(1, Duration::from_secs(5));
+//! let wc = cq_b.poll_wait(1, Duration::from_secs(5))?;
 //! assert_eq!((wc[0].wr_id, wc[0].status, wc[0].byte_len), (7, WcStatus::Success, 5));
 //! assert_eq!(mr_b.to_vec(3000, 5)?, b"hello");
-//! assert_eq!(cq_a.poll_wait(1, Duration::from_secs(5))[0].wr_id, 2);
+//! assert_eq!(cq_a.poll_wait(1, Duration::from_secs(5))?[0].wr_id, 2);
 //! # Ok(())
 //! # }
 //! ```
@@ -72,9 +72,9 @@ pub mod qp;
 pub mod srq;
 pub mod wr;
 
-pub use cq::{CompletionChannel, CompletionQueue};
+pub use cq::{CompletionChannel, CompletionQueue, PollTimeout};
 pub use device::{Device, DeviceConfig, PortAttributes, PortState};
-pub use error::{Error, Result, VerbsError};
+pub use error::{Error, PostListError, Result, VerbsError};
 pub use mr::MemoryRegion;
 pub use pd::ProtectionDomain;
 pub use qp::{QpInitAttributes, QueuePair, RemoteEndpoint};

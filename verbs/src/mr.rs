@@ -125,7 +125,7 @@ impl ProtectionDomain {
     ///
     /// qp_a.post_recv(RecvRequest::new(1).sge(&mr, 100, 1000))?;
     /// qp_b.post_send(SendRequest::send(2).inline(b"hello"))?;
-    /// let wc = cq_a.poll_wait(1, Duration::from_secs(5));
+    /// let wc = cq_a.poll_wait(1, Duration::from_secs(5))?;
     /// assert_eq!((wc[0].wr_id, wc[0].status, wc[0].byte_len), (1, WcStatus::Success, 5));
     /// // SAFETY: the receive completed and no other is posted: the device leaves the
     /// // bytes alone now.

@@ -90,7 +90,7 @@ impl ProtectionDomain {
     ///
     /// // A peer writes into it at the application's own address.
     /// qp_a.post_send(SendRequest::write(1, address + 8, mr_b.rkey()).inline(b"from A"))?;
-    /// let wc = cq_a.poll_wait(1, Duration::from_secs(5));
+    /// let wc = cq_a.poll_wait(1, Duration::from_secs(5))?;
     /// assert_eq!((wc[0].wr_id, wc[0].status), (1, WcStatus::Success));
     ///
     /// let buffer = mr_b.deregister()?.expect("a handed-over buffer comes back");

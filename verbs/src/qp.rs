@@ -12,7 +12,7 @@ use ferroce_transport::io::thread::Post;
 use ferroce_transport::wire::{Psn, Qpn};
 
 use crate::cq::{CompletionQueue, CqInner};
-use crate::error::{Error, Result};
+use crate::error::{Error, PostListError, Result};
 use crate::pd::PdInner;
 use crate::srq::{SharedReceiveQueue, SrqInner};
 use crate::wr::{RecvRequest, SendRequest};
@@ -260,26 +260,34 @@ impl QueuePair {
     /// Posts a send work request (`ibv_post_send`). Refused here when the QP is not
     /// ready to send or the request has too many SGEs.
     pub fn post_send(&self, wr: SendRequest) -> Result<()> {
-        self.post_send_list([wr])
+        self.post_send_list([wr]).map_err(|refused| refused.error)
     }
 
     /// Posts a list of send work requests at once (`ibv_post_send` with a chain): all
     /// are checked first, so either every one is posted or none, and they reach the
-    /// engine together, which sends them in one batch.
-    pub fn post_send_list(&self, wrs: impl IntoIterator<Item = SendRequest>) -> Result<()> {
+    /// engine together, which sends them in one batch. A refusal names the request
+    /// ([`PostListError::bad_wr`], an index into the list).
+    pub fn post_send_list(
+        &self,
+        wrs: impl IntoIterator<Item = SendRequest>,
+    ) -> std::result::Result<(), PostListError> {
+        let refuse = |bad_wr: usize, error: Error| PostListError { bad_wr, error };
         match self.state() {
             QpState::Rts | QpState::Sqd | QpState::Err => {}
-            state => return Err(VerbsError::InvalidState(state).into()),
+            state => return Err(refuse(0, VerbsError::InvalidState(state).into())),
         }
         let wrs: Vec<SendRequest> = wrs.into_iter().collect();
-        if wrs
+        if let Some(bad_wr) = wrs
             .iter()
-            .any(|wr| wr.sge_count() > self.cap.max_send_sge as usize)
+            .position(|wr| wr.sge_count() > self.cap.max_send_sge as usize)
         {
-            return Err(VerbsError::LimitExceeded("max_send_sge").into());
+            return Err(refuse(
+                bad_wr,
+                VerbsError::LimitExceeded("max_send_sge").into(),
+            ));
         }
         if !self.pd.device.thread.is_alive() {
-            return Err(Error::DeviceStopped);
+            return Err(refuse(0, Error::DeviceStopped));
         }
         let device = &self.pd.device;
         device

@@ -673,7 +673,9 @@ impl Bench {
                     since_signal[q] = if signaled { 0 } else { covered };
                 }
                 if !batch.is_empty() {
-                    self.client.qps[q].post_send_list(batch.drain(..))?;
+                    self.client.qps[q]
+                        .post_send_list(batch.drain(..))
+                        .map_err(Error::from)?;
                 }
                 let finished = if stopping {
                     done[q] == posted[q]
