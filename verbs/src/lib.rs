@@ -11,6 +11,10 @@
 //! [`ProtectionDomain::reg_mr_buffer`] is its safe form for a `Vec` handed over and
 //! given back.
 //!
+//! The numbers the wire carries come from [`wire`] (the `ferroce-wire` crate): a QP's
+//! number is a [`wire::Qpn`], a starting PSN a [`wire::Psn`] (both 24 bits), a remote
+//! key a [`wire::Rkey`]; each is built with `new` and read with `value`.
+//!
 //! Two devices on loopback addresses (no root, no configuration), two connected RC QPs,
 //! an RDMA WRITE and a SEND:
 //!
@@ -58,6 +62,7 @@
 //! # }
 //! ```
 pub use ferroce_transport as transport;
+#[doc(inline)]
 pub use ferroce_wire as wire;
 
 pub mod capture;

@@ -134,8 +134,33 @@ impl fmt::Display for Qpn {
 }
 
 /// A remote key: names a memory region (or memory window) to a remote peer.
+///
+/// All 32 bits are the key, so the field is public: `Rkey::new(k)` and `Rkey(k)` are the
+/// same value, as `rkey.value()` and `rkey.0` are. ([`Psn`] and [`Qpn`] keep 24 bits of
+/// what they are given, so theirs is private: build them with `new`.)
+///
+/// ```
+/// use ferroce_wire::{Psn, Qpn, Rkey};
+/// assert_eq!(Rkey::new(0xdead), Rkey(0xdead));
+/// assert_eq!(Rkey::new(0xdead).value(), 0xdead);
+/// assert_eq!(Psn::new(0x0100_0001).value(), 1); // 24 bits
+/// assert_eq!(Qpn::new(0x0100_0011).value(), 0x11);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Rkey(pub u32);
+
+impl Rkey {
+    /// The key `value` (the same as `Rkey(value)`; named like [`Psn::new`] and
+    /// [`Qpn::new`]).
+    pub const fn new(value: u32) -> Rkey {
+        Rkey(value)
+    }
+
+    /// The key as a number.
+    pub const fn value(self) -> u32 {
+        self.0
+    }
+}
 
 impl fmt::Display for Rkey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
