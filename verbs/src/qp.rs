@@ -89,11 +89,14 @@ fn state_of(code: u8) -> QpState {
     }
 }
 
-/// A queue pair (`ibv_qp`). Posting never blocks: work goes to the engine thread
-/// through a lock-free queue. A work request the engine refuses when it takes it (a full
-/// queue, a QP that entered the error state meanwhile) completes with
-/// `WcStatus::LocQpOpErr` and a `vendor_err` from `ferroce_transport::io::thread`'s
-/// `POST_ERR_*` codes. Destroyed when dropped (outstanding work is dropped with it).
+/// A queue pair (`ibv_qp`). Posting never blocks and needs no other thread: when the
+/// device's engine is free, the caller's thread runs a round of it (so the request
+/// reaches the kernel before `post_send` returns); when another thread is running one,
+/// the request goes into a lock-free queue that thread empties before it lets go. A
+/// work request the engine refuses when it takes it (a full queue, a QP that entered
+/// the error state meanwhile) completes with `WcStatus::LocQpOpErr` and a `vendor_err`
+/// from `ferroce_transport::io::thread`'s `POST_ERR_*` codes. Destroyed when dropped
+/// (outstanding work is dropped with it).
 #[derive(Debug)]
 pub struct QueuePair {
     pd: Arc<PdInner>,

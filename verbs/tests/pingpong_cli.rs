@@ -3,7 +3,7 @@
 //! TCP on a free port, as two hosts would run rdma-core's tools.
 //!
 //! Live check against rdma-core 44 on kernel rxe (run by hand, 2026-11-26; needs the
-//! interop guest): from `/work/shared/interop`, with `B` the release `ferroce`,
+//! interop guest): from `interop/`, with `B` the release `ferroce`,
 //!
 //! ```text
 //! ./peer.sh -n 5 -H "$B pingpong rc --bind 10.77.0.1 -n 200 -c; \

@@ -4,7 +4,7 @@
 //! Why unconnected, with `IP_PMTUDISC_DO`: the ICRC covers the IPv4 identification.
 //! Linux gives datagrams of an unconnected socket with DF set the identification 0; a
 //! connected socket gets a per-socket counter that the sender cannot predict, and rxe
-//! silently drops every such packet (see `shared/interop/README.md`).
+//! silently drops every such packet (see `docs/FINDINGS.md`).
 //! `IP_PKTINFO`/`IPV6_RECVPKTINFO` tell the destination address (which selects the
 //! namespace); `IP_RECVTOS`/`IPV6_RECVTCLASS` the ECN bits.
 #![allow(unsafe_code)]

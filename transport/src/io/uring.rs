@@ -1,7 +1,7 @@
 //! The io_uring packet driver: one multishot `RecvMsg` feeding from a ring of provided
 //! buffers, and `SendMsg`s batched into one `io_uring_enter`.
 //!
-//! The socket is the same as the portable driver's ([`super::socket::bind_socket`]).
+//! The socket is the same as the portable driver's (`socket::bind_socket`).
 //! The driver owns every buffer named by a submitted entry until that entry's completion
 //! arrives; `Drop` cancels the receive and drains the ring before freeing anything.
 //!
