@@ -536,10 +536,7 @@ fn rxe_interop_tools_both_directions() {
     let mut table = CaseTable::create(&note);
     run_in_guest(&harness, 1, 1500, &mtu1024, &mut table);
     run_in_guest(&harness, 1, 9000, &mtu4096, &mut table);
-    println!(
-        "\n{note}{}",
-        fs::read_to_string(&table.path).unwrap_or_default()
-    );
+    println!("\n{}", fs::read_to_string(&table.path).unwrap_or_default());
     let failed: Vec<String> = table
         .outcomes
         .iter()

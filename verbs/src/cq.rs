@@ -181,6 +181,7 @@ impl CompletionQueue {
 /// [`CompletionQueue::poll_wait`] ran out of time before `wanted` completions arrived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("timed out after {timeout:?} with {} of {wanted} completions", completions.len())]
+#[non_exhaustive]
 pub struct PollTimeout {
     /// The completions that did arrive, oldest first (fewer than `wanted`).
     pub completions: Vec<WorkCompletion>,

@@ -40,6 +40,7 @@ pub enum Error {
 /// request 0.
 #[derive(Debug, thiserror::Error)]
 #[error("work request {bad_wr} of the list: {error}")]
+#[non_exhaustive]
 pub struct PostListError {
     /// Index of the refused request in the list.
     pub bad_wr: usize,
