@@ -690,6 +690,8 @@ fn poll_wait_timeout_is_an_error_holding_what_arrived() {
     b.qp.post_recv(RecvRequest::new(1).sge(&b.mr, 0, 64))
         .unwrap();
     a.qp.post_send(SendRequest::send(2).inline(b"one")).unwrap();
+    // The SEND's completion waits in the CQ before poll_wait starts, whatever the load.
+    assert!(a.cq.wait(Some(WAIT)), "no completion within {WAIT:?}");
     let timeout =
         a.cq.poll_wait(2, Duration::from_millis(300))
             .expect_err("only one completion can come");
