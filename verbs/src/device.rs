@@ -11,7 +11,7 @@ use ferroce_transport::engine::{
 use ferroce_transport::io::thread::{
     Core, EngineThread, EngineThreadConfig, EventChannel, ThreadCounters,
 };
-use ferroce_transport::io::DriverKind;
+use ferroce_transport::io::{DriverKind, ReceiveIntegrity};
 
 use crate::cq::{CompletionChannel, CompletionQueue};
 use crate::error::{Error, Result};
@@ -27,6 +27,8 @@ pub struct DeviceConfig {
     pub port: u16,
     /// Packet driver (io_uring with fallback by default).
     pub driver: DriverKind,
+    /// How received IPv4 datagrams' ICRCs are checked (see [`ReceiveIntegrity`]).
+    pub receive_integrity: ReceiveIntegrity,
     /// Resource limits.
     pub limits: DeviceLimits,
     /// The port's active MTU.
@@ -49,6 +51,7 @@ impl DeviceConfig {
             addresses: vec![address],
             port: ferroce_transport::wire::ROCEV2_UDP_PORT,
             driver: DriverKind::Auto,
+            receive_integrity: ReceiveIntegrity::default(),
             limits: DeviceLimits::default(),
             active_mtu: PathMtu::Mtu1024,
             busy_poll: Duration::from_micros(50),
@@ -161,6 +164,7 @@ impl Device {
                 .map(|ip| SocketAddr::new(*ip, config.port))
                 .collect(),
             driver: config.driver,
+            receive_integrity: config.receive_integrity,
             busy_poll: config.busy_poll,
             name: format!("ferroce-{}", config.addresses[0]),
         })?;

@@ -88,5 +88,5 @@ pub use transport::engine::{
     AccessFlags, AddressVector, Counters, DeviceAttributes, DeviceLimits, PathMtu, QpAttr, QpCap,
     QpInfo, QpState, QpType, Sge, SrqAttr, WcOpcode, WcStatus, WorkCompletion,
 };
-pub use transport::io::DriverKind;
+pub use transport::io::{DriverKind, ReceiveIntegrity, SolverLimits};
 pub use wr::{RecvRequest, SendRequest};

@@ -4,6 +4,7 @@
 //! fallback where io_uring is missing or refused). [`Driver::bind`] picks one at run time.
 
 mod gso;
+mod raw;
 pub mod socket;
 mod solvers;
 pub mod thread;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use socket::{Received, UdpDriver};
+pub use solvers::SolverLimits;
 pub use uring::UringDriver;
 
 use crate::engine::Datagram;
@@ -29,6 +31,32 @@ pub enum DriverKind {
     Uring,
     /// `recvmmsg`/`sendmmsg`.
     Socket,
+}
+
+/// How the ICRC of a received IPv4 datagram is checked. (IPv6 datagrams are always
+/// checked in full: the UDP socket hides no field the ICRC covers there.)
+///
+/// The ICRC covers the IPv4 identification and DF flag, which a UDP socket does not
+/// show. A damaged datagram slips through with probability 2^-32 when the ICRC is
+/// checked with the real header, 2^-16 when the identification has to be recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveIntegrity {
+    /// The UDP socket alone. A datagram whose ICRC matches with identification 0 and DF
+    /// (ferroce's, most stacks') is accepted; any other is accepted when some
+    /// identification (with DF) makes it match, found by an [`ferroce_wire::ident`]
+    /// solver within these limits. A damaged datagram passes with probability 2^-16.
+    Recovered(SolverLimits),
+    /// A raw socket beside each IPv4 UDP socket shows every datagram's real IP header,
+    /// and the full ICRC is checked against it: a damaged datagram passes with
+    /// probability 2^-32. Needs `CAP_NET_RAW` (opening a device without it fails), and
+    /// costs a second copy of every datagram out of the kernel.
+    FullIcrc,
+}
+
+impl Default for ReceiveIntegrity {
+    fn default() -> ReceiveIntegrity {
+        ReceiveIntegrity::Recovered(SolverLimits::default())
+    }
 }
 
 /// A bound packet driver of either kind. (One per device, so the size difference of

@@ -1,49 +1,189 @@
 //! IPv4 identification solvers ([`IdentSolver`]), one per datagram length, cached: the
-//! receive path recovers each datagram's IP ID with one, and the send path corrects GSO
-//! segments' ICRCs with one. A stream is mostly one or two lengths, so the length asked
-//! for last is checked before the map.
+//! receive path checks each IPv4 datagram's ICRC with [`Solvers::check`], and the send
+//! path corrects GSO segments' ICRCs with [`Solvers::get`].
+//!
+//! A solver costs 17 CRC passes over its length to build, so a peer choosing lengths
+//! could make every datagram cost that much. Three things bound it: datagrams that match
+//! with identification 0 (ferroce's, most stacks') need no solver; a solver is built only
+//! for a datagram that parses as RoCE; and each receive round builds at most
+//! [`SolverLimits::builds_per_round`] of them (a datagram over the budget is dropped and
+//! counted; RC retransmits it). The cache keeps at most [`SolverLimits::cached`]
+//! solvers, dropping the least recently used.
 
-use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
-use ferroce_wire::ident::IdentSolver;
+use ferroce_wire::ident::{IdentSolver, Syndrome};
 
-/// Solvers kept at most (a peer choosing lengths cannot grow the cache without end).
-const MAX_SOLVERS: usize = 4096;
+/// Bounds on the IPv4 identification solvers a receiver keeps and builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SolverLimits {
+    /// Solvers kept (one per datagram length); the least recently used goes first.
+    pub cached: usize,
+    /// Solvers built per receive round at most; a datagram that needs one more is
+    /// dropped (counted in `ThreadCounters::ident_over_budget`).
+    pub builds_per_round: usize,
+}
 
-/// Solvers by UDP payload length.
-#[derive(Debug, Default)]
+impl Default for SolverLimits {
+    /// Room for every length a received RoCE datagram can have (a multiple of 4 up to
+    /// the receive buffer, [`super::socket::MAX_DATAGRAM`]): about 290 KB, so a steady
+    /// stream never rebuilds one. Eight builds per round: about 140 CRC passes, tens of
+    /// microseconds at 4 KiB.
+    fn default() -> SolverLimits {
+        SolverLimits {
+            cached: super::socket::MAX_DATAGRAM / 4,
+            builds_per_round: 8,
+        }
+    }
+}
+
+/// What the ICRC of a received IPv4 datagram says, its IP header unseen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ipv4Icrc {
+    /// Valid with identification 0 and DF: checked to the full 32 bits.
+    IdentZero,
+    /// Valid with this identification and DF: checked to 16 bits.
+    Recovered(u16),
+    /// Valid with no identification (or sent without DF): damaged.
+    Damaged,
+    /// Not a RoCE datagram (no BTH with a known opcode whose headers fit the length):
+    /// not checked, no solver built.
+    NotRoce,
+    /// It needs a solver and this round has built its share: dropped.
+    OverBudget,
+}
+
+/// A cached solver and when it was last used.
+#[derive(Debug)]
+struct Cached {
+    solver: IdentSolver,
+    used: u64,
+}
+
+/// Solvers by UDP payload length (every RoCE datagram's is a multiple of 4).
+#[derive(Debug)]
 pub(super) struct Solvers {
-    /// The length asked for last, and its solver.
-    last: Option<(usize, IdentSolver)>,
-    by_len: HashMap<usize, IdentSolver>,
+    limits: SolverLimits,
+    /// Indexed by length / 4.
+    slots: Vec<Option<Box<Cached>>>,
+    cached: usize,
+    /// A clock of uses, for least-recently-used eviction.
+    uses: u64,
+    /// Builds left this round.
+    budget: usize,
+    built: u64,
+}
+
+impl Default for Solvers {
+    fn default() -> Solvers {
+        Solvers::new(SolverLimits::default())
+    }
 }
 
 impl Solvers {
-    /// The solver for datagrams of `len` bytes, or `None` when no RoCE datagram is that
-    /// short.
-    pub fn get(&mut self, len: usize) -> Option<&IdentSolver> {
-        if self.last.as_ref().is_some_and(|(l, _)| *l == len) {
-            return self.last.as_ref().map(|(_, s)| s);
+    /// An empty cache with these limits (at least one solver is always kept).
+    pub fn new(limits: SolverLimits) -> Solvers {
+        Solvers {
+            limits,
+            slots: Vec::new(),
+            cached: 0,
+            uses: 0,
+            budget: limits.builds_per_round,
+            built: 0,
         }
-        let solver = match self.by_len.get(&len) {
-            Some(solver) => solver.clone(),
-            None => {
-                let solver = IdentSolver::new(len).ok()?;
-                if self.by_len.len() >= MAX_SOLVERS {
-                    self.by_len.clear();
-                }
-                self.by_len.insert(len, solver.clone());
-                solver
-            }
+    }
+
+    /// A new receive round: the build budget is full again.
+    pub fn start_round(&mut self) {
+        self.budget = self.limits.builds_per_round;
+    }
+
+    /// Solvers built so far.
+    pub fn built(&self) -> u64 {
+        self.built
+    }
+
+    /// Checks the ICRC of `udp_payload`, received from `src` port `src_port` at `dst`
+    /// port `dst_port`: identification 0 first, then a solver (built within the round's
+    /// budget).
+    pub fn check(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        src_port: u16,
+        dst_port: u16,
+        udp_payload: &[u8],
+    ) -> Ipv4Icrc {
+        if ferroce_wire::packet::parse(udp_payload).is_err() {
+            return Ipv4Icrc::NotRoce;
+        }
+        let Ok(syndrome) = Syndrome::of(src, dst, src_port, dst_port, udp_payload) else {
+            return Ipv4Icrc::NotRoce;
         };
-        self.last = Some((len, solver));
-        self.last.as_ref().map(|(_, s)| s)
+        if syndrome.is_zero() {
+            return Ipv4Icrc::IdentZero;
+        }
+        let len = udp_payload.len();
+        if !self.is_cached(len) {
+            if self.budget == 0 {
+                return Ipv4Icrc::OverBudget;
+            }
+            self.budget -= 1;
+        }
+        match self.get(len).map(|solver| solver.solve(syndrome)) {
+            Some(Ok(Some(ident))) => Ipv4Icrc::Recovered(ident),
+            Some(_) => Ipv4Icrc::Damaged,
+            None => Ipv4Icrc::NotRoce,
+        }
+    }
+
+    fn is_cached(&self, len: usize) -> bool {
+        len % 4 == 0 && matches!(self.slots.get(len / 4), Some(Some(_)))
+    }
+
+    /// The solver for datagrams of `len` bytes (built now if not cached, whatever the
+    /// budget), or `None` when no RoCE datagram has that length.
+    pub fn get(&mut self, len: usize) -> Option<&IdentSolver> {
+        if len % 4 != 0 {
+            return None;
+        }
+        self.uses += 1;
+        let index = len / 4;
+        if !matches!(self.slots.get(index), Some(Some(_))) {
+            let solver = IdentSolver::new(len).ok()?;
+            self.built += 1;
+            if self.cached >= self.limits.cached.max(1) {
+                self.evict_least_recent();
+            }
+            if self.slots.len() <= index {
+                self.slots.resize_with(index + 1, || None);
+            }
+            self.slots[index] = Some(Box::new(Cached { solver, used: 0 }));
+            self.cached += 1;
+        }
+        let cached = self.slots.get_mut(index)?.as_mut()?;
+        cached.used = self.uses;
+        Some(&cached.solver)
+    }
+
+    fn evict_least_recent(&mut self) {
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| slot.as_ref().map(|c| (c.used, i)))
+            .min();
+        if let Some((_, index)) = oldest {
+            self.slots[index] = None;
+            self.cached -= 1;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferroce_wire::icrc::{self, Envelope};
 
     #[test]
     fn solvers_match_fresh_ones_whatever_the_order() {
@@ -52,7 +192,113 @@ mod tests {
             let fresh = IdentSolver::new(len).unwrap();
             assert_eq!(solvers.get(len), Some(&fresh), "length {len}");
         }
-        assert_eq!(solvers.by_len.len(), 3);
+        assert_eq!((solvers.cached, solvers.built()), (3, 3));
         assert!(solvers.get(3).is_none(), "shorter than any RoCE datagram");
+        assert!(solvers.get(1053).is_none(), "not a multiple of 4");
+    }
+
+    #[test]
+    fn the_least_recently_used_solver_goes_first() {
+        let mut solvers = Solvers::new(SolverLimits {
+            cached: 2,
+            builds_per_round: 8,
+        });
+        solvers.get(100);
+        solvers.get(200);
+        solvers.get(100);
+        solvers.get(300); // evicts 200, used longest ago
+        assert_eq!(solvers.cached, 2);
+        assert!(solvers.is_cached(100) && solvers.is_cached(300));
+        assert!(!solvers.is_cached(200));
+        assert_eq!(solvers.built(), 3);
+    }
+
+    const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    /// An RC SEND Only of `len` bytes in all (BTH, payload, ICRC) sent with `ident` and DF.
+    fn send_only(len: usize, ident: u16) -> Vec<u8> {
+        let mut payload = vec![0x5a; len];
+        payload[..12].copy_from_slice(&[0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, 1]);
+        icrc::fill(&Envelope::ipv4(SRC, DST, ident, 0xc000), &mut payload).unwrap();
+        payload
+    }
+
+    fn check(solvers: &mut Solvers, payload: &[u8]) -> Ipv4Icrc {
+        solvers.check(SRC, DST, 0xc000, 4791, payload)
+    }
+
+    #[test]
+    fn ident_zero_needs_no_solver() {
+        let mut solvers = Solvers::default();
+        for len in (16..=4096).step_by(4) {
+            assert_eq!(check(&mut solvers, &send_only(len, 0)), Ipv4Icrc::IdentZero);
+        }
+        assert_eq!(solvers.built(), 0);
+    }
+
+    #[test]
+    fn other_idents_are_recovered_and_damage_is_found() {
+        let mut solvers = Solvers::default();
+        let mut packet = send_only(1052, 0xcd1e);
+        assert_eq!(check(&mut solvers, &packet), Ipv4Icrc::Recovered(0xcd1e));
+        packet[100] ^= 1;
+        assert_eq!(check(&mut solvers, &packet), Ipv4Icrc::Damaged);
+        assert_eq!(solvers.built(), 1);
+    }
+
+    /// A stream of datagrams that do not parse as RoCE (unknown opcode, headers longer
+    /// than the datagram, a length no RoCE datagram has) builds nothing.
+    #[test]
+    fn junk_builds_no_solvers() {
+        let mut solvers = Solvers::new(SolverLimits {
+            builds_per_round: usize::MAX,
+            ..SolverLimits::default()
+        });
+        for len in 16..2000usize {
+            let mut junk = send_only(len.next_multiple_of(4), 7);
+            junk.truncate(len);
+            let expect_roce = len % 4 == 0;
+            let got = check(&mut solvers, &junk);
+            assert_eq!(
+                got != Ipv4Icrc::NotRoce,
+                expect_roce,
+                "length {len}: {got:?}"
+            );
+            junk[0] = 0x1f; // reserved RC opcode
+            assert_eq!(check(&mut solvers, &junk), Ipv4Icrc::NotRoce);
+            junk[0] = 0x0a; // RDMA WRITE Only: a 16-byte RETH after the BTH
+            junk.truncate(28);
+            assert_eq!(check(&mut solvers, &junk), Ipv4Icrc::NotRoce);
+        }
+        assert_eq!(solvers.built(), 496, "one per RoCE length, 16..2000 step 4");
+    }
+
+    /// A peer sending a new length every datagram gets `builds_per_round` solvers per
+    /// round; the rest of the round's datagrams are dropped, and a cached length still
+    /// passes.
+    #[test]
+    fn a_stream_of_odd_lengths_costs_at_most_the_budget() {
+        let mut solvers = Solvers::new(SolverLimits {
+            cached: 16,
+            builds_per_round: 3,
+        });
+        let mut outcomes = Vec::new();
+        for round in 0..10 {
+            solvers.start_round();
+            for i in 0..20 {
+                let len = 64 + 4 * (round * 20 + i);
+                outcomes.push(check(&mut solvers, &send_only(len, 1)));
+            }
+            assert_eq!(
+                check(&mut solvers, &send_only(64 + 4 * (round * 20), 9)),
+                Ipv4Icrc::Recovered(9),
+                "a length built this round stays"
+            );
+        }
+        let recovered = outcomes.iter().filter(|o| **o == Ipv4Icrc::Recovered(1));
+        let over = outcomes.iter().filter(|o| **o == Ipv4Icrc::OverBudget);
+        assert_eq!((recovered.count(), over.count()), (30, 170));
+        assert_eq!((solvers.built(), solvers.cached), (30, 16));
     }
 }

@@ -39,11 +39,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
+use ferroce_wire::ident::Recovered;
 use ferroce_wire::Qpn;
 
+use super::raw::IpHeaderTap;
 use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
-use super::{Driver, DriverKind};
+use super::{Driver, DriverKind, ReceiveIntegrity};
 use crate::engine::{
     CompletionQueueId, Datagram, Engine, EngineConfig, NamespaceId, RecvWr, SendOp, SendWr,
     SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus, WorkCompletion,
@@ -256,12 +258,27 @@ pub struct ThreadCounters {
     pub rounds: u64,
     /// Times the thread blocked.
     pub sleeps: u64,
+    /// IPv4 datagrams whose ICRC matched with identification 0 and DF (checked to the
+    /// full 32 bits, no solver needed).
+    pub ident_zero: u64,
     /// IPv4 datagrams for which no identification makes the ICRC valid (the engine then
     /// counts them as ICRC errors).
     pub ident_unrecovered: u64,
     /// IPv4 datagrams whose recovered identification was not 0 (segments of a peer's
-    /// GSO run, or a kernel that numbers datagrams).
+    /// GSO run, or a kernel that numbers datagrams, as rxe's): checked to 16 bits.
     pub ident_nonzero: u64,
+    /// IPv4 datagrams dropped because their length needed a new identification solver
+    /// and the round had built its share ([`super::SolverLimits::builds_per_round`]).
+    pub ident_over_budget: u64,
+    /// Identification solvers built so far (one per new datagram length, again after
+    /// eviction).
+    pub ident_solvers_built: u64,
+    /// [`ReceiveIntegrity::FullIcrc`]: IPv4 datagrams whose IP header the raw socket
+    /// showed (the engine checks their full ICRC).
+    pub ip_header_seen: u64,
+    /// [`ReceiveIntegrity::FullIcrc`]: IPv4 datagrams without a raw copy (the raw
+    /// socket's buffer overflowed), dropped.
+    pub ip_header_missing: u64,
     /// Datagrams longer than the receive buffer, dropped.
     pub truncated: u64,
     /// Datagrams from a source address no driver is bound to, dropped.
@@ -558,6 +575,8 @@ pub struct EngineThreadConfig {
     pub addresses: Vec<SocketAddr>,
     /// Which driver kind.
     pub driver: DriverKind,
+    /// How received IPv4 datagrams' ICRCs are checked.
+    pub receive_integrity: ReceiveIntegrity,
     /// How long the thread keeps polling with nothing to do before it blocks.
     pub busy_poll: Duration,
     /// Thread name.
@@ -581,6 +600,8 @@ struct Port {
     driver: Driver,
     ip: IpAddr,
     port: u16,
+    /// [`ReceiveIntegrity::FullIcrc`] on IPv4: the raw socket that shows IP headers.
+    tap: Option<IpHeaderTap>,
     pending: Vec<Datagram>,
 }
 
@@ -609,10 +630,17 @@ impl EngineThread {
         for addr in &config.addresses {
             let driver = Driver::bind(*addr, config.driver)?;
             let local = driver.local_addr();
+            let tap = match (config.receive_integrity, local) {
+                (ReceiveIntegrity::FullIcrc, SocketAddr::V4(local)) => {
+                    Some(IpHeaderTap::open(local)?)
+                }
+                _ => None,
+            };
             ports.push(Port {
                 driver,
                 ip: local.ip().to_canonical(),
                 port: local.port(),
+                tap,
                 pending: Vec::new(),
             });
         }
@@ -639,7 +667,10 @@ impl EngineThread {
                     counters: ThreadCounters::default(),
                 },
                 ports,
-                solvers: Solvers::default(),
+                solvers: match config.receive_integrity {
+                    ReceiveIntegrity::Recovered(limits) => Solvers::new(limits),
+                    ReceiveIntegrity::FullIcrc => Solvers::default(),
+                },
                 outbox: Vec::with_capacity(TRANSMIT_BATCH),
             }),
             doorbell,
@@ -908,9 +939,11 @@ impl Runner {
         } = self;
         let mut total = 0;
         let mut worked = 0;
+        solvers.start_round();
         for port in ports.iter_mut() {
             let local_port = port.port;
             let mut first = true;
+            let tap = &mut port.tap;
             let result = port.driver.recv_batch(|received| {
                 // The batch is already out of the socket, so any datagram in it was sent
                 // after the work queued so far (a receive posted before the peer was told
@@ -926,20 +959,43 @@ impl Runner {
                 if let (IpAddr::V4(src), IpAddr::V4(dst)) =
                     (meta.src.to_canonical(), meta.dst.to_canonical())
                 {
-                    // Too short for a solver: the engine drops it as malformed.
-                    if let Some(solver) = solvers.get(received.payload.len()) {
-                        match solver.recover(src, dst, meta.src_port, local_port, received.payload)
-                        {
-                            Ok(Some(found)) => {
-                                core.counters.ident_nonzero += u64::from(found.ident != 0);
-                                meta.ipv4_ident = Some(found);
-                                // Recovery succeeded, so the ICRC is valid.
-                                core.engine
-                                    .handle_verified_datagram(now, meta, received.payload);
-                                return;
+                    if let Some(tap) = tap.as_mut() {
+                        match tap.header_of(src, meta.src_port, received.payload) {
+                            Some(header) => {
+                                core.counters.ip_header_seen += 1;
+                                meta.ipv4_ident = Some(header);
+                                // The engine checks the full ICRC with the real header.
+                                core.engine.handle_datagram(now, meta, received.payload);
                             }
-                            _ => core.counters.ident_unrecovered += 1,
+                            None => core.counters.ip_header_missing += 1,
                         }
+                        return;
+                    }
+                    use super::solvers::Ipv4Icrc;
+                    match solvers.check(src, dst, meta.src_port, local_port, received.payload) {
+                        Ipv4Icrc::IdentZero => {
+                            core.counters.ident_zero += 1;
+                            core.engine
+                                .handle_verified_datagram(now, meta, received.payload);
+                            return;
+                        }
+                        Ipv4Icrc::Recovered(ident) => {
+                            core.counters.ident_nonzero += 1;
+                            meta.ipv4_ident = Some(Recovered {
+                                ident,
+                                dont_frag: true,
+                            });
+                            core.engine
+                                .handle_verified_datagram(now, meta, received.payload);
+                            return;
+                        }
+                        Ipv4Icrc::OverBudget => {
+                            core.counters.ident_over_budget += 1;
+                            return;
+                        }
+                        // The engine counts it (an ICRC error, or malformed).
+                        Ipv4Icrc::Damaged => core.counters.ident_unrecovered += 1,
+                        Ipv4Icrc::NotRoce => {}
                     }
                 }
                 core.engine.handle_datagram(now, meta, received.payload);
@@ -952,6 +1008,7 @@ impl Runner {
                 }
             }
         }
+        core.counters.ident_solvers_built = solvers.built();
         (total, worked)
     }
 
@@ -1071,6 +1128,7 @@ mod tests {
             seed: 1,
             addresses: Vec::new(),
             driver: DriverKind::Socket,
+            receive_integrity: ReceiveIntegrity::default(),
             busy_poll: Duration::from_micros(10),
             name: "ferroce-test".into(),
         })
@@ -1098,6 +1156,7 @@ mod tests {
             seed: 1,
             addresses: Vec::new(),
             driver: DriverKind::Socket,
+            receive_integrity: ReceiveIntegrity::default(),
             busy_poll: Duration::ZERO,
             name: "ferroce-test".into(),
         })
