@@ -5,34 +5,41 @@
 //! A solver costs 17 CRC passes over its length to build, so a peer choosing lengths
 //! could make every datagram cost that much. Three things bound it: datagrams that match
 //! with identification 0 (ferroce's, most stacks') need no solver; a solver is built only
-//! for a datagram that parses as RoCE; and each receive round builds at most
-//! [`SolverLimits::builds_per_round`] of them (a datagram over the budget is dropped and
-//! counted; RC retransmits it). The cache keeps at most [`SolverLimits::cached`]
-//! solvers, dropping the least recently used.
+//! for a datagram that parses as RoCE; and builds are rationed by a token bucket
+//! ([`SolverLimits::builds_per_second`], [`SolverLimits::build_burst`]): a datagram
+//! that needs a build over the ration is dropped and counted (RC retransmits it). The
+//! cache keeps at most [`SolverLimits::cached`] solvers, dropping the least recently
+//! used.
 
 use std::net::Ipv4Addr;
 
 use ferroce_wire::ident::{IdentSolver, Syndrome};
+
+use crate::engine::Time;
 
 /// Bounds on the IPv4 identification solvers a receiver keeps and builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SolverLimits {
     /// Solvers kept (one per datagram length); the least recently used goes first.
     pub cached: usize,
-    /// Solvers built per receive round at most; a datagram that needs one more is
+    /// Solvers built per second at most, on average; a datagram that needs one more is
     /// dropped (counted in `ThreadCounters::ident_over_budget`).
-    pub builds_per_round: usize,
+    pub builds_per_second: u32,
+    /// Solvers built at once at most (after a quiet spell).
+    pub build_burst: u32,
 }
 
 impl Default for SolverLimits {
     /// Room for every length a received RoCE datagram can have (a multiple of 4 up to
     /// the receive buffer, [`super::socket::MAX_DATAGRAM`]): about 290 KB, so a steady
-    /// stream never rebuilds one. Eight builds per round: about 140 CRC passes, tens of
-    /// microseconds at 4 KiB.
+    /// stream never rebuilds one. 2000 builds a second, 64 at once: at most 34 000 CRC
+    /// passes a second (150 MB at 4 KiB, a few per cent of a core), and a new stream
+    /// with many lengths is served within a second.
     fn default() -> SolverLimits {
         SolverLimits {
             cached: super::socket::MAX_DATAGRAM / 4,
-            builds_per_round: 8,
+            builds_per_second: 2000,
+            build_burst: 64,
         }
     }
 }
@@ -49,7 +56,7 @@ pub(super) enum Ipv4Icrc {
     /// Not a RoCE datagram (no BTH with a known opcode whose headers fit the length):
     /// not checked, no solver built.
     NotRoce,
-    /// It needs a solver and this round has built its share: dropped.
+    /// It needs a solver and the build ration is spent: dropped.
     OverBudget,
 }
 
@@ -69,8 +76,9 @@ pub(super) struct Solvers {
     cached: usize,
     /// A clock of uses, for least-recently-used eviction.
     uses: u64,
-    /// Builds left this round.
-    budget: usize,
+    /// Builds allowed now (the token bucket), and when it was last topped up.
+    tokens: u32,
+    topped_up: Time,
     built: u64,
 }
 
@@ -88,14 +96,31 @@ impl Solvers {
             slots: Vec::new(),
             cached: 0,
             uses: 0,
-            budget: limits.builds_per_round,
+            tokens: limits.build_burst,
+            topped_up: Time::ZERO,
             built: 0,
         }
     }
 
-    /// A new receive round: the build budget is full again.
-    pub fn start_round(&mut self) {
-        self.budget = self.limits.builds_per_round;
+    /// A receive round at `now`: the builds earned since the last one become available.
+    pub fn start_round(&mut self, now: Time) {
+        let SolverLimits {
+            builds_per_second,
+            build_burst,
+            ..
+        } = self.limits;
+        if self.tokens >= build_burst || builds_per_second == 0 {
+            // Full (or never refilled): time spent full earns nothing.
+            self.topped_up = now;
+            return;
+        }
+        let per_build = 1_000_000_000 / u64::from(builds_per_second).max(1);
+        let earned = now.as_nanos().saturating_sub(self.topped_up.as_nanos()) / per_build;
+        if earned > 0 {
+            let tokens = u64::from(self.tokens) + earned;
+            self.tokens = tokens.min(u64::from(build_burst)) as u32;
+            self.topped_up = Time::from_nanos(self.topped_up.as_nanos() + earned * per_build);
+        }
     }
 
     /// Solvers built so far.
@@ -104,8 +129,8 @@ impl Solvers {
     }
 
     /// Checks the ICRC of `udp_payload`, received from `src` port `src_port` at `dst`
-    /// port `dst_port`: identification 0 first, then a solver (built within the round's
-    /// budget).
+    /// port `dst_port`: identification 0 first, then a solver (built within the
+    /// ration).
     pub fn check(
         &mut self,
         src: Ipv4Addr,
@@ -114,21 +139,23 @@ impl Solvers {
         dst_port: u16,
         udp_payload: &[u8],
     ) -> Ipv4Icrc {
-        if ferroce_wire::packet::parse(udp_payload).is_err() {
-            return Ipv4Icrc::NotRoce;
-        }
         let Ok(syndrome) = Syndrome::of(src, dst, src_port, dst_port, udp_payload) else {
             return Ipv4Icrc::NotRoce;
         };
+        // A match for identification 0 needs nothing more (and the engine parses it
+        // next); anything else is parsed before it may cost a solver.
         if syndrome.is_zero() {
             return Ipv4Icrc::IdentZero;
         }
+        if ferroce_wire::packet::parse(udp_payload).is_err() {
+            return Ipv4Icrc::NotRoce;
+        }
         let len = udp_payload.len();
         if !self.is_cached(len) {
-            if self.budget == 0 {
+            if self.tokens == 0 {
                 return Ipv4Icrc::OverBudget;
             }
-            self.budget -= 1;
+            self.tokens -= 1;
         }
         match self.get(len).map(|solver| solver.solve(syndrome)) {
             Some(Ok(Some(ident))) => Ipv4Icrc::Recovered(ident),
@@ -201,7 +228,7 @@ mod tests {
     fn the_least_recently_used_solver_goes_first() {
         let mut solvers = Solvers::new(SolverLimits {
             cached: 2,
-            builds_per_round: 8,
+            ..SolverLimits::default()
         });
         solvers.get(100);
         solvers.get(200);
@@ -252,7 +279,7 @@ mod tests {
     #[test]
     fn junk_builds_no_solvers() {
         let mut solvers = Solvers::new(SolverLimits {
-            builds_per_round: usize::MAX,
+            build_burst: u32::MAX,
             ..SolverLimits::default()
         });
         for len in 16..2000usize {
@@ -274,31 +301,37 @@ mod tests {
         assert_eq!(solvers.built(), 496, "one per RoCE length, 16..2000 step 4");
     }
 
-    /// A peer sending a new length every datagram gets `builds_per_round` solvers per
-    /// round; the rest of the round's datagrams are dropped, and a cached length still
-    /// passes.
+    /// A peer sending a new length every datagram gets `build_burst` solvers at once
+    /// and `builds_per_second` after that, however many rounds it causes; the rest are
+    /// dropped, and a cached length still passes.
     #[test]
-    fn a_stream_of_odd_lengths_costs_at_most_the_budget() {
+    fn a_stream_of_odd_lengths_costs_at_most_the_ration() {
         let mut solvers = Solvers::new(SolverLimits {
             cached: 16,
-            builds_per_round: 3,
+            builds_per_second: 1000,
+            build_burst: 3,
         });
         let mut outcomes = Vec::new();
-        for round in 0..10 {
-            solvers.start_round();
-            for i in 0..20 {
-                let len = 64 + 4 * (round * 20 + i);
+        let mut len = 64;
+        // Ten rounds a millisecond apart, then one a second later.
+        let rounds = (0..10u64).map(|ms| ms * 1_000_000).chain([1_009_000_000]);
+        for (round, at) in rounds.enumerate() {
+            solvers.start_round(Time::from_nanos(at));
+            let first = len;
+            for _ in 0..20 {
                 outcomes.push(check(&mut solvers, &send_only(len, 1)));
+                len += 4;
             }
             assert_eq!(
-                check(&mut solvers, &send_only(64 + 4 * (round * 20), 9)),
+                check(&mut solvers, &send_only(first, 9)),
                 Ipv4Icrc::Recovered(9),
-                "a length built this round stays"
+                "round {round}: the length built first stays"
             );
         }
         let recovered = outcomes.iter().filter(|o| **o == Ipv4Icrc::Recovered(1));
         let over = outcomes.iter().filter(|o| **o == Ipv4Icrc::OverBudget);
-        assert_eq!((recovered.count(), over.count()), (30, 170));
-        assert_eq!((solvers.built(), solvers.cached), (30, 16));
+        // 3 at once, 1 a millisecond for 9 ms, then 3 again (the burst, not 1000).
+        assert_eq!((recovered.count(), over.count()), (15, 205));
+        assert_eq!((solvers.built(), solvers.cached), (15, 15));
     }
 }

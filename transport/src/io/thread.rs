@@ -268,7 +268,7 @@ pub struct ThreadCounters {
     /// GSO run, or a kernel that numbers datagrams, as rxe's): checked to 16 bits.
     pub ident_nonzero: u64,
     /// IPv4 datagrams dropped because their length needed a new identification solver
-    /// and the round had built its share ([`super::SolverLimits::builds_per_round`]).
+    /// and the ration of builds was spent ([`super::SolverLimits::builds_per_second`]).
     pub ident_over_budget: u64,
     /// Identification solvers built so far (one per new datagram length, again after
     /// eviction).
@@ -939,7 +939,7 @@ impl Runner {
         } = self;
         let mut total = 0;
         let mut worked = 0;
-        solvers.start_round();
+        solvers.start_round(now);
         for port in ports.iter_mut() {
             let local_port = port.port;
             let mut first = true;
