@@ -17,8 +17,8 @@ mod two_devices;
 use ferroce::transport::io::thread::ThreadCounters;
 use ferroce::wire::icrc::{self, Envelope, IpFields, IPV4_DONT_FRAG};
 use ferroce::{
-    Counters, Device, DeviceConfig, QpInitAttributes, QpType, ReceiveIntegrity, RecvRequest,
-    SendRequest, WcStatus,
+    Counters, Device, DeviceConfig, DriverKind, QpInitAttributes, QpType, ReceiveIntegrity,
+    RecvRequest, SendRequest, SolverLimits, WcStatus,
 };
 use two_devices::{all_access, connect, one, pattern, WAIT};
 
@@ -27,8 +27,13 @@ fn address(a: u8, b: u8) -> Ipv4Addr {
 }
 
 fn open(ip: Ipv4Addr, integrity: ReceiveIntegrity) -> Device {
+    open_with(ip, integrity, DriverKind::Auto)
+}
+
+fn open_with(ip: Ipv4Addr, integrity: ReceiveIntegrity, driver: DriverKind) -> Device {
     let mut config = DeviceConfig::with_address(IpAddr::V4(ip));
     config.receive_integrity = integrity;
+    config.driver = driver;
     Device::open(config).expect("bind the test address")
 }
 
@@ -178,10 +183,15 @@ fn full_icrc_devices_exchange_rc_traffic() {
     if raw_sender().is_none() {
         return;
     }
-    let sides: Vec<_> = [address(3, 1), address(3, 2)]
+    full_icrc_exchange(3, DriverKind::Auto);
+    full_icrc_exchange(5, DriverKind::Socket);
+}
+
+fn full_icrc_exchange(net: u8, driver: DriverKind) {
+    let sides: Vec<_> = [address(net, 1), address(net, 2)]
         .into_iter()
         .map(|ip| {
-            let device = open(ip, ReceiveIntegrity::FullIcrc);
+            let device = open_with(ip, ReceiveIntegrity::FullIcrc, driver);
             let pd = device.alloc_pd().unwrap();
             let cq = device.create_cq(64, None).unwrap();
             let mr = pd.reg_mr(1 << 20, all_access()).unwrap();
@@ -215,7 +225,7 @@ fn full_icrc_devices_exchange_rc_traffic() {
             "{counters:?} {thread:?}"
         );
         assert_eq!(thread.ip_header_seen, counters.packets_in, "{thread:?}");
-        assert_eq!(thread.ident_solvers_built, 0);
+        assert_eq!(thread.ident_solvers_built, 0, "{driver:?}");
     }
 }
 
@@ -247,4 +257,51 @@ fn full_icrc_without_cap_net_raw_is_a_clear_error() {
         ),
         Err(error) => eprintln!("no setpriv ({error}); skipping"),
     }
+}
+
+/// A peer sending a new length in every datagram (each with a valid ICRC for a
+/// non-zero identification) gets the configured burst of solvers and the rate after
+/// it; the rest of its datagrams are dropped and counted, and the cache stays bounded.
+#[test]
+fn a_stream_of_new_lengths_is_rationed() {
+    let Some(raw) = raw_sender() else { return };
+    let limits = SolverLimits {
+        cached: 16,
+        builds_per_second: 10,
+        build_burst: 8,
+    };
+    let device = open(address(6, 1), ReceiveIntegrity::Recovered(limits));
+    let header = Header {
+        src: address(6, 2),
+        dst: address(6, 1),
+        src_port: 0xc123,
+        ident: 0x1234,
+        dont_frag: true,
+    };
+    let start = Instant::now();
+    for i in 0..200 {
+        let mut packet = vec![0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, 5];
+        packet.resize(16 + 4 * i, 0xab);
+        icrc::fill(&header.envelope(0x1234), &mut packet).unwrap();
+        send_raw(&raw, header, &packet);
+    }
+    let deadline = Instant::now() + WAIT;
+    let thread = loop {
+        let (_, thread) = device.counters().unwrap();
+        if thread.ident_nonzero + thread.ident_over_budget == 200 {
+            break thread;
+        }
+        assert!(Instant::now() < deadline, "{thread:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let earned = (start.elapsed().as_secs_f64() * 10.0).ceil() as u64;
+    assert!(
+        (8..=8 + earned).contains(&thread.ident_solvers_built),
+        "{thread:?} after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        thread.ident_nonzero, thread.ident_solvers_built,
+        "{thread:?}"
+    );
 }
