@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -47,8 +47,8 @@ use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
 use super::{Driver, DriverKind, ReceiveIntegrity};
 use crate::engine::{
-    CompletionQueueId, Datagram, Engine, EngineConfig, NamespaceId, RecvWr, SendOp, SendWr,
-    SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+    CompletionQueueId, Datagram, DatagramMeta, Engine, EngineConfig, NamespaceId, RecvWr, SendOp,
+    SendWr, SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus, WorkCompletion,
 };
 
 /// Datagrams taken from the engine per driver before they are handed to the kernel.
@@ -901,6 +901,69 @@ fn take_work(core: &mut Core, queue: &SegQueue<Work>) -> usize {
     worked
 }
 
+/// What the receive path does with a datagram.
+enum Admit {
+    /// Its ICRC is already checked: the engine takes it as is.
+    Verified,
+    /// The engine checks its ICRC (with the envelope in its meta) and counts a bad one.
+    Check,
+    /// Dropped here (counted in [`ThreadCounters`]).
+    Drop,
+}
+
+/// Checks a received IPv4 datagram as `ReceiveIntegrity` says: with its raw copy's
+/// header when `tap` is there, else identification 0 first, then a solver. The first
+/// argument is its source, its destination and our port; the header found goes into
+/// `meta`.
+fn admit_ipv4(
+    (src, dst, local_port): (Ipv4Addr, Ipv4Addr, u16),
+    meta: &mut DatagramMeta,
+    payload: &[u8],
+    tap: Option<&mut IpHeaderTap>,
+    solvers: &mut Solvers,
+    counters: &mut ThreadCounters,
+) -> Admit {
+    use super::solvers::Ipv4Icrc;
+    if let Some(tap) = tap {
+        return match tap.header_of(src, meta.src_port, payload) {
+            Some(header) => {
+                counters.ip_header_seen += 1;
+                meta.ipv4_ident = Some(header);
+                Admit::Check
+            }
+            None => {
+                counters.ip_header_missing += 1;
+                Admit::Drop
+            }
+        };
+    }
+    match solvers.check(src, dst, meta.src_port, local_port, payload) {
+        Ipv4Icrc::IdentZero => {
+            counters.ident_zero += 1;
+            Admit::Verified
+        }
+        Ipv4Icrc::Recovered(ident) => {
+            counters.ident_nonzero += 1;
+            meta.ipv4_ident = Some(Recovered {
+                ident,
+                dont_frag: true,
+            });
+            Admit::Verified
+        }
+        Ipv4Icrc::OverBudget => {
+            counters.ident_over_budget += 1;
+            Admit::Drop
+        }
+        // The engine counts it: an ICRC error.
+        Ipv4Icrc::Damaged => {
+            counters.ident_unrecovered += 1;
+            Admit::Check
+        }
+        // The engine drops it as malformed.
+        Ipv4Icrc::NotRoce => Admit::Check,
+    }
+}
+
 impl Runner {
     /// One round at `now` (without the receiving step unless `receive`); true when
     /// anything happened.
@@ -956,49 +1019,25 @@ impl Runner {
                     return;
                 }
                 let mut meta = received.meta;
-                if let (IpAddr::V4(src), IpAddr::V4(dst)) =
-                    (meta.src.to_canonical(), meta.dst.to_canonical())
-                {
-                    if let Some(tap) = tap.as_mut() {
-                        match tap.header_of(src, meta.src_port, received.payload) {
-                            Some(header) => {
-                                core.counters.ip_header_seen += 1;
-                                meta.ipv4_ident = Some(header);
-                                // The engine checks the full ICRC with the real header.
-                                core.engine.handle_datagram(now, meta, received.payload);
-                            }
-                            None => core.counters.ip_header_missing += 1,
-                        }
-                        return;
+                let admit = match (meta.src.to_canonical(), meta.dst.to_canonical()) {
+                    (IpAddr::V4(src), IpAddr::V4(dst)) => admit_ipv4(
+                        (src, dst, local_port),
+                        &mut meta,
+                        received.payload,
+                        tap.as_mut(),
+                        solvers,
+                        &mut core.counters,
+                    ),
+                    _ => Admit::Check,
+                };
+                match admit {
+                    Admit::Verified => {
+                        core.engine
+                            .handle_verified_datagram(now, meta, received.payload);
                     }
-                    use super::solvers::Ipv4Icrc;
-                    match solvers.check(src, dst, meta.src_port, local_port, received.payload) {
-                        Ipv4Icrc::IdentZero => {
-                            core.counters.ident_zero += 1;
-                            core.engine
-                                .handle_verified_datagram(now, meta, received.payload);
-                            return;
-                        }
-                        Ipv4Icrc::Recovered(ident) => {
-                            core.counters.ident_nonzero += 1;
-                            meta.ipv4_ident = Some(Recovered {
-                                ident,
-                                dont_frag: true,
-                            });
-                            core.engine
-                                .handle_verified_datagram(now, meta, received.payload);
-                            return;
-                        }
-                        Ipv4Icrc::OverBudget => {
-                            core.counters.ident_over_budget += 1;
-                            return;
-                        }
-                        // The engine counts it (an ICRC error, or malformed).
-                        Ipv4Icrc::Damaged => core.counters.ident_unrecovered += 1,
-                        Ipv4Icrc::NotRoce => {}
-                    }
+                    Admit::Check => core.engine.handle_datagram(now, meta, received.payload),
+                    Admit::Drop => {}
                 }
-                core.engine.handle_datagram(now, meta, received.payload);
             });
             match result {
                 Ok(n) => total += n,
