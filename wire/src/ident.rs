@@ -7,16 +7,18 @@
 //! unconnected socket with DF, so ferroce and anything else sending that way carry it.
 //!
 //! So a receiver first computes the ICRC for identification 0 with DF ([`Syndrome::of`]):
-//! when it matches the carried one, the datagram is checked as strongly as the ICRC
-//! allows (a damaged datagram passes with probability 2^-32) and nothing else is needed.
-//! Otherwise the identification is an unknown. CRC-32 is affine over GF(2): flipping bit
+//! when it matches the carried one, nothing else is needed. Otherwise the
+//! identification is an unknown. CRC-32 is affine over GF(2): flipping bit
 //! `i` of the identification changes the ICRC by a fixed vector `B_i` that depends only
 //! on how many bytes follow it (the datagram length). So the syndrome `s` (computed ICRC
 //! XOR carried ICRC) must equal `Σ x_i·B_i`: 32 equations in 16 unknowns. The 16 vectors
 //! are independent (CRC-32 catches every burst up to 32 bits), so there is at most one
 //! solution ([`IdentSolver::solve`]), and the 16 equations left over are the integrity
 //! check: a damaged datagram passes with probability 2^-16 (2^16 of the 2^32 syndromes
-//! solve). DF is not an unknown; a datagram sent without it fails like a damaged one.
+//! solve). That holds for every datagram, identification 0 included: trying 0 first
+//! saves the solver, but damage to an ident-0 datagram may still solve for another
+//! identification. DF is not an unknown; a datagram sent without it fails like a
+//! damaged one.
 //!
 //! Building a solver costs 17 CRCs over the datagram length (microseconds); solving is a
 //! few dozen bit operations, so receivers keep one solver per datagram length they see.
@@ -74,8 +76,8 @@ impl Syndrome {
         })
     }
 
-    /// The ICRC is valid for identification 0 with DF: no solver is needed, and the
-    /// datagram is checked to the full 32 bits.
+    /// The ICRC is valid for identification 0 with DF (all 32 bits match): no solver is
+    /// needed.
     pub fn is_zero(self) -> bool {
         self.value == 0
     }

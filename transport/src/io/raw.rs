@@ -29,6 +29,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 const MAX_PACKET: usize = 65_535;
 /// Bytes of raw packets kept waiting for their UDP copy at most; the oldest go first.
 const MAX_QUEUED: usize = 8 << 20;
+/// Payload buffers kept for reuse at most.
+const MAX_SPARE: usize = 64;
 
 /// One raw packet: its header fields and the part of its UDP payload not yet matched.
 #[derive(Debug)]
@@ -53,7 +55,8 @@ pub(super) struct IpHeaderTap {
     scratch: Vec<u8>,
     /// Payload buffers of matched packets, reused.
     spare: Vec<Vec<u8>>,
-    /// Raw packets discarded without a match.
+    /// Raw packets discarded without a match (their UDP copy was dropped, or they are
+    /// not for the driver: IP options, another address).
     pub unmatched: u64,
 }
 
@@ -180,7 +183,9 @@ impl IpHeaderTap {
     fn pop_front(&mut self) {
         if let Some(packet) = self.packets.pop_front() {
             self.queued -= packet.payload.len();
-            self.spare.push(packet.payload);
+            if self.spare.len() < MAX_SPARE {
+                self.spare.push(packet.payload);
+            }
         }
     }
 

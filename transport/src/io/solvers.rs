@@ -47,9 +47,9 @@ impl Default for SolverLimits {
 /// What the ICRC of a received IPv4 datagram says, its IP header unseen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ipv4Icrc {
-    /// Valid with identification 0 and DF: checked to the full 32 bits.
+    /// Valid with identification 0 and DF (all 32 bits match; no solver needed).
     IdentZero,
-    /// Valid with this identification and DF: checked to 16 bits.
+    /// Valid with this identification and DF (16 bits left to check with).
     Recovered(u16),
     /// Valid with no identification (or sent without DF): damaged.
     Damaged,

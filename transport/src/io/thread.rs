@@ -258,8 +258,8 @@ pub struct ThreadCounters {
     pub rounds: u64,
     /// Times the thread blocked.
     pub sleeps: u64,
-    /// IPv4 datagrams whose ICRC matched with identification 0 and DF (checked to the
-    /// full 32 bits, no solver needed).
+    /// IPv4 datagrams whose ICRC matched with identification 0 and DF (no solver
+    /// needed).
     pub ident_zero: u64,
     /// IPv4 datagrams for which no identification makes the ICRC valid (the engine then
     /// counts them as ICRC errors).
@@ -279,6 +279,9 @@ pub struct ThreadCounters {
     /// [`ReceiveIntegrity::FullIcrc`]: IPv4 datagrams without a raw copy (the raw
     /// socket's buffer overflowed), dropped.
     pub ip_header_missing: u64,
+    /// [`ReceiveIntegrity::FullIcrc`]: raw copies without a datagram (the UDP socket's
+    /// buffer overflowed, or the packet had IP options), discarded.
+    pub ip_raw_unmatched: u64,
     /// Datagrams longer than the receive buffer, dropped.
     pub truncated: u64,
     /// Datagrams from a source address no driver is bound to, dropped.
@@ -925,7 +928,10 @@ fn admit_ipv4(
 ) -> Admit {
     use super::solvers::Ipv4Icrc;
     if let Some(tap) = tap {
-        return match tap.header_of(src, meta.src_port, payload) {
+        let unmatched = tap.unmatched;
+        let header = tap.header_of(src, meta.src_port, payload);
+        counters.ip_raw_unmatched += tap.unmatched - unmatched;
+        return match header {
             Some(header) => {
                 counters.ip_header_seen += 1;
                 meta.ipv4_ident = Some(header);

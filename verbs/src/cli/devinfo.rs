@@ -325,6 +325,7 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
             ("thread.ident_solvers_built", thread.ident_solvers_built),
             ("thread.ip_header_seen", thread.ip_header_seen),
             ("thread.ip_header_missing", thread.ip_header_missing),
+            ("thread.ip_raw_unmatched", thread.ip_raw_unmatched),
             ("thread.truncated", thread.truncated),
             ("thread.unroutable", thread.unroutable),
             ("thread.io_errors", thread.io_errors),
