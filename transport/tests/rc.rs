@@ -1274,7 +1274,6 @@ fn rc_over_ipv6() {
 
 #[test]
 fn completion_events_fire_once_when_armed() {
-    use ferroce_transport::engine::AsyncEvent;
     let mut pair = Pair::rc();
     let cq = pair.b.cq;
     for i in 0..3 {
@@ -1285,21 +1284,18 @@ fn completion_events_fire_once_when_armed() {
     pair.a
         .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
     pair.run();
-    assert_eq!(pair.b.engine.poll_event(NS), None);
+    assert_eq!(pair.b.engine.poll_completion_event(NS), None);
     let mut solicited = send_wr(2, SendOp::Send, vec![pair.a.sge(0, 8)]);
     solicited.solicited = true;
     pair.a.post_send(solicited);
     pair.run();
-    assert_eq!(
-        pair.b.engine.poll_event(NS),
-        Some(AsyncEvent::CompletionEvent(cq))
-    );
+    assert_eq!(pair.b.engine.poll_completion_event(NS), Some(cq));
     // One event per arming.
     let mut again = send_wr(3, SendOp::Send, vec![pair.a.sge(0, 8)]);
     again.solicited = true;
     pair.a.post_send(again);
     pair.run();
-    assert_eq!(pair.b.engine.poll_event(NS), None);
+    assert_eq!(pair.b.engine.poll_completion_event(NS), None);
     assert_eq!(pair.b.poll().len(), 3);
     // Armed for any completion: the sender's own CQ gets an event for a send.
     pair.a.engine.req_notify_cq(NS, pair.a.cq, false).unwrap();
@@ -1309,10 +1305,7 @@ fn completion_events_fire_once_when_armed() {
     };
     pair.a.post_send(send_wr(4, op, vec![pair.a.sge(0, 8)]));
     pair.run();
-    assert_eq!(
-        pair.a.engine.poll_event(NS),
-        Some(AsyncEvent::CompletionEvent(pair.a.cq))
-    );
+    assert_eq!(pair.a.engine.poll_completion_event(NS), Some(pair.a.cq));
 }
 
 #[test]

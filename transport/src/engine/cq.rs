@@ -109,12 +109,14 @@ impl CompletionQueue {
         }
     }
 
-    /// Adds a completion; `Err` (and the overflow remembered) when full. `Ok(true)` when
-    /// the queue was armed for this completion: the caller raises the completion event.
-    pub(crate) fn push(&mut self, wc: WorkCompletion, solicited: bool) -> Result<bool, ()> {
+    /// Adds a completion; `Err` (and the overflow remembered) when full, `Err(true)` the
+    /// first time. `Ok(true)` when the queue was armed for this completion: the caller
+    /// raises the completion event.
+    pub(crate) fn push(&mut self, wc: WorkCompletion, solicited: bool) -> Result<bool, bool> {
         if self.entries.len() >= self.capacity {
+            let first = !self.overflowed;
             self.overflowed = true;
-            return Err(());
+            return Err(first);
         }
         let notify = match self.armed {
             Some(solicited_only) => !solicited_only || solicited || wc.status != WcStatus::Success,

@@ -1,6 +1,7 @@
 //! Errors of verbs commands. A remote peer's misbehaviour is never one of these: it
 //! becomes a NAK, a counted drop or a completion status.
 
+use super::namespace::QuotaResource;
 use super::qp::{QpState, QpType};
 
 /// Why a verbs command was refused.
@@ -13,6 +14,15 @@ pub enum VerbsError {
     /// A configured device limit would be exceeded (ibverbs `ENOMEM`/`EINVAL`).
     #[error("limit exceeded: {0}")]
     LimitExceeded(&'static str),
+    /// The namespace's quota of `resource` would be passed (the daemon sets quotas per
+    /// tenant; see [`Quotas`](super::namespace::Quotas)).
+    #[error("quota exceeded: at most {limit} {resource} in this namespace")]
+    QuotaExceeded {
+        /// Which resource.
+        resource: QuotaResource,
+        /// The namespace's quota of it.
+        limit: u64,
+    },
     /// No such namespace, PD, MR, CQ, SRQ or QP in the namespace.
     #[error("not found: {0}")]
     NotFound(&'static str),

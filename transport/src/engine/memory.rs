@@ -531,6 +531,12 @@ impl MemoryTable {
         self.count == 0
     }
 
+    /// Bytes of all registered regions together (a namespace's quota counts them).
+    pub fn registered_bytes(&self) -> u64 {
+        let lengths = self.slots.iter().flatten().map(|e| e.memory.len() as u64);
+        lengths.sum()
+    }
+
     /// Registers a zeroed region of `length` bytes; `key_byte` and `addr_bits` come from
     /// the engine's seeded generator.
     #[cfg(test)]

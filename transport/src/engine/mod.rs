@@ -62,6 +62,7 @@
 mod buffers;
 pub mod cq;
 pub mod error;
+pub mod event;
 mod lent;
 pub mod memory;
 pub mod namespace;
@@ -73,12 +74,13 @@ mod trace;
 
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
+pub use event::{AsyncEvent, DEFAULT_MAX_ASYNC_EVENTS, PORT_NUM};
 pub use lent::Lent;
 pub use memory::{
     AccessFlags, CallerMemory, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain,
     RegionMemory,
 };
-pub use namespace::NamespaceId;
+pub use namespace::{NamespaceId, QuotaResource, Quotas, Usage};
 pub use qp::{
     AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
     SendWr, SgList, Sge, UdDestination,
@@ -221,6 +223,9 @@ pub struct DeviceLimits {
     pub max_qp_rd_atom: u8,
     /// `max_rd_atomic` at most (outstanding READ/atomics per QP as requester).
     pub max_qp_init_rd_atom: u8,
+    /// Async events (and, apart, completion-channel events) queued per namespace at
+    /// most; beyond that the newest is dropped and counted (see [`event`]).
+    pub max_async_events: u32,
 }
 
 impl Default for DeviceLimits {
@@ -242,6 +247,7 @@ impl Default for DeviceLimits {
             max_inline_data: 400,
             max_qp_rd_atom: 128,
             max_qp_init_rd_atom: 128,
+            max_async_events: DEFAULT_MAX_ASYNC_EVENTS,
         }
     }
 }
@@ -307,20 +313,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Asynchronous events (`ibv_async_event`), per namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AsyncEvent {
-    /// An SRQ fell below its armed limit.
-    SrqLimitReached(SharedReceiveQueueId),
-    /// A QP entered the error state on its own (retry exhaustion, a NAK, a local error).
-    QpFatal(ferroce_wire::Qpn),
-    /// A completion was lost because the CQ was full.
-    CqOverflow(CompletionQueueId),
-    /// A CQ armed with `req_notify_cq` got the completion it waited for (what ibverbs
-    /// delivers on the completion channel).
-    CompletionEvent(CompletionQueueId),
-}
-
 /// NAKs by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NakCounters {
@@ -368,6 +360,8 @@ pub struct DropCounters {
     pub address_mismatch: u64,
     /// UD Q_Key mismatch.
     pub qkey_mismatch: u64,
+    /// P_Key not of the QP's partition (ibverbs' `bad_pkey_cntr`).
+    pub pkey_mismatch: u64,
     /// UD (or UC) with no receive WR posted.
     pub no_receive_buffer: u64,
     /// PSN ahead of the expected one.
@@ -409,6 +403,9 @@ pub struct Counters {
     pub ecn_ce_received: u64,
     /// Completions lost to full CQs.
     pub completion_queue_overflows: u64,
+    /// Async and completion-channel events dropped because the namespace's queue was
+    /// full ([`DeviceLimits::max_async_events`]).
+    pub async_events_dropped: u64,
     /// NAKs sent by responders.
     pub naks_sent: NakCounters,
     /// NAKs received by requesters.
@@ -479,6 +476,28 @@ fn received_envelope(
     }
 }
 
+/// IBA's P_Key match (rxe's `pkey_match`): the same partition in the low 15 bits,
+/// not the invalid partition 0, and at least one side a full member (bit 15): two
+/// limited members of a partition may not talk.
+pub fn pkey_match(packet: u16, table: u16) -> bool {
+    const PARTITION: u16 = 0x7fff;
+    const FULL_MEMBER: u16 = 0x8000;
+    packet & PARTITION != 0
+        && packet & PARTITION == table & PARTITION
+        && (packet | table) & FULL_MEMBER != 0
+}
+
+/// Work-queue entries a QP holds, as its namespace's quota counts them.
+fn work_queue_entries(init: &QpInitAttr) -> u64 {
+    queue_entries(init.cap, init.srq.is_some())
+}
+
+/// Send-queue entries, and receive-queue entries unless the QP receives from an SRQ.
+fn queue_entries(cap: QpCap, on_srq: bool) -> u64 {
+    let recv = if on_srq { 0 } else { cap.max_recv_wr };
+    u64::from(cap.max_send_wr) + u64::from(recv)
+}
+
 /// ibverbs: remote write and atomics need local write.
 fn check_mr_access(access: AccessFlags) -> Result<()> {
     let needs_local = AccessFlags::REMOTE_WRITE.bits() | AccessFlags::REMOTE_ATOMIC.bits();
@@ -521,6 +540,9 @@ pub struct Engine {
     buffers: BufferPool,
     /// See [`Engine::lend_payloads`].
     lend: bool,
+    /// The port's state as the I/O layer last reported it ([`Engine::handle_port_event`]);
+    /// down until it reports (an engine without I/O has no link).
+    port_active: bool,
 }
 
 /// The datagram of a packet a QP built: headers emitted and the ICRC filled in.
@@ -585,6 +607,7 @@ impl Engine {
             timer_of: BTreeMap::new(),
             buffers: BufferPool::default(),
             lend: false,
+            port_active: false,
             config,
         };
         let gids = engine.config.default_gids.clone();
@@ -632,7 +655,9 @@ impl Engine {
             self.routes.insert(*gid, id);
         }
         let rng = SplitMix64::for_namespace(self.seed, id);
-        self.namespaces.insert(id, Namespace::new(id, gids, rng));
+        let event_limit = self.config.limits.max_async_events;
+        self.namespaces
+            .insert(id, Namespace::new(id, gids, rng, event_limit));
         Ok(())
     }
 
@@ -642,9 +667,61 @@ impl Engine {
         if self.routes.contains_key(&gid) {
             return Err(VerbsError::AlreadyExists("GID owned by a namespace"));
         }
-        self.ns_mut(ns)?.gids.push(gid);
+        let space = self.ns_mut(ns)?;
+        space.gids.push(gid);
+        let raised = space.events.raise(AsyncEvent::GidChange(PORT_NUM));
         self.routes.insert(gid, ns);
+        self.count_dropped_event(raised);
         Ok(())
+    }
+
+    /// Sets a namespace's quotas (the daemon's share for a tenant). They bound what is
+    /// created from now on; what exists already stays.
+    pub fn set_quotas(&mut self, ns: NamespaceId, quotas: Quotas) -> Result<()> {
+        self.ns_mut(ns)?.quotas = quotas;
+        Ok(())
+    }
+
+    /// A namespace's quotas ([`Quotas::UNLIMITED`] unless set).
+    pub fn quotas(&self, ns: NamespaceId) -> Result<Quotas> {
+        Ok(self.ns(ns)?.quotas)
+    }
+
+    /// What a namespace holds, in the units of its quotas.
+    pub fn usage(&self, ns: NamespaceId) -> Result<Usage> {
+        Ok(self.ns(ns)?.usage())
+    }
+
+    /// The I/O layer reports the port's state: up when its drivers work (a device
+    /// reports it once its sockets are bound), down when a driver failed. A change
+    /// raises `PortActive` or `PortErr` in every namespace (each is a virtual device
+    /// on the one port); a report of the same state raises nothing.
+    pub fn handle_port_event(&mut self, active: bool) {
+        if self.port_active == active {
+            return;
+        }
+        self.port_active = active;
+        let event = if active {
+            AsyncEvent::PortActive(PORT_NUM)
+        } else {
+            AsyncEvent::PortErr(PORT_NUM)
+        };
+        let mut dropped = 0;
+        for space in self.namespaces.values_mut() {
+            dropped += u64::from(!space.events.raise(event));
+        }
+        self.counters.async_events_dropped += dropped;
+    }
+
+    /// True when the I/O layer last reported the port up.
+    pub fn port_active(&self) -> bool {
+        self.port_active
+    }
+
+    fn count_dropped_event(&mut self, raised: bool) {
+        if !raised {
+            self.counters.async_events_dropped += 1;
+        }
     }
 
     /// Removes a namespace and everything in it.
@@ -747,6 +824,7 @@ impl Engine {
         if length > self.config.limits.max_mr_size {
             return Err(VerbsError::LimitExceeded("max_mr_size"));
         }
+        self.check_mr_quotas(ns, length)?;
         let length =
             usize::try_from(length).map_err(|_| VerbsError::LimitExceeded("max_mr_size"))?;
         self.reg_mr_backed(ns, pd, Box::new(vec![0u8; length]), access)
@@ -768,6 +846,7 @@ impl Engine {
             return Err(VerbsError::LimitExceeded("max_mr_size"));
         }
         check_mr_access(access)?;
+        self.check_mr_quotas(ns, backing.len() as u64)?;
         let space = self.ns_mut(ns)?;
         if !space.pds.contains(&pd) {
             return Err(VerbsError::NotFound("PD"));
@@ -781,6 +860,12 @@ impl Engine {
             .memory
             .register_backing(pd, backing, access, key_byte, addr_bits)
             .map_err(|_| VerbsError::LimitExceeded("MR table"))
+    }
+
+    fn check_mr_quotas(&self, ns: NamespaceId, length: u64) -> Result<()> {
+        let space = self.ns(ns)?;
+        space.check_quota(QuotaResource::Mrs, 1)?;
+        space.check_quota(QuotaResource::RegisteredBytes, length)
     }
 
     /// Deregisters a region: every later access with its keys fails.
@@ -824,6 +909,7 @@ impl Engine {
         if space.cqs.len() >= limits.max_cq as usize {
             return Err(VerbsError::LimitExceeded("max_cq"));
         }
+        space.check_quota(QuotaResource::Cqs, 1)?;
         let id = space.allocate_cq();
         space.cqs.insert(id, cq::CompletionQueue::new(cqe as usize));
         Ok(id)
@@ -863,7 +949,7 @@ impl Engine {
 
     /// Arms a CQ's completion event for its next completion, or with `solicited_only`
     /// its next solicited or failed one (`ibv_req_notify_cq`); the event is delivered
-    /// once as [`AsyncEvent::CompletionEvent`].
+    /// once, through [`Engine::poll_completion_event`].
     pub fn req_notify_cq(
         &mut self,
         ns: NamespaceId,
@@ -878,9 +964,24 @@ impl Engine {
         Ok(())
     }
 
-    /// The next asynchronous event of a namespace.
+    /// The next asynchronous event of a namespace, oldest first (`ibv_get_async_event`
+    /// without the wait). At most [`DeviceLimits::max_async_events`] wait; see
+    /// [`event`] for what happens beyond.
     pub fn poll_event(&mut self, ns: NamespaceId) -> Option<AsyncEvent> {
-        self.namespaces.get_mut(&ns)?.events.pop_front()
+        self.namespaces.get_mut(&ns)?.events.async_events.pop()
+    }
+
+    /// Async events waiting in a namespace.
+    pub fn pending_events(&self, ns: NamespaceId) -> usize {
+        self.namespaces
+            .get(&ns)
+            .map_or(0, |space| space.events.async_events.len())
+    }
+
+    /// The next CQ whose armed notification fired (`ibv_get_cq_event` without the
+    /// wait), oldest first.
+    pub fn poll_completion_event(&mut self, ns: NamespaceId) -> Option<CompletionQueueId> {
+        self.namespaces.get_mut(&ns)?.events.completion_events.pop()
     }
 
     /// Creates an SRQ.
@@ -907,6 +1008,9 @@ impl Engine {
         if space.srqs.len() >= limits.max_srq as usize {
             return Err(VerbsError::LimitExceeded("max_srq"));
         }
+        space.check_quota(QuotaResource::Srqs, 1)?;
+        space.check_quota(QuotaResource::WorkRequests, u64::from(attr.max_wr))?;
+        space.work_requests += u64::from(attr.max_wr);
         let id = space.allocate_srq();
         space
             .srqs
@@ -952,7 +1056,9 @@ impl Engine {
         if space.qps.values().any(|q| q.srq == Some(srq)) {
             return Err(VerbsError::Busy("SRQ in use"));
         }
-        space.srqs.remove(&srq);
+        if let Some(removed) = space.srqs.remove(&srq) {
+            space.work_requests -= u64::from(removed.attr.max_wr);
+        }
         Ok(())
     }
 
@@ -999,9 +1105,12 @@ impl Engine {
                 return Err(VerbsError::NotFound("SRQ"));
             }
         }
+        space.check_quota(QuotaResource::Qps, 1)?;
+        space.check_quota(QuotaResource::WorkRequests, work_queue_entries(&init))?;
         let qpn = space
             .allocate_qpn()
             .ok_or(VerbsError::LimitExceeded("QPN space"))?;
+        space.work_requests += work_queue_entries(&init);
         let mut qp = QueuePair::new(qpn, &init);
         qp.req.ud_mtu = ud_mtu;
         qp.ack_delay = ack_delay;
@@ -1042,6 +1151,9 @@ impl Engine {
         if !space.cqs.contains_key(&init.send_cq) || !space.cqs.contains_key(&init.recv_cq) {
             return Err(VerbsError::NotFound("CQ"));
         }
+        space.check_quota(QuotaResource::Qps, 1)?;
+        space.check_quota(QuotaResource::WorkRequests, work_queue_entries(&init))?;
+        space.work_requests += work_queue_entries(&init);
         let mut qp = QueuePair::new(Qpn::GSI, &init);
         qp.req.ud_mtu = ud_mtu;
         qp.gsi = true;
@@ -1056,6 +1168,7 @@ impl Engine {
             .get_mut(&ns)
             .ok_or(VerbsError::NotFound("namespace"))?;
         let mut qp = space.qps.remove(&qpn).ok_or(VerbsError::NotFound("QP"))?;
+        space.work_requests -= queue_entries(qp.cap, qp.srq.is_some());
         // An ACK held back (`ack_delay`) still goes out: the requests it acknowledges
         // were executed, and the peer would otherwise retry them against a gone QP.
         if qp.resp.ack_due().is_some() {
@@ -1217,6 +1330,17 @@ impl Engine {
                 count_drop!(self.counters, address_mismatch, %ns, qpn = %qpn, src = %meta.src);
                 return;
             }
+        }
+        // rxe's check_keys, after the address as there: every QP, QP1 included, is in
+        // the one partition of the P_Key table.
+        if !pkey_match(parsed.repr.bth.pkey, ferroce_wire::bth::DEFAULT_PKEY) {
+            self.counters.drops.pkey_mismatch += 1;
+            return;
+        }
+        if qp.state == QpState::Rtr && qp.qp_type != QpType::Ud && !qp.comm_established {
+            qp.comm_established = true;
+            let raised = space.events.raise(AsyncEvent::CommEst(qpn));
+            self.counters.async_events_dropped += u64::from(!raised);
         }
         let mut ctx = context!(space, self, now);
         match info.operation {

@@ -1,18 +1,21 @@
 //! Namespaces: isolated identifier spaces. Each owns its GIDs and its own tables of PDs,
 //! MRs, CQs, SRQs and QPs, with identifiers allocated inside it, so two namespaces can
-//! both hold QPN 0x11 and the same rkey.
+//! both hold QPN 0x11 and the same rkey. A namespace may also have [`Quotas`]: a
+//! tenant's share of the device, which the daemon sets.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use ferroce_wire::Qpn;
 
 use super::cq::{CompletionQueue, CompletionQueueId};
+use super::error::{Result, VerbsError};
+use super::event::Events;
 use super::memory::{MemoryTable, ProtectionDomain};
 use super::qp::QueuePair;
 use super::srq::{SharedReceiveQueue, SharedReceiveQueueId};
-use super::{AsyncEvent, SplitMix64};
+use super::SplitMix64;
 
 /// Names a namespace inside an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,7 +46,10 @@ pub(crate) struct Namespace {
     pub cqs: BTreeMap<CompletionQueueId, CompletionQueue>,
     pub srqs: BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
     pub qps: BTreeMap<Qpn, QueuePair>,
-    pub events: VecDeque<AsyncEvent>,
+    pub events: Events,
+    pub quotas: Quotas,
+    /// Work-queue entries of its QPs and SRQs (what [`Quotas::work_requests`] bounds).
+    pub work_requests: u64,
     /// Key bytes and MR addresses.
     pub rng: SplitMix64,
     next_pd: u32,
@@ -53,7 +59,7 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(id: NamespaceId, gids: Vec<IpAddr>, rng: SplitMix64) -> Namespace {
+    pub fn new(id: NamespaceId, gids: Vec<IpAddr>, rng: SplitMix64, event_limit: u32) -> Namespace {
         Namespace {
             id,
             gids,
@@ -63,7 +69,9 @@ impl Namespace {
             cqs: BTreeMap::new(),
             srqs: BTreeMap::new(),
             qps: BTreeMap::new(),
-            events: VecDeque::new(),
+            events: Events::new(event_limit),
+            quotas: Quotas::default(),
+            work_requests: 0,
             next_pd: 1,
             next_cq: 1,
             next_srq: 1,
@@ -89,6 +97,39 @@ impl Namespace {
         id
     }
 
+    /// What the namespace holds now, in the units of its quotas.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            qps: self.qps.len() as u64,
+            cqs: self.cqs.len() as u64,
+            srqs: self.srqs.len() as u64,
+            mrs: self.memory.len() as u64,
+            registered_bytes: self.memory.registered_bytes(),
+            work_requests: self.work_requests,
+        }
+    }
+
+    /// Refuses adding `adding` of `resource` when that would pass its quota.
+    pub fn check_quota(&self, resource: QuotaResource, adding: u64) -> Result<()> {
+        let Some(limit) = self.quotas.limit(resource) else {
+            return Ok(());
+        };
+        let used = match resource {
+            QuotaResource::Qps => self.qps.len() as u64,
+            QuotaResource::Cqs => self.cqs.len() as u64,
+            QuotaResource::Srqs => self.srqs.len() as u64,
+            QuotaResource::Mrs => self.memory.len() as u64,
+            // A pass over the regions, only when a quota is set: registration is a
+            // control-path call.
+            QuotaResource::RegisteredBytes => self.memory.registered_bytes(),
+            QuotaResource::WorkRequests => self.work_requests,
+        };
+        if used.saturating_add(adding) > limit {
+            return Err(VerbsError::QuotaExceeded { resource, limit });
+        }
+        Ok(())
+    }
+
     /// The next free QPN, counting up from [`FIRST_QPN`] and wrapping inside 24 bits.
     pub fn allocate_qpn(&mut self) -> Option<Qpn> {
         let span = Qpn::MAX - FIRST_QPN + 1;
@@ -104,4 +145,98 @@ impl Namespace {
         }
         None
     }
+}
+
+/// A resource a namespace's [`Quotas`] bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaResource {
+    /// Queue pairs.
+    Qps,
+    /// Completion queues.
+    Cqs,
+    /// Shared receive queues.
+    Srqs,
+    /// Memory regions.
+    Mrs,
+    /// Bytes of all memory regions together.
+    RegisteredBytes,
+    /// Work-queue entries: `max_send_wr` + `max_recv_wr` of every QP (no receive
+    /// queue for a QP on an SRQ) and `max_wr` of every SRQ. Posting beyond a queue's
+    /// size is refused, so this bounds the work requests outstanding at once.
+    WorkRequests,
+}
+
+impl fmt::Display for QuotaResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuotaResource::Qps => "QPs",
+            QuotaResource::Cqs => "CQs",
+            QuotaResource::Srqs => "SRQs",
+            QuotaResource::Mrs => "MRs",
+            QuotaResource::RegisteredBytes => "registered bytes",
+            QuotaResource::WorkRequests => "work requests",
+        })
+    }
+}
+
+/// How much of the device a namespace may use (a tenant's share, set by the daemon
+/// with [`Engine::set_quotas`](super::Engine::set_quotas)). `None` means no quota: the
+/// device limits alone apply, as for the default namespace. A create or register that
+/// would pass a quota fails with [`VerbsError::QuotaExceeded`] before anything is
+/// allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quotas {
+    /// Queue pairs.
+    pub qps: Option<u64>,
+    /// Completion queues.
+    pub cqs: Option<u64>,
+    /// Shared receive queues.
+    pub srqs: Option<u64>,
+    /// Memory regions.
+    pub mrs: Option<u64>,
+    /// Bytes of all memory regions together.
+    pub registered_bytes: Option<u64>,
+    /// Work-queue entries (see [`QuotaResource::WorkRequests`]).
+    pub work_requests: Option<u64>,
+}
+
+impl Quotas {
+    /// No quota at all.
+    pub const UNLIMITED: Quotas = Quotas {
+        qps: None,
+        cqs: None,
+        srqs: None,
+        mrs: None,
+        registered_bytes: None,
+        work_requests: None,
+    };
+
+    /// The quota of `resource`.
+    pub fn limit(&self, resource: QuotaResource) -> Option<u64> {
+        match resource {
+            QuotaResource::Qps => self.qps,
+            QuotaResource::Cqs => self.cqs,
+            QuotaResource::Srqs => self.srqs,
+            QuotaResource::Mrs => self.mrs,
+            QuotaResource::RegisteredBytes => self.registered_bytes,
+            QuotaResource::WorkRequests => self.work_requests,
+        }
+    }
+}
+
+/// What a namespace holds, in the units of its [`Quotas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Queue pairs.
+    pub qps: u64,
+    /// Completion queues.
+    pub cqs: u64,
+    /// Shared receive queues.
+    pub srqs: u64,
+    /// Memory regions.
+    pub mrs: u64,
+    /// Bytes of all memory regions together.
+    pub registered_bytes: u64,
+    /// Work-queue entries.
+    pub work_requests: u64,
 }

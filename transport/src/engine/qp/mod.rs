@@ -15,6 +15,7 @@ use ferroce_wire::{packet, Psn, Qpn, Rkey, ICRC_LEN};
 use super::buffers::BufferPool;
 use super::cq::{CompletionQueue, CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 use super::error::{Result, VerbsError};
+use super::event::Events;
 use super::memory::{AccessFlags, Key, Lkey, MemoryAccess, ProtectionDomain};
 use super::srq::{SharedReceiveQueue, SharedReceiveQueueId};
 use super::{AsyncEvent, Counters, Lent, Time};
@@ -599,7 +600,7 @@ pub(crate) struct Context<'a> {
     pub memory: &'a mut dyn MemoryAccess,
     pub cqs: &'a mut BTreeMap<CompletionQueueId, CompletionQueue>,
     pub srqs: &'a mut BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
-    pub events: &'a mut VecDeque<AsyncEvent>,
+    pub events: &'a mut Events,
     pub counters: &'a mut Counters,
     pub gids: &'a [IpAddr],
 }
@@ -611,7 +612,7 @@ impl Context<'_> {
 
     /// Adds a completion; `solicited` when the message asked for a solicited event.
     /// False when the CQ was full (it never grows past its depth): the completion is
-    /// lost and counted, and the owner learns it from the `CqOverflow` event.
+    /// lost and counted, and the owner learns it from the `CqErr` event (the first time).
     fn push_completion_solicited(
         &mut self,
         cq: CompletionQueueId,
@@ -619,15 +620,32 @@ impl Context<'_> {
         solicited: bool,
     ) -> bool {
         match self.cqs.get_mut(&cq).map(|q| q.push(wc, solicited)) {
-            Some(Ok(true)) => self.events.push_back(AsyncEvent::CompletionEvent(cq)),
+            Some(Ok(true)) => {
+                if !self.events.notify_completion(cq) {
+                    self.counters.async_events_dropped += 1;
+                }
+            }
             Some(Ok(false)) => {}
-            Some(Err(())) | None => {
+            Some(Err(first)) => {
                 self.counters.completion_queue_overflows += 1;
-                self.events.push_back(AsyncEvent::CqOverflow(cq));
+                if first {
+                    self.raise(AsyncEvent::CqErr(cq));
+                }
+                return false;
+            }
+            None => {
+                self.counters.completion_queue_overflows += 1;
                 return false;
             }
         }
         true
+    }
+
+    /// Queues an async event for the namespace (counted when its queue is full).
+    pub(crate) fn raise(&mut self, event: AsyncEvent) {
+        if !self.events.raise(event) {
+            self.counters.async_events_dropped += 1;
+        }
     }
 }
 
@@ -658,6 +676,8 @@ pub struct QueuePair {
     pub(crate) gsi: bool,
     /// How long a plain ACK may wait ([`crate::engine::EngineConfig::ack_delay`]).
     pub(crate) ack_delay: Duration,
+    /// A packet reached it in RTR and `AsyncEvent::CommEst` was raised (once).
+    pub(crate) comm_established: bool,
 }
 
 /// rxe's source port for a QP before it has a peer, and for UD QPs
@@ -735,6 +755,7 @@ impl QueuePair {
             src_port: udp_source_port(qpn),
             gsi: false,
             ack_delay: Duration::ZERO,
+            comm_established: false,
         }
     }
 
@@ -883,6 +904,7 @@ impl QueuePair {
             QpState::Err if from != QpState::Err => {
                 self.state = QpState::Err;
                 self.flush(ctx);
+                self.last_wqe_reached(ctx);
             }
             _ => {}
         }
@@ -902,6 +924,7 @@ impl QueuePair {
         self.attr = initial_attr();
         self.local = None;
         self.src_port = udp_source_port(self.qpn);
+        self.comm_established = false;
     }
 
     pub(crate) fn reset_retry_counters(&mut self) {
@@ -1104,8 +1127,17 @@ impl QueuePair {
         }
         tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = ?self.state, to = ?QpState::Err, "QP state changed");
         self.state = QpState::Err;
-        ctx.events.push_back(AsyncEvent::QpFatal(self.qpn));
+        ctx.raise(AsyncEvent::QpFatal(self.qpn));
         self.flush(ctx);
+        self.last_wqe_reached(ctx);
+    }
+
+    /// A QP on an SRQ in ERR takes no more of its WRs (the one in progress went back to
+    /// the SRQ in `flush`): IBA's Last WQE Reached.
+    fn last_wqe_reached(&self, ctx: &mut Context<'_>) {
+        if self.srq.is_some() {
+            ctx.raise(AsyncEvent::QpLastWqeReached(self.qpn));
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<'_>) {

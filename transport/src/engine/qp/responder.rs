@@ -445,7 +445,7 @@ impl QueuePair {
                 let srq = ctx.srqs.get_mut(&id)?;
                 let (wr, fired) = srq.take()?;
                 if fired {
-                    ctx.events.push_back(AsyncEvent::SrqLimitReached(id));
+                    ctx.raise(AsyncEvent::SrqLimitReached(id));
                 }
                 Some((wr, true))
             }
