@@ -4,6 +4,7 @@
 //! fallback where io_uring is missing or refused). [`Driver::bind`] picks one at run time.
 
 mod gso;
+pub mod link;
 mod raw;
 pub mod socket;
 mod solvers;

@@ -6,7 +6,11 @@
 //! the IPv4 identification the ICRC covers), take the work applications queued (posted
 //! WRs and control calls, in the order they were queued), drain `poll_transmit` into
 //! `send_batch` (what the kernel did not take waits for the next round), run due timers,
-//! and move new completions into the applications' [`CompletionRing`]s.
+//! and move new completions into the applications' [`CompletionRing`]s and new async
+//! events into the [`EventChannel`] of each namespace that has one. About once a second
+//! a round also asks whether the drivers' addresses are still on a working link
+//! ([`link::address_usable`]) and tells the engine ([`Engine::handle_port_event`]),
+//! which raises `PortActive`/`PortErr`.
 //!
 //! Who runs a round: the engine, its drivers and the rings sit behind one mutex, and
 //! whichever thread takes it runs the round. An application that posts work or polls an
@@ -42,13 +46,15 @@ use crossbeam_queue::SegQueue;
 use ferroce_wire::ident::Recovered;
 use ferroce_wire::Qpn;
 
+use super::link;
 use super::raw::IpHeaderTap;
 use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
 use super::{Driver, DriverKind, ReceiveIntegrity};
 use crate::engine::{
-    CompletionQueueId, Datagram, DatagramMeta, Engine, EngineConfig, NamespaceId, RecvWr, SendOp,
-    SendWr, SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+    AsyncEvent, CompletionQueueId, Datagram, DatagramMeta, Engine, EngineConfig, NamespaceId,
+    RecvWr, SendOp, SendWr, SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus,
+    WorkCompletion,
 };
 
 /// Datagrams taken from the engine per driver before they are handed to the kernel.
@@ -94,30 +100,54 @@ fn wait_for<G, R>(
     }
 }
 
-/// Where a completion channel's events go (`ibv_comp_channel`).
-#[derive(Debug, Default)]
-pub struct EventChannel {
-    events: Mutex<VecDeque<u64>>,
+/// Async events moved out of the engine into a namespace's [`EventChannel`] at most at
+/// once; the rest wait in the engine's bounded queue.
+pub const EVENT_CHANNEL_DEPTH: usize = 64;
+
+/// Where events go for an application to wait on: a completion channel's CQ tags
+/// (`ibv_comp_channel`), or a namespace's async events (the device's async fd).
+#[derive(Debug)]
+pub struct EventChannel<T = u64> {
+    events: Mutex<VecDeque<T>>,
     cond: Condvar,
 }
 
-impl EventChannel {
+impl<T> Default for EventChannel<T> {
+    fn default() -> EventChannel<T> {
+        EventChannel {
+            events: Mutex::new(VecDeque::new()),
+            cond: Condvar::new(),
+        }
+    }
+}
+
+impl<T> EventChannel<T> {
     /// An empty channel.
-    pub fn new() -> EventChannel {
+    pub fn new() -> EventChannel<T> {
         EventChannel::default()
     }
 
-    fn push(&self, tag: u64) {
+    fn push(&self, event: T) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        events.push_back(tag);
+        events.push_back(event);
         self.cond.notify_all();
     }
 
-    /// The tag of the next CQ that got a completion while armed, waiting up to `timeout`
-    /// (`None`: forever).
-    pub fn get_event(&self, timeout: Option<Duration>) -> Option<u64> {
+    /// The next event (for a completion channel: the tag of the next CQ that got a
+    /// completion while armed), waiting up to `timeout` (`None`: forever).
+    pub fn get_event(&self, timeout: Option<Duration>) -> Option<T> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         wait_for(&self.cond, events, timeout, VecDeque::pop_front)
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no event waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -298,6 +328,7 @@ pub struct Core {
     /// The engine.
     pub engine: Engine,
     rings: BTreeMap<(NamespaceId, CompletionQueueId), Arc<CompletionRing>>,
+    event_channels: BTreeMap<NamespaceId, Arc<EventChannel<AsyncEvent>>>,
     counters: ThreadCounters,
 }
 
@@ -310,6 +341,18 @@ impl Core {
         ring: Arc<CompletionRing>,
     ) {
         self.rings.insert((ns, cq), ring);
+    }
+
+    /// From now on, async events of namespace `ns` are moved into `channel` (up to
+    /// [`EVENT_CHANNEL_DEPTH`] waiting there), each round.
+    pub fn attach_events(&mut self, ns: NamespaceId, channel: Arc<EventChannel<AsyncEvent>>) {
+        self.event_channels.insert(ns, channel);
+        self.deliver_events();
+    }
+
+    /// Stops moving async events of `ns`.
+    pub fn detach_events(&mut self, ns: NamespaceId) {
+        self.event_channels.remove(&ns);
     }
 
     /// Stops moving completions of `cq` (before destroying it).
@@ -388,6 +431,24 @@ impl Core {
                 vendor_err,
             }]);
         }
+    }
+
+    /// Moves new async events into their channels; returns how many moved.
+    fn deliver_events(&mut self) -> usize {
+        let mut moved = 0;
+        for (&ns, channel) in &self.event_channels {
+            if self.engine.pending_events(ns) == 0 {
+                continue;
+            }
+            for _ in channel.len()..EVENT_CHANNEL_DEPTH {
+                let Some(event) = self.engine.poll_event(ns) else {
+                    break;
+                };
+                channel.push(event);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Moves new completions into their rings; returns how many moved.
@@ -614,6 +675,20 @@ struct Runner {
     solvers: Solvers,
     /// The engine's datagrams on their way to their port's `pending`.
     outbox: Vec<Datagram>,
+    /// When the link was last checked (`None`: check in the next round).
+    link_checked: Option<Time>,
+}
+
+/// How often a round checks the link ([`Runner::watch_link`]); the engine thread sleeps
+/// at most this long, so an idle device notices too.
+pub const LINK_CHECK: Duration = Duration::from_secs(1);
+
+/// True when every port's address is on a working link (an error asking counts as
+/// working: the drivers are the better judges then).
+fn ports_usable(ports: &[Port]) -> bool {
+    ports
+        .iter()
+        .all(|port| link::address_usable(port.ip).unwrap_or(true))
 }
 
 /// Marks the thread dead however it ends (a panic included) and drops queued work, so
@@ -655,6 +730,10 @@ impl EngineThread {
         let mut wait_fds = vec![doorbell.as_raw_fd()];
         wait_fds.extend(ports.iter().map(|p| p.driver.poll_fd()));
         let mut engine = Engine::new(config.engine, config.seed);
+        // The sockets are bound: the port is up if their link is (`PortActive`).
+        if !ports.is_empty() {
+            engine.handle_port_event(ports_usable(&ports));
+        }
         // SAFETY: only `Runner::transmit` takes datagrams from this engine, and it sends or
         // owns every one before it returns, so before anything else runs on the engine.
         #[allow(unsafe_code)]
@@ -667,8 +746,10 @@ impl EngineThread {
                 core: Core {
                     engine,
                     rings: BTreeMap::new(),
+                    event_channels: BTreeMap::new(),
                     counters: ThreadCounters::default(),
                 },
+                link_checked: None,
                 ports,
                 solvers: match config.receive_integrity {
                     ReceiveIntegrity::Recovered(limits) => Solvers::new(limits),
@@ -859,6 +940,10 @@ fn sleep(shared: &Shared) {
                 t.min(Duration::from_micros(100))
             }));
         }
+        if !runner.ports.is_empty() {
+            // Wake to check the link, so an idle device reports a lost one too.
+            timeout = Some(timeout.map_or(LINK_CHECK, |t| t.min(LINK_CHECK)));
+        }
         runner.core.counters.sleeps += 1;
         // With one io_uring driver the thread sleeps in its ring: the engine's next timer
         // is the wait's timeout, and datagrams and the doorbell are completions.
@@ -994,7 +1079,24 @@ impl Runner {
         }
         let sent = self.transmit(now);
         let completed = self.core.deliver_completions();
-        received + worked + sent + completed > 0 || timers
+        self.watch_link(now);
+        let events = self.core.deliver_events();
+        received + worked + sent + completed + events > 0 || timers
+    }
+
+    /// Every [`LINK_CHECK`] (and in the next round after a receive error), whether
+    /// every driver's address is still on a working link; the engine hears of changes.
+    fn watch_link(&mut self, now: Time) {
+        if self.ports.is_empty()
+            || self
+                .link_checked
+                .is_some_and(|at| now.saturating_since(at) < LINK_CHECK)
+        {
+            return;
+        }
+        self.link_checked = Some(now);
+        let up = ports_usable(&self.ports);
+        self.core.engine.handle_port_event(up);
     }
 
     /// Receives a batch from every driver; returns datagrams received and work items
@@ -1004,6 +1106,7 @@ impl Runner {
             core,
             ports,
             solvers,
+            link_checked,
             ..
         } = self;
         let mut total = 0;
@@ -1049,6 +1152,8 @@ impl Runner {
                 Ok(n) => total += n,
                 Err(error) => {
                     core.counters.io_errors += 1;
+                    // Perhaps the link went: look now rather than within a second.
+                    *link_checked = None;
                     tracing::debug!(%error, "receive failed");
                 }
             }
