@@ -17,8 +17,8 @@ fn drain(side: &mut Side) -> Vec<AsyncEvent> {
     std::iter::from_fn(|| side.engine.poll_event(NS)).collect()
 }
 
-/// A local invalidate of a key that names no region: a local protection error, which
-/// moves the QP to ERR on its own.
+/// A local invalidate of a key that names no region: a local error, which moves the QP
+/// to ERR on its own.
 fn fail_locally(side: &mut Side, wr_id: u64) {
     side.post_send(send_wr(wr_id, SendOp::LocalInv(Rkey(0xdead_be00)), vec![]));
     while side

@@ -99,6 +99,11 @@ impl CompletionQueue {
         self.inner.handle
     }
 
+    /// The engine's identifier of this CQ, as async events (`CqErr`) name it.
+    pub fn id(&self) -> CompletionQueueId {
+        self.inner.id
+    }
+
     /// Entries (`cqe`).
     pub fn cqe(&self) -> u32 {
         self.inner.cqe

@@ -2,11 +2,13 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferroce_transport::engine::{
-    Counters, DeviceAttributes, DeviceLimits, EngineConfig, NamespaceId, PathMtu, SourcePortPolicy,
+    AsyncEvent, Counters, DeviceAttributes, DeviceLimits, EngineConfig, NamespaceId, PathMtu,
+    SourcePortPolicy,
 };
 use ferroce_transport::io::thread::{
     Core, EngineThread, EngineThreadConfig, EventChannel, ThreadCounters,
@@ -73,11 +75,15 @@ impl Default for DeviceConfig {
     }
 }
 
-/// Port state (`ibv_port_state`): a ferroce port is active once its sockets are bound.
+/// Port state (`ibv_port_state`): a ferroce port is active while its sockets' addresses
+/// are on a working link (an interface up with carrier), checked about once a second;
+/// each change is also an async event (`PortActive`, `PortErr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortState {
     /// Active.
     Active,
+    /// Down (`IBV_PORT_DOWN`): an address is gone or its link is down.
+    Down,
 }
 
 /// What `query_port` reports (`ibv_port_attr`).
@@ -99,6 +105,10 @@ pub(crate) struct DeviceInner {
     pub(crate) thread: EngineThread,
     pub(crate) ns: NamespaceId,
     pub(crate) config: DeviceConfig,
+    /// The namespace's async events, moved here by the engine's rounds.
+    pub(crate) events: Arc<EventChannel<AsyncEvent>>,
+    /// `DeviceFatal` was handed out (once, after the engine thread ended).
+    pub(crate) fatal_reported: AtomicBool,
 }
 
 impl std::fmt::Debug for DeviceInner {
@@ -168,11 +178,17 @@ impl Device {
             busy_poll: config.busy_poll,
             name: format!("ferroce-{}", config.addresses[0]),
         })?;
+        let ns = NamespaceId::DEFAULT;
+        let events = Arc::new(EventChannel::new());
+        let attached = events.clone();
+        thread.call(move |core| core.attach_events(ns, attached))?;
         Ok(Device {
             inner: Arc::new(DeviceInner {
                 thread,
-                ns: NamespaceId::DEFAULT,
+                ns,
                 config,
+                events,
+                fatal_reported: AtomicBool::new(false),
             }),
         })
     }
@@ -194,9 +210,15 @@ impl Device {
 
     /// Port attributes (`ibv_query_port`); ferroce devices have one port, number 1.
     pub fn query_port(&self) -> Result<PortAttributes> {
-        let attributes = self.query_device()?;
+        let (attributes, active) = self
+            .inner
+            .call(|core, _| (core.engine.query_device(), core.engine.port_active()))?;
         Ok(PortAttributes {
-            state: PortState::Active,
+            state: if active {
+                PortState::Active
+            } else {
+                PortState::Down
+            },
             max_mtu: PathMtu::Mtu4096,
             active_mtu: attributes.active_mtu,
             gid_tbl_len: self.inner.config.addresses.len() as u32,

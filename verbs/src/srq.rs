@@ -75,6 +75,11 @@ impl SharedReceiveQueue {
         Ok(())
     }
 
+    /// The engine's identifier of this SRQ, as async events (`SrqLimitReached`) name it.
+    pub fn id(&self) -> SharedReceiveQueueId {
+        self.inner.id
+    }
+
     /// Attributes (`ibv_query_srq`).
     pub fn query(&self) -> Result<SrqAttr> {
         let id = self.inner.id;

@@ -192,7 +192,11 @@ fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crat
         let _ = writeln!(out, "\t\t\tport_cap_flags:\t\t0x{:08x}", 0x0001_0000);
         let _ = writeln!(out, "\t\t\tport_cap_flags2:\t0x0000");
         let _ = writeln!(out, "\t\t\tmax_vl_num:\t\t1 (1)");
-        let _ = writeln!(out, "\t\t\tbad_pkey_cntr:\t\t0x0");
+        let _ = writeln!(
+            out,
+            "\t\t\tbad_pkey_cntr:\t\t0x{:x}",
+            engine.drops.pkey_mismatch
+        );
         let _ = writeln!(
             out,
             "\t\t\tqkey_viol_cntr:\t\t0x{:x}",
@@ -280,6 +284,7 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
         ("cnps_received", engine.cnps_received),
         ("ecn_ce_received", engine.ecn_ce_received),
         ("cq_overflows", engine.completion_queue_overflows),
+        ("async_events_dropped", engine.async_events_dropped),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value))
@@ -303,6 +308,7 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
             ("wrong_state", d.wrong_state),
             ("address_mismatch", d.address_mismatch),
             ("qkey_mismatch", d.qkey_mismatch),
+            ("pkey_mismatch", d.pkey_mismatch),
             ("no_receive_buffer", d.no_receive_buffer),
             ("out_of_sequence", d.out_of_sequence),
             ("unexpected_response", d.unexpected_response),
