@@ -70,8 +70,20 @@ fn a_nak_that_fails_the_requester_raises_qp_fatal() {
     pair.run();
     assert_eq!(pair.a.state(), QpState::Err);
     assert_eq!(drain(&mut pair.a), [AsyncEvent::QpFatal(pair.a.qpn)]);
-    // The responder's QP went to ERR too (a class C error, as rxe): its own event.
-    assert_eq!(drain(&mut pair.b), [AsyncEvent::QpFatal(pair.b.qpn)]);
+    // The responder's QP went to ERR too (a class C error, as rxe), and says why.
+    assert_eq!(drain(&mut pair.b), [AsyncEvent::QpAccessErr(pair.b.qpn)]);
+}
+
+#[test]
+fn an_invalid_request_raises_qp_req_err_at_the_responder() {
+    let mut pair = Pair::rc();
+    // 64 bytes into an 8-byte receive: NAK invalid request.
+    pair.b.post_recv(1, 0, 8);
+    pair.a
+        .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 64)]));
+    pair.run();
+    assert_eq!(drain(&mut pair.b), [AsyncEvent::QpReqErr(pair.b.qpn)]);
+    assert_eq!(drain(&mut pair.a), [AsyncEvent::QpFatal(pair.a.qpn)]);
 }
 
 #[test]

@@ -17,8 +17,8 @@
 //! ```
 //!
 //! The events ([`AsyncEvent`], named after ibverbs' `IBV_EVENT_*`): `QpFatal`,
-//! `QpLastWqeReached`, `CommEst`, `SrqLimitReached`, `CqErr`, `PortActive`, `PortErr`,
-//! `GidChange` and `DeviceFatal`. There is no `ibv_ack_async_event`: an event is
+//! `QpReqErr`, `QpAccessErr`, `QpLastWqeReached`, `CommEst`, `SrqLimitReached`,
+//! `CqErr`, `PortActive`, `PortErr`, `GidChange` and `DeviceFatal`. There is no `ibv_ack_async_event`: an event is
 //! handed out once and owns nothing.
 //!
 //! The engine queues at most [`DeviceLimits::max_async_events`] events (4096 unless

@@ -97,8 +97,10 @@ fn a_qp_driven_to_error_shows_qp_fatal() {
     assert_eq!(event, AsyncEvent::QpFatal(qp_a.qp_num()));
     assert_eq!(event.ibv_name(), "IBV_EVENT_QP_FATAL");
     assert_eq!(event.qp_num(), Some(qp_a.qp_num()));
-    // B's QP failed on its side too (a class C error).
-    assert_eq!(next_event(&b), AsyncEvent::QpFatal(qp_b.qp_num()));
+    // B's QP failed on its side too (a class C error), and says why.
+    let event = next_event(&b);
+    assert_eq!(event, AsyncEvent::QpAccessErr(qp_b.qp_num()));
+    assert_eq!(event.ibv_name(), "IBV_EVENT_QP_ACCESS_ERR");
     assert_eq!(a.try_get_async_event().unwrap(), None);
 }
 

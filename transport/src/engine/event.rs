@@ -29,9 +29,17 @@ pub const PORT_NUM: u8 = 1;
 #[non_exhaustive]
 pub enum AsyncEvent {
     /// `IBV_EVENT_QP_FATAL`: the QP entered the error state on its own (transport or
-    /// RNR retries exhausted, a NAK, a local protection or length error), not by a
-    /// `modify_qp`. Its outstanding work completes with errors.
+    /// RNR retries exhausted, a NAK received, a local protection or length error, a
+    /// remote operational error as responder), not by a `modify_qp`. Its outstanding
+    /// work completes with errors.
     QpFatal(Qpn),
+    /// `IBV_EVENT_QP_REQ_ERR`: the QP, as responder, refused an invalid request (it
+    /// sent a NAK invalid request) and entered the error state.
+    QpReqErr(Qpn),
+    /// `IBV_EVENT_QP_ACCESS_ERR`: the QP, as responder, refused a request for a key,
+    /// range or access its memory does not grant (it sent a NAK remote access error)
+    /// and entered the error state.
+    QpAccessErr(Qpn),
     /// `IBV_EVENT_QP_LAST_WQE_REACHED`: a QP attached to an SRQ entered the error state
     /// (on its own or by `modify_qp`); it will take no more receive WRs from the SRQ.
     QpLastWqeReached(Qpn),
@@ -62,6 +70,8 @@ impl AsyncEvent {
     pub fn ibv_name(&self) -> &'static str {
         match self {
             AsyncEvent::QpFatal(_) => "IBV_EVENT_QP_FATAL",
+            AsyncEvent::QpReqErr(_) => "IBV_EVENT_QP_REQ_ERR",
+            AsyncEvent::QpAccessErr(_) => "IBV_EVENT_QP_ACCESS_ERR",
             AsyncEvent::QpLastWqeReached(_) => "IBV_EVENT_QP_LAST_WQE_REACHED",
             AsyncEvent::CommEst(_) => "IBV_EVENT_COMM_EST",
             AsyncEvent::SrqLimitReached(_) => "IBV_EVENT_SRQ_LIMIT_REACHED",
@@ -76,8 +86,11 @@ impl AsyncEvent {
     /// The QP the event is about (`element.qp`).
     pub fn qp_num(&self) -> Option<Qpn> {
         match *self {
-            AsyncEvent::QpFatal(qpn) | AsyncEvent::QpLastWqeReached(qpn) => Some(qpn),
-            AsyncEvent::CommEst(qpn) => Some(qpn),
+            AsyncEvent::QpFatal(qpn)
+            | AsyncEvent::QpReqErr(qpn)
+            | AsyncEvent::QpAccessErr(qpn)
+            | AsyncEvent::QpLastWqeReached(qpn)
+            | AsyncEvent::CommEst(qpn) => Some(qpn),
             _ => None,
         }
     }
@@ -97,6 +110,8 @@ impl fmt::Display for AsyncEvent {
         let name = self.ibv_name();
         match *self {
             AsyncEvent::QpFatal(qpn)
+            | AsyncEvent::QpReqErr(qpn)
+            | AsyncEvent::QpAccessErr(qpn)
             | AsyncEvent::QpLastWqeReached(qpn)
             | AsyncEvent::CommEst(qpn) => write!(f, "{name} (QP {qpn})"),
             AsyncEvent::SrqLimitReached(srq) => write!(f, "{name} (SRQ {})", srq.0),

@@ -1122,12 +1122,18 @@ impl QueuePair {
     /// Moves to ERR: every outstanding WR completes, the failed one with its status and
     /// the rest with `WrFlushErr`, in order.
     pub(crate) fn enter_error(&mut self, ctx: &mut Context<'_>) {
+        self.enter_error_raising(AsyncEvent::QpFatal(self.qpn), ctx);
+    }
+
+    /// [`QueuePair::enter_error`], telling the application with `event` (the responder
+    /// names the class of its error).
+    pub(crate) fn enter_error_raising(&mut self, event: AsyncEvent, ctx: &mut Context<'_>) {
         if self.state == QpState::Err {
             return;
         }
         tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = ?self.state, to = ?QpState::Err, "QP state changed");
         self.state = QpState::Err;
-        ctx.raise(AsyncEvent::QpFatal(self.qpn));
+        ctx.raise(event);
         self.flush(ctx);
         self.last_wqe_reached(ctx);
     }

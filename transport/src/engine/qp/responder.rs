@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ferroce_wire::opcode::Operation;
 use ferroce_wire::packet::Parsed;
-use ferroce_wire::{aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Position, Psn, Rkey};
+use ferroce_wire::{
+    aeth, atomic, bth, packet, AckSyndrome, NakCode, OpCode, Position, Psn, Qpn, Rkey,
+};
 
 use super::super::cq::{WcOpcode, WcStatus, WorkCompletion};
 use super::super::memory::{AccessError, AccessFlags, AtomicOp, Key};
@@ -164,6 +166,16 @@ pub(crate) struct Responder {
 struct Refusal {
     nak: Option<NakCode>,
     recv_status: WcStatus,
+}
+
+/// The affiliated async error of a responder's class C error (IBA 11.6.3.1): invalid
+/// request and access violation have events of their own, the rest is fatal.
+fn error_event(nak: NakCode, qpn: Qpn) -> AsyncEvent {
+    match nak {
+        NakCode::InvalidRequest => AsyncEvent::QpReqErr(qpn),
+        NakCode::RemoteAccessError => AsyncEvent::QpAccessErr(qpn),
+        _ => AsyncEvent::QpFatal(qpn),
+    }
 }
 
 fn refuse(nak: NakCode, recv_status: WcStatus) -> Refusal {
@@ -397,11 +409,12 @@ impl QueuePair {
                     self.resp.push_nak(psn, AckSyndrome::Nak(nak));
                     ctx.counters.naks_sent.count(nak);
                     tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, syndrome = ?AckSyndrome::Nak(nak), "NAK sent");
-                    self.fail_receive(refusal.recv_status, ctx);
+                    let event = error_event(nak, self.qpn);
+                    self.fail_receive(refusal.recv_status, event, ctx);
                 } else if rc {
                     // rxe: the receive fails and the QP goes to ERR, but the packet is
                     // ACKed like any other (after the flush, which keeps only NAKs).
-                    self.fail_receive(refusal.recv_status, ctx);
+                    self.fail_receive(refusal.recv_status, AsyncEvent::QpFatal(self.qpn), ctx);
                     if parsed.repr.bth.ack_req {
                         self.resp.push_ack(psn, false);
                     }
@@ -430,12 +443,12 @@ impl QueuePair {
 
     /// RC class A/C error: the receive in progress completes with `status`, the QP
     /// goes to ERR and the rest is flushed.
-    fn fail_receive(&mut self, status: WcStatus, ctx: &mut Context<'_>) {
+    fn fail_receive(&mut self, status: WcStatus, event: AsyncEvent, ctx: &mut Context<'_>) {
         if let Some(recv) = self.resp.take_in_progress_recv() {
             let wc = self.recv_completion(&recv, status, WcOpcode::Recv, 0);
             ctx.push_completion(self.recv_cq, wc);
         }
-        self.enter_error(ctx);
+        self.enter_error_raising(event, ctx);
     }
 
     /// Takes a receive WR from the SRQ or the QP's receive queue.
