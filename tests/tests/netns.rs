@@ -641,3 +641,45 @@ fn wire_proof_loopback_uring_driver() {
 fn wire_proof_loopback_socket_driver() {
     wire_proof_loopback("wire_proof_loopback_socket_driver", DriverKind::Socket);
 }
+
+/// Port events follow the link, as rxe's follow its netdev: `PORT_ACTIVE` when the device
+/// opens on a link that is up, `PORT_ERR` (and `query_port` Down) within about a second
+/// of the peer's end going down (the carrier goes), `PORT_ACTIVE` when it comes back —
+/// with the device idle meanwhile, and the same again when the address is removed.
+#[test]
+#[ignore = "needs root and ip: run as root with `cargo test --workspace -- --include-ignored`"]
+fn port_events_follow_the_link() {
+    use ferroce::{AsyncEvent, PortState};
+    let test = "port_events_follow_the_link";
+    require(test, &[]);
+    let link = VethPair::new(LinkOptions::default());
+    let device = open(&link.a.ns, link.a.address, DriverKind::Socket);
+    let next = || {
+        device
+            .wait_async_event(Some(Duration::from_secs(5)))
+            .unwrap()
+    };
+    assert_eq!(next(), Some(AsyncEvent::PortActive(1)));
+    assert_eq!(device.query_port().unwrap().state, PortState::Active);
+    link.b.ns.ip(&["link", "set", &link.b.interface, "down"]);
+    assert_eq!(next(), Some(AsyncEvent::PortErr(1)));
+    assert_eq!(device.query_port().unwrap().state, PortState::Down);
+    link.b.ns.ip(&["link", "set", &link.b.interface, "up"]);
+    assert_eq!(next(), Some(AsyncEvent::PortActive(1)));
+    let address = format!("{}/24", link.a.address);
+    link.a
+        .ns
+        .ip(&["addr", "del", &address, "dev", &link.a.interface]);
+    assert_eq!(next(), Some(AsyncEvent::PortErr(1)));
+    link.a
+        .ns
+        .ip(&["addr", "add", &address, "dev", &link.a.interface]);
+    assert_eq!(next(), Some(AsyncEvent::PortActive(1)));
+    assert_eq!(
+        device
+            .wait_async_event(Some(Duration::from_millis(1500)))
+            .unwrap(),
+        None,
+        "no event without a change"
+    );
+}
