@@ -379,6 +379,10 @@ fn devinfo_prints_the_device_like_ibv_devinfo() {
         "\tcounters:\n",
         "packets_in",
         "\t\t\tgid_tbl_len:\t\t1\n",
+        "\t\t\tbad_pkey_cntr:\t\t0x0\n",
+        "\t\t\tphys_state:\t\tLINK_UP (5)\n",
+        "drops.pkey_mismatch",
+        "async_events_dropped",
     ] {
         assert!(
             verbose.stdout.contains(expected),

@@ -159,7 +159,8 @@ fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crat
         write_limits(&mut out, &limits);
     }
     let _ = writeln!(out, "\t\tport:\t1");
-    let (state, code) = if active {
+    // Down also when the address is off a working link (`query_port`).
+    let (state, code) = if active && port.state == crate::PortState::Active {
         ("PORT_ACTIVE", 4)
     } else {
         ("PORT_DOWN", 1)
@@ -208,7 +209,11 @@ fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crat
         let _ = writeln!(out, "\t\t\tsubnet_timeout:\t\t0");
         let _ = writeln!(out, "\t\t\tinit_type_reply:\t0");
         let _ = writeln!(out, "\t\t\tactive_width:\t\t1X (1)");
-        let _ = writeln!(out, "\t\t\tphys_state:\t\tLINK_UP (5)");
+        let phys_state = match port.state {
+            crate::PortState::Active => "LINK_UP (5)",
+            crate::PortState::Down => "DISABLED (3)",
+        };
+        let _ = writeln!(out, "\t\t\tphys_state:\t\t{phys_state}");
     }
     for index in 0..port.gid_tbl_len {
         let gid = device.query_gid(index)?;
