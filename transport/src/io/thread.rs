@@ -8,9 +8,10 @@
 //! `send_batch` (what the kernel did not take waits for the next round), run due timers,
 //! and move new completions into the applications' [`CompletionRing`]s and new async
 //! events into the [`EventChannel`] of each namespace that has one. About once a second
-//! a round also asks whether the drivers' addresses are still on a working link
-//! ([`link::address_usable`]) and tells the engine ([`Engine::handle_port_event`]),
-//! which raises `PortActive`/`PortErr`.
+//! the engine thread asks whether the drivers' addresses are still on a working link
+//! ([`link::address_usable`], ~100 µs: never on an application's thread); the next round
+//! tells the engine of a change ([`Engine::handle_port_event`]), which raises
+//! `PortActive`/`PortErr`.
 //!
 //! Who runs a round: the engine, its drivers and the rings sit behind one mutex, and
 //! whichever thread takes it runs the round. An application that posts work or polls an
@@ -508,6 +509,10 @@ struct Shared {
     alive: AtomicBool,
     start: Instant,
     busy_poll: Duration,
+    /// The drivers' addresses, and whether all are on a working link: the engine thread
+    /// checks, outside the lock, and rounds tell the engine.
+    port_ips: Vec<IpAddr>,
+    link_up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -675,20 +680,21 @@ struct Runner {
     solvers: Solvers,
     /// The engine's datagrams on their way to their port's `pending`.
     outbox: Vec<Datagram>,
-    /// When the link was last checked (`None`: check in the next round).
-    link_checked: Option<Time>,
+    /// The link's state as the engine thread last found it ([`Shared::link_up`]) ...
+    link_up: Arc<AtomicBool>,
+    /// ... and as the engine was last told.
+    link_told: bool,
 }
 
-/// How often a round checks the link ([`Runner::watch_link`]); the engine thread sleeps
-/// at most this long, so an idle device notices too.
+/// How often the engine thread checks the link; it sleeps at most this long, so an idle
+/// device notices too.
 pub const LINK_CHECK: Duration = Duration::from_secs(1);
 
-/// True when every port's address is on a working link (an error asking counts as
-/// working: the drivers are the better judges then).
-fn ports_usable(ports: &[Port]) -> bool {
-    ports
-        .iter()
-        .all(|port| link::address_usable(port.ip).unwrap_or(true))
+/// True when every address is on a working link (an error asking counts as working:
+/// the drivers are the better judges then).
+fn addresses_usable(ips: &[IpAddr]) -> bool {
+    ips.iter()
+        .all(|ip| link::address_usable(*ip).unwrap_or(true))
 }
 
 /// Marks the thread dead however it ends (a panic included) and drops queued work, so
@@ -730,10 +736,11 @@ impl EngineThread {
         let mut wait_fds = vec![doorbell.as_raw_fd()];
         wait_fds.extend(ports.iter().map(|p| p.driver.poll_fd()));
         let mut engine = Engine::new(config.engine, config.seed);
+        let port_ips: Vec<IpAddr> = ports.iter().map(|p| p.ip).collect();
         // The sockets are bound: the port is up if their link is (`PortActive`).
-        if !ports.is_empty() {
-            engine.handle_port_event(ports_usable(&ports));
-        }
+        let link_up = !port_ips.is_empty() && addresses_usable(&port_ips);
+        engine.handle_port_event(link_up);
+        let link_up = Arc::new(AtomicBool::new(link_up));
         // SAFETY: only `Runner::transmit` takes datagrams from this engine, and it sends or
         // owns every one before it returns, so before anything else runs on the engine.
         #[allow(unsafe_code)]
@@ -749,7 +756,8 @@ impl EngineThread {
                     event_channels: BTreeMap::new(),
                     counters: ThreadCounters::default(),
                 },
-                link_checked: None,
+                link_up: link_up.clone(),
+                link_told: link_up.load(Ordering::Relaxed),
                 ports,
                 solvers: match config.receive_integrity {
                     ReceiveIntegrity::Recovered(limits) => Solvers::new(limits),
@@ -764,6 +772,8 @@ impl EngineThread {
             alive: AtomicBool::new(true),
             start: Instant::now(),
             busy_poll: config.busy_poll,
+            port_ips,
+            link_up,
         });
         let thread_shared = shared.clone();
         let join = std::thread::Builder::new()
@@ -870,7 +880,14 @@ impl Drop for EngineThread {
 /// a blocking wait.
 fn progress(shared: &Shared) {
     let mut idle_since: Option<Instant> = None;
+    let mut link_checked = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) && shared.alive.load(Ordering::SeqCst) {
+        if !shared.port_ips.is_empty() && link_checked.elapsed() >= LINK_CHECK {
+            link_checked = Instant::now();
+            // The next round, this thread's or an application's, tells the engine.
+            let up = addresses_usable(&shared.port_ips);
+            shared.link_up.store(up, Ordering::Relaxed);
+        }
         let now = shared.now();
         if shared.applications_drive(now) {
             // Stay off the engine (and the CPU) until the window passes or a hand-off.
@@ -1079,24 +1096,13 @@ impl Runner {
         }
         let sent = self.transmit(now);
         let completed = self.core.deliver_completions();
-        self.watch_link(now);
+        let link_up = self.link_up.load(Ordering::Relaxed);
+        if link_up != self.link_told {
+            self.link_told = link_up;
+            self.core.engine.handle_port_event(link_up);
+        }
         let events = self.core.deliver_events();
         received + worked + sent + completed + events > 0 || timers
-    }
-
-    /// Every [`LINK_CHECK`] (and in the next round after a receive error), whether
-    /// every driver's address is still on a working link; the engine hears of changes.
-    fn watch_link(&mut self, now: Time) {
-        if self.ports.is_empty()
-            || self
-                .link_checked
-                .is_some_and(|at| now.saturating_since(at) < LINK_CHECK)
-        {
-            return;
-        }
-        self.link_checked = Some(now);
-        let up = ports_usable(&self.ports);
-        self.core.engine.handle_port_event(up);
     }
 
     /// Receives a batch from every driver; returns datagrams received and work items
@@ -1106,7 +1112,6 @@ impl Runner {
             core,
             ports,
             solvers,
-            link_checked,
             ..
         } = self;
         let mut total = 0;
@@ -1152,8 +1157,6 @@ impl Runner {
                 Ok(n) => total += n,
                 Err(error) => {
                     core.counters.io_errors += 1;
-                    // Perhaps the link went: look now rather than within a second.
-                    *link_checked = None;
                     tracing::debug!(%error, "receive failed");
                 }
             }
