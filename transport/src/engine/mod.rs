@@ -692,8 +692,8 @@ impl Engine {
         Ok(self.ns(ns)?.usage())
     }
 
-    /// The I/O layer reports the port's state: up when its drivers work (a device
-    /// reports it once its sockets are bound), down when a driver failed. A change
+    /// The I/O layer reports the port's state: up while its sockets' addresses are on
+    /// a working link (reported once they are bound), down when one is not. A change
     /// raises `PortActive` or `PortErr` in every namespace (each is a virtual device
     /// on the one port); a report of the same state raises nothing.
     pub fn handle_port_event(&mut self, active: bool) {
