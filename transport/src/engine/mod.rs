@@ -706,6 +706,7 @@ impl Engine {
         } else {
             AsyncEvent::PortErr(PORT_NUM)
         };
+        tracing::debug!(%event, "port state changed");
         let mut dropped = 0;
         for space in self.namespaces.values_mut() {
             dropped += u64::from(!space.events.raise(event));
@@ -1334,7 +1335,8 @@ impl Engine {
         // rxe's check_keys, after the address as there: every QP, QP1 included, is in
         // the one partition of the P_Key table.
         if !pkey_match(parsed.repr.bth.pkey, ferroce_wire::bth::DEFAULT_PKEY) {
-            self.counters.drops.pkey_mismatch += 1;
+            let pkey = parsed.repr.bth.pkey;
+            count_drop!(self.counters, pkey_mismatch, %ns, qpn = %qpn, pkey = format_args!("{pkey:#06x}"));
             return;
         }
         if qp.state == QpState::Rtr && qp.qp_type != QpType::Ud && !qp.comm_established {

@@ -643,8 +643,11 @@ impl Context<'_> {
 
     /// Queues an async event for the namespace (counted when its queue is full).
     pub(crate) fn raise(&mut self, event: AsyncEvent) {
-        if !self.events.raise(event) {
+        if self.events.raise(event) {
+            tracing::debug!(ns = %self.ns, %event, "async event");
+        } else {
             self.counters.async_events_dropped += 1;
+            tracing::debug!(ns = %self.ns, %event, "async event dropped: the queue is full");
         }
     }
 }
