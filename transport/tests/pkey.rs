@@ -108,3 +108,83 @@ fn membership_rules() {
     }
     assert!(pkey_match(0x8001, 0x0001) && pkey_match(0x0001, 0x8001));
 }
+
+/// QP1 (the GSI, where RDMA CM's MADs arrive) takes any key of the P_Key table, as rxe's
+/// `check_keys` looks it up there: with the one default entry, the same rule.
+#[test]
+fn qp1_checks_the_pkey_table_too() {
+    use ferroce_transport::engine::{
+        Engine, EngineConfig, QpAttr, QpState, QpType, RecvWr, SendWr, Sge, Time, UdDestination,
+    };
+    use ferroce_transport::wire::deth::GSI_QKEY;
+    use ferroce_transport::wire::Qpn;
+    let addrs: [std::net::IpAddr; 2] = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+    let mut hosts: Vec<(Engine, ferroce_transport::engine::MemoryRegion, _)> = addrs
+        .iter()
+        .map(|addr| {
+            let config = EngineConfig {
+                default_gids: vec![*addr],
+                ..EngineConfig::default()
+            };
+            let mut engine = Engine::new(config, 1);
+            let pd = engine.alloc_pd(NS).unwrap();
+            let cq = engine.create_cq(NS, 16).unwrap();
+            let access = ferroce_transport::engine::AccessFlags::LOCAL_WRITE;
+            let mr = engine.reg_mr(NS, pd, 4096, access).unwrap();
+            let gsi = engine
+                .create_gsi_qp(NS, init_attr(QpType::Ud, pd, cq))
+                .unwrap();
+            for state in [QpState::Init, QpState::Rtr, QpState::Rts] {
+                let mut attr = QpAttr {
+                    state: Some(state),
+                    ..QpAttr::default()
+                };
+                if state == QpState::Init {
+                    attr.pkey_index = Some(0);
+                    attr.port_num = Some(1);
+                    attr.qkey = Some(GSI_QKEY);
+                }
+                if state == QpState::Rts {
+                    attr.sq_psn = Some(ferroce_transport::wire::Psn::new(0));
+                }
+                engine.modify_qp(NS, gsi, &attr).unwrap();
+            }
+            (engine, mr, cq)
+        })
+        .collect();
+    let (b_engine, b_mr, _) = &mut hosts[1];
+    let sge = Sge {
+        addr: b_mr.addr,
+        length: 1024,
+        lkey: b_mr.lkey,
+    };
+    let recv = RecvWr {
+        wr_id: 1,
+        sg_list: vec![sge].into(),
+    };
+    b_engine.post_recv(NS, Qpn::GSI, recv).unwrap();
+    let (a_engine, a_mr, _) = &mut hosts[0];
+    let sge = Sge {
+        addr: a_mr.addr,
+        length: 256,
+        lkey: a_mr.lkey,
+    };
+    let mut mad = SendWr::new(1, SendOp::Send, vec![sge]);
+    mad.ud = Some(UdDestination {
+        address: addrs[1],
+        qpn: Qpn::GSI,
+        qkey: GSI_QKEY,
+    });
+    a_engine.post_send(NS, Qpn::GSI, mad).unwrap();
+    let mut d = a_engine.poll_transmit(Time::ZERO).unwrap();
+    d.own();
+    let (b_engine, _, b_cq) = &mut hosts[1];
+    for pkey in FOREIGN {
+        b_engine.handle_datagram(Time::ZERO, d.meta, &with_pkey(&d, pkey));
+    }
+    assert_eq!(b_engine.poll_cq(NS, *b_cq, 4).unwrap(), []);
+    assert_eq!(b_engine.counters().drops.pkey_mismatch, 5);
+    b_engine.handle_datagram(Time::ZERO, d.meta, &with_pkey(&d, 0x7fff));
+    let wc = b_engine.poll_cq(NS, *b_cq, 4).unwrap();
+    assert_eq!((wc.len(), wc[0].status), (1, WcStatus::Success));
+}
