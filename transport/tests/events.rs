@@ -87,7 +87,7 @@ fn an_invalid_request_raises_qp_req_err_at_the_responder() {
 }
 
 #[test]
-fn a_full_cq_raises_cq_err_once() {
+fn a_full_cq_raises_cq_err_once_per_poll() {
     let mut side = Side::new("10.0.0.1".parse().unwrap(), 1, QpType::Rc, all_access());
     let cq = side.engine.create_cq(NS, 2).unwrap();
     let qpn = side
@@ -96,15 +96,24 @@ fn a_full_cq_raises_cq_err_once() {
         .unwrap();
     to_init(&mut side.engine, qpn);
     to_state(&mut side.engine, qpn, QpState::Err);
-    // Each receive posted to a QP in ERR completes at once with a flush: 2 fit.
-    for wr_id in 0..5 {
-        let wr = RecvWr {
-            wr_id,
-            sg_list: vec![side.sge(0, 8)].into(),
-        };
-        side.engine.post_recv(NS, qpn, wr).unwrap();
-    }
+    // Each receive posted to a QP in ERR completes at once with a flush.
+    let post = |side: &mut Side, count: u64| {
+        for wr_id in 0..count {
+            let wr = RecvWr {
+                wr_id,
+                sg_list: vec![side.sge(0, 8)].into(),
+            };
+            side.engine.post_recv(NS, qpn, wr).unwrap();
+        }
+    };
+    // 2 fit, 3 are lost: one event, not three.
+    post(&mut side, 5);
     assert_eq!(side.engine.counters().completion_queue_overflows, 3);
+    assert_eq!(drain(&mut side), [AsyncEvent::CqErr(cq)]);
+    // Polled, the CQ reports its next loss again.
+    assert_eq!(side.engine.poll_cq(NS, cq, 1).unwrap().len(), 1);
+    post(&mut side, 3);
+    assert_eq!(side.engine.counters().completion_queue_overflows, 5);
     assert_eq!(drain(&mut side), [AsyncEvent::CqErr(cq)]);
 }
 

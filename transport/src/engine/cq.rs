@@ -94,6 +94,10 @@ pub struct CompletionQueue {
     capacity: usize,
     entries: VecDeque<WorkCompletion>,
     overflowed: bool,
+    /// A lost completion was reported (`CqErr`) and the CQ not polled since: rxe
+    /// reports each loss, this at most once per poll, so a full CQ nobody polls cannot
+    /// flood the event queue.
+    overflow_reported: bool,
     /// `req_notify_cq`: armed for the next completion (`Some(false)`) or the next
     /// solicited or failed one (`Some(true)`); one event, then disarmed.
     armed: Option<bool>,
@@ -105,18 +109,21 @@ impl CompletionQueue {
             capacity,
             entries: VecDeque::new(),
             overflowed: false,
+            overflow_reported: false,
             armed: None,
         }
     }
 
     /// Adds a completion; `Err` (and the overflow remembered) when full, `Err(true)` the
-    /// first time. `Ok(true)` when the queue was armed for this completion: the caller
-    /// raises the completion event.
+    /// first time since the CQ was last polled (the caller reports the loss). `Ok(true)`
+    /// when the queue was armed for this completion: the caller raises the completion
+    /// event.
     pub(crate) fn push(&mut self, wc: WorkCompletion, solicited: bool) -> Result<bool, bool> {
         if self.entries.len() >= self.capacity {
-            let first = !self.overflowed;
             self.overflowed = true;
-            return Err(first);
+            let report = !self.overflow_reported;
+            self.overflow_reported = true;
+            return Err(report);
         }
         let notify = match self.armed {
             Some(solicited_only) => !solicited_only || solicited || wc.status != WcStatus::Success,
@@ -137,6 +144,7 @@ impl CompletionQueue {
 
     /// Takes up to `max` completions, oldest first.
     pub(crate) fn poll(&mut self, max: usize) -> Vec<WorkCompletion> {
+        self.overflow_reported = false;
         let n = max.min(self.entries.len());
         self.entries.drain(..n).collect()
     }

@@ -49,8 +49,9 @@ pub enum AsyncEvent {
     /// `IBV_EVENT_SRQ_LIMIT_REACHED`: the SRQ fell below its armed limit (the limit is
     /// now disarmed; re-arm with `modify_srq`).
     SrqLimitReached(SharedReceiveQueueId),
-    /// `IBV_EVENT_CQ_ERR`: a completion was lost because the CQ was full. Raised the
-    /// first time the CQ overflows, as a hardware CQ reports its overrun once.
+    /// `IBV_EVENT_CQ_ERR`: a completion was lost because the CQ was full. rxe raises it
+    /// for each lost completion; ferroce for the first loss after each poll of the CQ,
+    /// so a full CQ that nobody polls raises one, not one per completion.
     CqErr(CompletionQueueId),
     /// `IBV_EVENT_PORT_ACTIVE`: the port came up (the device opened its sockets, or a
     /// driver works again after a failure).
