@@ -33,7 +33,7 @@ use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent};
 use super::socket::{
     self, bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
 };
-use crate::engine::{Datagram, DatagramMeta};
+use crate::engine::{DatagramMeta, LentDatagram};
 
 /// Provided receive buffers (a power of two).
 const RECV_BUFFERS: u16 = 64;
@@ -135,7 +135,9 @@ pub struct UringDriver {
     /// The descriptor watched by a multishot poll, while that poll is armed.
     watching: Option<RawFd>,
     /// Sends in flight, by slot (`user_data`): the kernel reads them until completion.
-    sends: Vec<Option<Box<OutMessage>>>,
+    sends: Vec<Option<Box<OutMessage<'static>>>>,
+    /// Datagrams on their way into `sends` (empty between calls; kept for its room).
+    owned: Vec<LentDatagram<'static>>,
     free_sends: Vec<usize>,
     /// Payloads of finished sends, for [`UringDriver::reclaim`].
     spent: Spent,
@@ -201,6 +203,7 @@ impl UringDriver {
             recv_retiring: 0,
             watching: None,
             sends: Vec::new(),
+            owned: Vec::new(),
             free_sends: Vec::new(),
             spent: Spent::default(),
             offloads,
@@ -407,15 +410,20 @@ impl UringDriver {
     /// Queues datagrams (drained from `datagrams`) to port 4791 of their destinations,
     /// runs of equal-sized ones to one peer as a GSO send, and submits them in one system
     /// call. Returns how many were queued (all of them: the ring takes what it is given).
-    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
-        let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
-        if messages.iter().any(|m| m.lends()) {
+    pub fn send_batch(&mut self, datagrams: &mut Vec<LentDatagram<'_>>) -> io::Result<usize> {
+        if datagrams.iter().any(|d| d.lent().is_some()) {
             // The ring may read a send's iovecs after `submit` returns (a full socket
-            // buffer makes it wait for room), when lent bytes may be gone: these go out
-            // with `sendmmsg` instead, which has copied them when it returns.
+            // buffer makes it wait for room), past the round the lent bytes are valid
+            // for: these go out with `sendmmsg` instead, which has copied them when it
+            // returns.
+            let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
             let fd = self.socket.as_raw_fd();
             return Ok(socket::send_now(fd, messages, &mut self.spent, datagrams));
         }
+        // Nothing lent: each datagram is its own, and so may outlive the round in flight.
+        let owned = datagrams.drain(..).map(|d| LentDatagram::from(d.own()));
+        self.owned.extend(owned);
+        let messages = gso::messages(&mut self.owned, self.offloads.gso, &mut self.fixer);
         let mut queued = 0;
         for message in messages {
             let slot = match self.free_sends.pop() {
