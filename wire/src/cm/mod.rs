@@ -193,6 +193,13 @@ enum_with_unknown! {
     }
 }
 
+impl AttributeId {
+    /// True for the attributes that carry a connection message ([`Message`]).
+    pub fn is_connection_message(self) -> bool {
+        !matches!(self, AttributeId::ClassPortInfo | AttributeId::Unknown(_))
+    }
+}
+
 enum_with_unknown! {
     /// Which message an MRA acknowledges or a REJ rejects (2 bits).
     pub enum MessageKind(u8) {
