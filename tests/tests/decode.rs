@@ -23,6 +23,16 @@ fn text(capture: &[u8]) -> (Summary, String) {
     run(capture, Options::default())
 }
 
+fn json(capture: &[u8]) -> (Summary, String) {
+    run(
+        capture,
+        Options {
+            json: true,
+            ..Options::default()
+        },
+    )
+}
+
 fn capture(name: &str) -> Vec<u8> {
     shared_captures()
         .into_iter()
@@ -122,13 +132,7 @@ fn cm_handshake_on_qp1_names_its_mads() {
 fn every_cm_mad_in_the_captures_decodes_without_a_malformed_flag() {
     let mut cm_mads = 0;
     for (name, bytes) in shared_captures() {
-        let (_, out) = run(
-            &bytes,
-            Options {
-                json: true,
-                ..Options::default()
-            },
-        );
+        let (_, out) = json(&bytes);
         for line in out.lines() {
             let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
             if value["bth"]["dest_qp"] != 1 {
@@ -165,15 +169,9 @@ fn cm_lines_show_the_service_port_and_rdma_cm_addresses() {
             .contains("comm_id=0x8f4e3c9d remote_comm_id=0x166a6efc remote_qpn=0x000011 icrc=ok"),
         "{out}"
     );
-    let (_, json) = run(
-        &capture("rping_cm.pcap"),
-        Options {
-            json: true,
-            ..Options::default()
-        },
-    );
+    let (_, out) = json(&capture("rping_cm.pcap"));
     let req: serde_json::Value =
-        serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
     let fields = &req["mad"]["cm_fields"];
     assert_eq!(fields["service_id"], 0x0106_1c06);
     assert_eq!(fields["port_space"], "TCP");
@@ -279,13 +277,7 @@ fn cm_mads_built_by_the_wire_crate_decode_and_broken_ones_are_malformed() {
 #[test]
 fn json_has_one_object_per_packet_and_a_summary() {
     for (name, bytes) in shared_captures() {
-        let (summary, out) = run(
-            &bytes,
-            Options {
-                json: true,
-                ..Options::default()
-            },
-        );
+        let (summary, out) = json(&bytes);
         let values: Vec<serde_json::Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
@@ -304,13 +296,7 @@ fn json_has_one_object_per_packet_and_a_summary() {
         assert_eq!(last["icrc_bad"], 0);
         assert_eq!(last["error"], serde_json::Value::Null);
     }
-    let (_, out) = run(
-        &capture("write_bw.pcap"),
-        Options {
-            json: true,
-            ..Options::default()
-        },
-    );
+    let (_, out) = json(&capture("write_bw.pcap"));
     let first: serde_json::Value =
         serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["opcode_name"], "RC RDMA Write First");
