@@ -243,7 +243,6 @@ pub(crate) fn read_prefix(field: &[u8], len: u8) -> Result<&[u8]> {
 
 /// The message of a CM MAD, by its attribute ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Message<'a> {
     /// REQ.
     Req(req::Repr<'a>),
