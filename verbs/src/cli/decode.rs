@@ -659,7 +659,7 @@ fn cm_fields_json(message: &cm::Message<'_>) -> Value {
             o["status"] = json!(m.status.to_string());
             o["qkey"] = json!(m.qkey);
         }
-        _ => {}
+        cm::Message::Rtu(_) | cm::Message::Drep(_) => {}
     }
     o
 }
@@ -728,7 +728,7 @@ impl fmt::Display for CmFields<'_, '_> {
                 " status={} service_id={} qpn={} qkey={:#010x}",
                 m.status, m.service_id, m.qpn, m.qkey
             )?,
-            _ => {}
+            cm::Message::Rtu(_) | cm::Message::Drep(_) => {}
         }
         Ok(())
     }
