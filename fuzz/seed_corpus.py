@@ -13,7 +13,7 @@ import struct
 import sys
 
 ROCEV2_PORT = 4791
-TARGETS = ("packet", "roundtrip")
+TARGETS = ("packet", "roundtrip", "cm_roundtrip")
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferroce_transport::engine::{
-    AccessFlags, AddressVector, CompletionQueueId, Datagram, Engine, EngineConfig, MemoryRegion,
-    NamespaceId, PathMtu, QpAttr, QpCap, QpInitAttr, QpState, QpType, SendOp, SendWr, Sge, Time,
-    WcStatus,
+    AccessFlags, AddressVector, CompletionQueueId, Datagram, Engine, EngineConfig, LentDatagram,
+    MemoryRegion, NamespaceId, PathMtu, QpAttr, QpCap, QpInitAttr, QpState, QpType, SendOp, SendWr,
+    Sge, Time, WcStatus,
 };
 use ferroce_wire::{Psn, Qpn};
 
@@ -36,6 +36,8 @@ struct Side {
 struct Pair {
     sides: [Side; 2],
     queues: [Vec<Datagram>; 2],
+    /// A lending round's datagrams (empty between rounds; kept for its room).
+    lent: Vec<LentDatagram<'static>>,
     now: Time,
     size: u32,
     mtu: PathMtu,
@@ -135,17 +137,10 @@ impl Pair {
         a.engine
             .mr_write(NS, a.mr.lkey, a.mr.addr, &data)
             .expect("fill");
-        for side in [&mut a, &mut b] {
-            // SAFETY: `batch` owns every datagram as soon as `poll_transmit_into` gives
-            // it, before either engine runs again.
-            #[allow(unsafe_code)]
-            unsafe {
-                side.engine.lend_payloads(true)
-            };
-        }
         Pair {
             sides: [a, b],
             queues: [Vec::new(), Vec::new()],
+            lent: Vec::new(),
             now: Time::ZERO,
             size,
             mtu,
@@ -180,11 +175,14 @@ impl Pair {
             self.now = self.now + Duration::from_micros(1);
             let mut progress = false;
             for (from, queue) in [(0, 1), (1, 0)] {
-                // In batches, as the I/O layer takes them; lent payloads are copied
-                // out at once, as the kernel's send copies them.
+                // In batches from a lending round, as the I/O layer takes them; lent
+                // payloads are copied out at once, as the kernel's send copies them.
                 let (engine, out) = (&mut self.sides[from].engine, &mut self.queues[queue]);
-                while engine.poll_transmit_into(self.now, out, 64) > 0 {}
-                out.iter_mut().for_each(Datagram::own);
+                let mut lent: Vec<LentDatagram<'_>> = std::mem::take(&mut self.lent);
+                let mut lending = engine.lending();
+                while lending.poll_transmit_into(self.now, &mut lent, 64) > 0 {}
+                out.extend(lent.drain(..).map(LentDatagram::own));
+                self.lent = LentDatagram::own_all(lent);
             }
             for (to, queue) in self.queues.iter_mut().enumerate() {
                 for datagram in queue.drain(..) {

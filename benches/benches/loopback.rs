@@ -36,7 +36,7 @@ use ferroce::{
     AccessFlags, CompletionQueue, Device, DeviceConfig, MemoryRegion, PathMtu, QpInitAttributes,
     QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WcStatus, WorkCompletion,
 };
-use ferroce_transport::engine::{Datagram, DatagramMeta, Ecn};
+use ferroce_transport::engine::{Datagram, DatagramMeta, Ecn, LentDatagram};
 use ferroce_transport::io::UdpDriver;
 use ferroce_transport::wire::Psn;
 
@@ -136,7 +136,7 @@ struct GsoBlaster {
     sent: u64,
     /// Sent buffers, reused as ferroce's engine reuses its own.
     spare: Vec<Vec<u8>>,
-    batch: Vec<Datagram>,
+    batch: Vec<LentDatagram<'static>>,
 }
 
 impl GsoBlaster {
@@ -179,10 +179,11 @@ impl GsoBlaster {
             }
             let n = left.min(128);
             let (meta, spare) = (self.meta, &mut self.spare);
-            self.batch.extend((0..n).map(|_| Datagram {
-                meta,
-                payload: spare.pop().unwrap_or_else(|| vec![0x5a; SEGMENT]),
-                lent: None,
+            self.batch.extend((0..n).map(|_| {
+                LentDatagram::from(Datagram {
+                    meta,
+                    payload: spare.pop().unwrap_or_else(|| vec![0x5a; SEGMENT]),
+                })
             }));
             while !self.batch.is_empty() {
                 let went = self.tx.send_batch(&mut self.batch).expect("send");

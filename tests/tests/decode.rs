@@ -23,6 +23,16 @@ fn text(capture: &[u8]) -> (Summary, String) {
     run(capture, Options::default())
 }
 
+fn json(capture: &[u8]) -> (Summary, String) {
+    run(
+        capture,
+        Options {
+            json: true,
+            ..Options::default()
+        },
+    )
+}
+
 fn capture(name: &str) -> Vec<u8> {
     shared_captures()
         .into_iter()
@@ -116,16 +126,158 @@ fn cm_handshake_on_qp1_names_its_mads() {
     assert_eq!(summary.cm_attributes.get(&0x10), Some(&1));
 }
 
+/// Every datagram to QP1 in the captures is a CM MAD whose message parses: named, with
+/// its comm IDs, and no malformed flag.
+#[test]
+fn every_cm_mad_in_the_captures_decodes_without_a_malformed_flag() {
+    let mut cm_mads = 0;
+    for (name, bytes) in shared_captures() {
+        let (_, out) = json(&bytes);
+        for line in out.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            if value["bth"]["dest_qp"] != 1 {
+                continue;
+            }
+            cm_mads += 1;
+            assert_eq!(value["malformed"], serde_json::json!([]), "{name}: {line}");
+            let mad = &value["mad"];
+            assert_eq!(mad["class"], 7, "{name}: {line}");
+            assert!(mad["cm"].is_string(), "{name}: {line}");
+            assert!(mad["cm_fields"]["local_comm_id"].is_u64(), "{name}: {line}");
+        }
+    }
+    assert_eq!(cm_mads, 5, "rping_cm.pcap: REQ, REP, RTU, DREQ, DREP");
+}
+
+#[test]
+fn cm_lines_show_the_service_port_and_rdma_cm_addresses() {
+    let (_, out) = text(&capture("rping_cm.pcap"));
+    let line = |attribute: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" CM {attribute} tid=")))
+            .unwrap_or_else(|| panic!("no {attribute}:\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        line("ConnectRequest").contains(
+            "start_psn=0xc17b7c service=TCP:7174 cma=10.77.0.11:49605->10.77.0.12 icrc=ok"
+        ),
+        "{out}"
+    );
+    assert!(
+        line("DisconnectRequest")
+            .contains("comm_id=0x8f4e3c9d remote_comm_id=0x166a6efc remote_qpn=0x000011 icrc=ok"),
+        "{out}"
+    );
+    let (_, out) = json(&capture("rping_cm.pcap"));
+    let req: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
+    let fields = &req["mad"]["cm_fields"];
+    assert_eq!(fields["service_id"], 0x0106_1c06);
+    assert_eq!(fields["port_space"], "TCP");
+    assert_eq!(fields["port"], 7174);
+    assert_eq!(fields["qpn"], 0x11);
+    assert_eq!(fields["starting_psn"], 0xc17b7c);
+    assert_eq!(
+        fields["cma"],
+        serde_json::json!({"version": 0, "src": "10.77.0.11", "src_port": 49605, "dst": "10.77.0.12"})
+    );
+}
+
+/// A QP1 datagram carrying `mad`.
+fn gsi_frame(mad: &[u8]) -> Vec<u8> {
+    let mut ud = Repr::new(bth(OpCode::UdSendOnly, 0));
+    ud.bth.dest_qp = Qpn::GSI;
+    ud.deth = Some(deth::Repr {
+        qkey: deth::GSI_QKEY,
+        src_qp: Qpn::GSI,
+    });
+    ipv4_frame(&envelope(), 0, &roce_packet(&ud, mad, &envelope()))
+}
+
+/// CM MADs built with `ferroce_wire::cm` decode with their fields; a CM MAD cut short
+/// is malformed, and so is one whose REJ claims more ARI than its field holds.
+#[test]
+fn cm_mads_built_by_the_wire_crate_decode_and_broken_ones_are_malformed() {
+    use ferroce_wire::cm::{self, rej, sidr_req, Message};
+    use ferroce_wire::{cma, mad, ServiceId};
+    let emit = |message: Message<'_>| {
+        let mut bytes = vec![0u8; mad::MAD_LEN];
+        cm::Repr::new(0x42, message)
+            .emit(&mut mad::Packet::new_unchecked(&mut bytes[..]))
+            .expect("emit");
+        bytes
+    };
+    let reject = emit(Message::Rej(rej::Repr {
+        local_comm_id: 0x1234_5678,
+        remote_comm_id: 0x8f4e_3c9d,
+        message_rejected: cm::MessageKind::Req,
+        reason: rej::Reason::InvalidServiceId,
+        ari: &[],
+        private_data: &[],
+    }));
+    let mut header = [0u8; cma::HEADER_LEN];
+    cma::Repr {
+        cma_version: cma::CMA_VERSION,
+        port: 40000,
+        addresses: cma::Addresses::V6 {
+            src: "fd00::1".parse().expect("IPv6"),
+            dst: "fd00::2".parse().expect("IPv6"),
+        },
+    }
+    .emit(&mut cma::Packet::new_unchecked(&mut header[..]));
+    let sidr = emit(Message::SidrReq(sidr_req::Repr {
+        request_id: 7,
+        pkey: 0xffff,
+        service_id: ServiceId::rdma_ip(cma::PortSpace::Udp, 7174),
+        private_data: &header,
+    }));
+    let mut bad_ari = reject.clone();
+    bad_ari[mad::HEADER_LEN + 9] = 100 << 1;
+    let (summary, out) = decode_frames(vec![
+        gsi_frame(&reject),
+        gsi_frame(&sidr),
+        gsi_frame(&sidr[..100]),
+        gsi_frame(&bad_ari),
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains(
+            "CM ConnectReject tid=0x42 comm_id=0x12345678 remote_comm_id=0x8f4e3c9d of=REQ reason=8 (invalid service ID) icrc=ok"
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains(
+            "CM ServiceIdResolutionRequest tid=0x42 request_id=0x00000007 service_id=0x1111c06 service=UDP:7174 cma=[fd00::1]:40000->fd00::2 icrc=ok"
+        ),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].ends_with(
+            "MALFORMED(CM ServiceIdResolutionRequest of 100 bytes is shorter than a CM MAD (256))"
+        ),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].ends_with(
+            "MALFORMED(CM ConnectReject has an information length longer than its field)"
+        ),
+        "{}",
+        lines[3]
+    );
+    assert_eq!(summary.malformed, 2);
+    assert_eq!(summary.cm_attributes.get(&0x12), Some(&2));
+    assert_eq!(summary.cm_attributes.get(&0x17), Some(&2));
+}
+
 #[test]
 fn json_has_one_object_per_packet_and_a_summary() {
     for (name, bytes) in shared_captures() {
-        let (summary, out) = run(
-            &bytes,
-            Options {
-                json: true,
-                ..Options::default()
-            },
-        );
+        let (summary, out) = json(&bytes);
         let values: Vec<serde_json::Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
@@ -144,13 +296,7 @@ fn json_has_one_object_per_packet_and_a_summary() {
         assert_eq!(last["icrc_bad"], 0);
         assert_eq!(last["error"], serde_json::Value::Null);
     }
-    let (_, out) = run(
-        &capture("write_bw.pcap"),
-        Options {
-            json: true,
-            ..Options::default()
-        },
-    );
+    let (_, out) = json(&capture("write_bw.pcap"));
     let first: serde_json::Value =
         serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["opcode_name"], "RC RDMA Write First");

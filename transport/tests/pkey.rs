@@ -32,8 +32,7 @@ fn requests_of_another_partition_are_dropped_and_counted() {
     pair.a.write(0, b"partition");
     pair.a
         .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 9)]));
-    let mut d = pair.a.engine.poll_transmit(pair.now).unwrap();
-    d.own();
+    let d = pair.a.engine.poll_transmit(pair.now).unwrap();
     for pkey in FOREIGN {
         pair.b
             .engine
@@ -72,8 +71,7 @@ fn responses_of_another_partition_are_dropped_and_counted() {
     pair.b
         .engine
         .handle_datagram(pair.now, request.meta, &request.payload);
-    let mut ack = pair.b.engine.poll_transmit(pair.now).unwrap();
-    ack.own();
+    let ack = pair.b.engine.poll_transmit(pair.now).unwrap();
     pair.a
         .engine
         .handle_datagram(pair.now, ack.meta, &with_pkey(&ack, 0x4242));
@@ -176,8 +174,7 @@ fn qp1_checks_the_pkey_table_too() {
         qkey: GSI_QKEY,
     });
     a_engine.post_send(NS, Qpn::GSI, mad).unwrap();
-    let mut d = a_engine.poll_transmit(Time::ZERO).unwrap();
-    d.own();
+    let d = a_engine.poll_transmit(Time::ZERO).unwrap();
     let (b_engine, _, b_cq) = &mut hosts[1];
     for pkey in FOREIGN {
         b_engine.handle_datagram(Time::ZERO, d.meta, &with_pkey(&d, pkey));

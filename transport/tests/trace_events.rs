@@ -144,6 +144,7 @@ fn distinct_qpns(p: Params) -> Pair {
         now: Time::ZERO,
         filter: Box::new(|_, _, _| true),
         log: Vec::new(),
+        lend: false,
         lent: 0,
     }
 }

@@ -228,14 +228,28 @@ pub fn fill_around(
     at: usize,
     body: &[u8],
 ) -> Result<()> {
+    fill_around_with(envelope, udp_payload, at, body.len(), |hasher| {
+        hasher.update(body)
+    })
+}
+
+/// [`fill_around`] for a body of `body_len` bytes that `hash_body` feeds to the hasher
+/// (in pieces, say, when it cannot be borrowed as one slice).
+pub fn fill_around_with(
+    envelope: &Envelope,
+    udp_payload: &mut [u8],
+    at: usize,
+    body_len: usize,
+    hash_body: impl FnOnce(&mut Hasher),
+) -> Result<()> {
     let len = udp_payload.len();
     if at < bth::HEADER_LEN || at + ICRC_LEN > len {
         return Err(Error::Truncated);
     }
-    let mut hasher = Hasher::new(envelope, len + body.len());
+    let mut hasher = Hasher::new(envelope, len + body_len);
     hasher.update_bth(udp_payload)?;
     hasher.update(&udp_payload[bth::HEADER_LEN..at]);
-    hasher.update(body);
+    hash_body(&mut hasher);
     hasher.update(&udp_payload[at..len - ICRC_LEN]);
     let icrc = hasher.finish();
     udp_payload[len - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());

@@ -54,21 +54,71 @@ macro_rules! header_view {
     };
 }
 
+/// Defines a field enum over `$repr` whose unnamed values parse as `Unknown(_)`, so
+/// every value round-trips, with `From` both ways and a `Display` of the given names.
+macro_rules! enum_with_unknown {
+    (
+        $(#[$attr:meta])*
+        pub enum $name:ident($repr:ty) {
+            $( $(#[$variant_attr:meta])* $variant:ident = $value:expr => $text:literal, )+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$variant_attr])* $variant, )+
+            /// A value without a name here, kept as it is.
+            Unknown($repr),
+        }
+
+        impl From<$repr> for $name {
+            fn from(value: $repr) -> $name {
+                match value {
+                    $( $value => $name::$variant, )+
+                    other => $name::Unknown(other),
+                }
+            }
+        }
+
+        impl From<$name> for $repr {
+            fn from(value: $name) -> $repr {
+                match value {
+                    $( $name::$variant => $value, )+
+                    $name::Unknown(other) => other,
+                }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                match self {
+                    $( $name::$variant => f.write_str($text), )+
+                    $name::Unknown(other) => write!(f, "Unknown({other:#x})"),
+                }
+            }
+        }
+    };
+}
+
 pub mod aeth;
 pub mod atomic;
 pub mod bth;
+pub mod cm;
+pub mod cma;
 pub mod cnp;
 pub mod deth;
 pub mod icrc;
 pub mod ident;
 pub mod ieth;
 pub mod imm;
+pub mod mad;
 pub mod opcode;
 pub mod packet;
 pub mod psn;
 pub mod reth;
 
 pub use aeth::{AckSyndrome, NakCode};
+pub use cm::ServiceId;
 pub use opcode::{HeaderSet, OpCode, Position, Transport};
 pub use psn::Psn;
 
@@ -168,6 +218,36 @@ impl fmt::Display for Rkey {
     }
 }
 
+/// A 128-bit global identifier of a port. On RoCEv2 a GID is an IPv6 address, or an
+/// IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Gid(pub [u8; 16]);
+
+impl Gid {
+    /// The GID of an IP address, IPv4 addresses mapped into IPv6 as RoCEv2 does.
+    pub fn from_ip(ip: core::net::IpAddr) -> Gid {
+        match ip {
+            core::net::IpAddr::V4(v4) => Gid(v4.to_ipv6_mapped().octets()),
+            core::net::IpAddr::V6(v6) => Gid(v6.octets()),
+        }
+    }
+
+    /// The IP address: IPv4 for an IPv4-mapped GID, IPv6 otherwise.
+    pub fn ip(self) -> core::net::IpAddr {
+        let v6 = core::net::Ipv6Addr::from(self.0);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => core::net::IpAddr::V4(v4),
+            None => core::net::IpAddr::V6(v6),
+        }
+    }
+}
+
+impl fmt::Display for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.ip())
+    }
+}
+
 /// Big-endian field helpers shared by the header views.
 pub(crate) mod field {
     /// A byte range inside a header.
@@ -189,5 +269,26 @@ pub(crate) mod field {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);
         u64::from_be_bytes(a)
+    }
+
+    pub fn get_u16(b: &[u8]) -> u16 {
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    pub fn get_u128(b: &[u8]) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[..16]);
+        a
+    }
+
+    /// `width` bits of `byte` that start `shift` bits above its least significant bit.
+    pub fn get_bits(byte: u8, shift: u32, width: u32) -> u8 {
+        (byte >> shift) & ((1u16 << width) - 1) as u8
+    }
+
+    /// Sets `width` bits of `byte` at `shift` (see [`get_bits`]), keeping the others.
+    pub fn set_bits(byte: &mut u8, shift: u32, width: u32, value: u8) {
+        let mask = (((1u16 << width) - 1) as u8) << shift;
+        *byte = (*byte & !mask) | ((value << shift) & mask);
     }
 }

@@ -184,9 +184,9 @@ pub trait MemoryAccess {
         out: &mut [u8],
         required: AccessFlags,
     ) -> Result<(), AccessError>;
-    /// Where the `len` bytes at `addr` are, for a packet to carry them without a copy
-    /// (the same checks as `read`). The pointer is valid until the region is written
-    /// or deregistered: see `Engine::lend_payloads`.
+    /// The `len` bytes at `addr`, for a packet to carry them without a copy (the same
+    /// checks as `read`); valid until the region is written or deregistered (see
+    /// [`LentBytes`]).
     fn lend(
         &self,
         key: Key,
@@ -194,7 +194,7 @@ pub trait MemoryAccess {
         addr: u64,
         len: usize,
         required: AccessFlags,
-    ) -> Result<NonNull<u8>, AccessError>;
+    ) -> Result<LentBytes, AccessError>;
     /// Copies `data` to `addr`.
     fn write(
         &mut self,
@@ -365,6 +365,94 @@ impl CallerMemory {
     }
 }
 
+/// Bytes of a region a datagram carries from where they are instead of a copy (see
+/// `Engine::lending`): a pointer and a length. Caller memory, which the application can
+/// reach too, is only ever copied out through raw pointers, as a DMA engine reads it,
+/// never seen through a Rust reference; a [`MemoryBacking`], which nothing but the
+/// engine reaches, is read in place.
+///
+/// Made only by [`MemoryAccess::lend`], and valid while the engine neither writes nor
+/// deregisters the region. The engine keeps that: it reads one in the step that made it
+/// (the ICRC), and past that step holds it only inside a `Lent<'r>` of a lending round,
+/// whose lifetime is a borrow of the engine itself. Neither `Clone` nor `Copy`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LentBytes {
+    start: NonNull<u8>,
+    len: usize,
+    /// Caller memory: copied out, never borrowed.
+    caller: bool,
+}
+
+// SAFETY: a pointer and a length into memory that is valid from any thread (a backing is
+// `Send`; caller memory by `CallerMemory::new`'s contract), read only while the engine
+// that lent it is borrowed by the round that carries it, from whichever thread has it.
+unsafe impl Send for LentBytes {}
+
+/// Caller memory is hashed through a stack copy of at most this many bytes at a time:
+/// a whole 4 KiB payload in one copy and one CRC call.
+const LENT_CHUNK: usize = 4096;
+
+impl LentBytes {
+    /// The first byte, for an iovec: the kernel reads there, no Rust reference does.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.start.as_ptr()
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands the bytes to `each` in order: a backing's in place, caller memory's
+    /// through a stack copy of at most [`LENT_CHUNK`] bytes at a time.
+    pub(super) fn for_each_chunk(&self, mut each: impl FnMut(&[u8])) {
+        if !self.caller {
+            // SAFETY: `lend_at` took the range from the backing's `bytes()`, which nothing
+            // but the engine reaches (`MemoryBacking`'s contract), and the engine neither
+            // writes nor drops it while this exists (the type's invariant above).
+            each(unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) });
+            return;
+        }
+        // Not zeroed first: every byte handed on is copied in just before.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); LENT_CHUNK];
+        let mut done = 0;
+        while done < self.len {
+            let n = (self.len - done).min(LENT_CHUNK);
+            // SAFETY: `done + n <= len`, inside the caller memory that `lend_at` checked
+            // and that stays registered while this exists (the type's invariant);
+            // `chunk` is the engine's own, with room for `n`. A raw copy, so no reference
+            // to memory the application may reach; the slice below covers exactly the
+            // `n` bytes it initialised.
+            let copied = unsafe {
+                let from = self.start.as_ptr().add(done);
+                std::ptr::copy_nonoverlapping(from, chunk.as_mut_ptr().cast::<u8>(), n);
+                std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), n)
+            };
+            each(copied);
+            done += n;
+        }
+    }
+
+    /// Appends the bytes to `out` in one raw copy.
+    pub(super) fn append_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: `spare` has room for `len` bytes (reserved above) and is `out`'s own;
+        // the source is valid for `len` bytes while this exists (the type's invariant)
+        // and is read through a raw pointer only. The copied bytes are initialised, so
+        // `set_len` below exposes only initialised bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.start.as_ptr(), spare.as_mut_ptr().cast(), self.len);
+            out.set_len(out.len() + self.len);
+        }
+    }
+}
+
 /// The bytes of one memory region: a backing the engine owns, or caller memory.
 /// `Debug` shows which and how long, never the bytes (a region may be gigabytes, and
 /// its contents are the tenant's).
@@ -438,17 +526,22 @@ impl RegionMemory {
         }
     }
 
-    fn lend_at(&self, offset: usize, len: usize) -> Result<NonNull<u8>, AccessError> {
-        let start = match self {
+    fn lend_at(&self, offset: usize, len: usize) -> Result<LentBytes, AccessError> {
+        let (start, caller) = match self {
             RegionMemory::Backing(backing) => {
                 let bytes = backing.bytes();
-                bytes[slice_range(bytes.len(), offset, len)?].as_ptr()
+                (
+                    bytes[slice_range(bytes.len(), offset, len)?].as_ptr(),
+                    false,
+                )
             }
             RegionMemory::Caller(memory) => {
-                memory.at(offset, len).ok_or(AccessError::OutOfBounds)?
+                let start = memory.at(offset, len).ok_or(AccessError::OutOfBounds)?;
+                (start.cast_const(), true)
             }
         };
-        NonNull::new(start.cast_mut()).ok_or(AccessError::OutOfBounds)
+        let start = NonNull::new(start.cast_mut()).ok_or(AccessError::OutOfBounds)?;
+        Ok(LentBytes { start, len, caller })
     }
 
     fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
@@ -735,7 +828,7 @@ impl MemoryAccess for MemoryTable {
         addr: u64,
         len: usize,
         required: AccessFlags,
-    ) -> Result<NonNull<u8>, AccessError> {
+    ) -> Result<LentBytes, AccessError> {
         let offset = self.checked(key, pd, addr, len as u64, required)?;
         let entry = self.entry(key).ok_or(AccessError::InvalidKey)?;
         entry.memory.lend_at(offset, len)
@@ -953,6 +1046,47 @@ mod tests {
         table
             .register_backing(PD, memory.into(), AccessFlags::ALL, key_byte, 0)
             .unwrap()
+    }
+
+    /// Caller memory is lent as a pointer and read back only through raw copies (the
+    /// ICRC's chunks, `own`'s append), never a reference: run under Miri (`.ci/run`).
+    #[test]
+    fn caller_memory_is_lent_and_read_through_raw_copies() {
+        // Longer than a chunk, so the ICRC reads it in several stack copies.
+        let region: Vec<u8> = (0..9000).map(|i| (i * 7) as u8).collect();
+        let buffer: *mut [u8] = Box::into_raw(region.clone().into_boxed_slice());
+        let mut table = MemoryTable::default();
+        let mr = caller_region(&mut table, buffer, 0x21);
+        let lend = |offset, len| super::super::lent::tests::lend(&table, &mr, offset, len);
+        let mut chunks = Vec::new();
+        let mut seen = Vec::new();
+        lend(0, 9000).for_each_chunk(|c| {
+            chunks.push(c.len());
+            seen.extend_from_slice(c);
+        });
+        assert_eq!((chunks, &seen), (vec![4096, 4096, 808], &region));
+        assert_eq!(lend(0, 9000).as_ptr(), buffer.cast::<u8>().cast_const());
+        super::super::lent::tests::check_owned(lend(100, 600), &region[100..700]);
+        // The application writes between lendings (not while one is out): the next one
+        // sees its bytes.
+        // SAFETY: inside the buffer; no lent bytes are alive and the engine is idle.
+        unsafe { buffer.cast::<u8>().add(5).write(0x55) };
+        let mut out = Vec::new();
+        lend(5, 1).append_to(&mut out);
+        assert_eq!(out, [0x55]);
+        assert_eq!(
+            table.lend(
+                Key::Local(mr.lkey),
+                PD,
+                mr.addr + 8999,
+                2,
+                AccessFlags::NONE
+            ),
+            Err(AccessError::OutOfBounds)
+        );
+        assert_eq!(table.deregister(mr.lkey), Some(PD));
+        // SAFETY: deregistered; the buffer is ours alone again.
+        drop(unsafe { Box::from_raw(buffer) });
     }
 
     #[test]

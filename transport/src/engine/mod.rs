@@ -75,7 +75,7 @@ mod trace;
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
 pub use event::{AsyncEvent, DEFAULT_MAX_ASYNC_EVENTS, PORT_NUM};
-pub use lent::Lent;
+pub use lent::{Lending, Lent, LentDatagram};
 pub use memory::{
     AccessFlags, CallerMemory, Lkey, MemoryAccess, MemoryBacking, MemoryRegion, ProtectionDomain,
     RegionMemory,
@@ -180,15 +180,26 @@ pub struct DatagramMeta {
 }
 
 /// A UDP payload with where it goes: what the engine hands to I/O (and the simulator).
+/// Every byte is its own; a datagram whose payload stays in registered memory is a
+/// [`LentDatagram`] of a [`Lending`] round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
     /// Addresses, source port and ECN.
     pub meta: DatagramMeta,
-    /// The UDP payload: BTH to ICRC, less the bytes `lent` holds.
+    /// The UDP payload: BTH to ICRC.
     pub payload: Vec<u8>,
-    /// Payload bytes left in registered memory, only ever from an engine told to
-    /// [`lend_payloads`](Engine::lend_payloads).
-    pub lent: Option<Lent>,
+}
+
+impl Datagram {
+    /// Bytes on the wire (the UDP payload).
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// True for an empty UDP payload.
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
 }
 
 /// Limits of a namespace's resources (each namespace is a virtual device), reported by
@@ -511,6 +522,7 @@ fn check_mr_access(access: AccessFlags) -> Result<()> {
 
 use buffers::BufferPool;
 use ferroce_wire::Qpn;
+use memory::LentBytes;
 use namespace::Namespace;
 use qp::{Context, QueuePair};
 
@@ -538,16 +550,14 @@ pub struct Engine {
     timer_of: BTreeMap<(NamespaceId, Qpn), Time>,
     /// Spare datagram buffers ([`Engine::recycle`]).
     buffers: BufferPool,
-    /// See [`Engine::lend_payloads`].
-    lend: bool,
     /// The port's state as the I/O layer last reported it ([`Engine::handle_port_event`]);
     /// down until it reports (an engine without I/O has no link).
     port_active: bool,
 }
 
-/// The datagram of a packet a QP built: headers emitted and the ICRC filled in.
-#[allow(unsafe_code)] // Reads lent bytes, which `lend_payloads`' contract keeps valid.
-fn build(out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
+/// The datagram of a packet a QP built: headers emitted and the ICRC filled in; its
+/// payload is still lent when the QP lent it (it goes `at` in the datagram).
+fn build(out: qp::Outgoing, src_port: u16) -> Option<(Datagram, Option<(usize, LentBytes)>)> {
     use ferroce_wire::{icrc, packet};
     let env = envelope(out.src, out.dst, src_port)?;
     let mut repr = out.repr;
@@ -557,12 +567,14 @@ fn build(out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
     // headers, then the ICRC over all of it.
     repr.emit(&mut bytes).ok()?;
     match &out.lent {
-        // SAFETY: lent by the QP a moment ago in this `poll_transmit`; nothing has
-        // run since that could write or free it.
-        Some(lent) => icrc::fill_around(&env, &mut bytes, lent.at, unsafe { lent.bytes() }).ok()?,
+        // Lent by the QP a moment ago, in this step: read through raw copies.
+        Some((at, lent)) => icrc::fill_around_with(&env, &mut bytes, *at, lent.len(), |hash| {
+            lent.for_each_chunk(|chunk| hash.update(chunk))
+        })
+        .ok()?,
         None => icrc::fill(&env, &mut bytes).ok()?,
     }
-    Some(Datagram {
+    let datagram = Datagram {
         meta: DatagramMeta {
             src: canonical(out.src),
             dst: canonical(out.dst),
@@ -571,8 +583,8 @@ fn build(out: qp::Outgoing, src_port: u16) -> Option<Datagram> {
             ipv4_ident: None,
         },
         payload: bytes,
-        lent: out.lent,
-    })
+    };
+    Some((datagram, out.lent))
 }
 
 macro_rules! context {
@@ -581,7 +593,7 @@ macro_rules! context {
             ns: $ns.id,
             now: $now,
             buffers: &mut $engine.buffers,
-            lend: $engine.lend,
+            lend: false,
             memory: &mut $ns.memory,
             cqs: &mut $ns.cqs,
             srqs: &mut $ns.srqs,
@@ -606,7 +618,6 @@ impl Engine {
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
             buffers: BufferPool::default(),
-            lend: false,
             port_active: false,
             config,
         };
@@ -1177,9 +1188,8 @@ impl Engine {
             let mut ctx = context!(space, self, Time::ZERO);
             let out = qp.poll_response(&mut ctx);
             let src_port = self.config.udp_src_port.port(qp.src_port);
-            if let Some(mut datagram) = out.and_then(|out| build(out, src_port)) {
-                datagram.own(); // It outlives this call.
-                self.parting.push_back(datagram);
+            if let Some((datagram, lent)) = out.and_then(|out| build(out, src_port)) {
+                self.parting.push_back(lent::owned_now(datagram, lent));
             }
         }
         self.refresh_timer(ns, qpn);
@@ -1358,7 +1368,9 @@ impl Engine {
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self, now: Time) -> Option<Datagram> {
         let mut next = None;
-        self.transmit(now, 1, |datagram| next = Some(datagram));
+        self.transmit(now, 1, false, |datagram, lent| {
+            next = Some(lent::owned_now(datagram, lent))
+        });
         next
     }
 
@@ -1367,12 +1379,29 @@ impl Engine {
     /// than calling `poll_transmit` in a loop: each QP is looked up, and its timer
     /// refiled, once per burst of up to [`QP_BURST`] packets.
     pub fn poll_transmit_into(&mut self, now: Time, out: &mut Vec<Datagram>, max: usize) -> usize {
-        self.transmit(now, max, |datagram| out.push(datagram))
+        self.transmit(now, max, false, |datagram, lent| {
+            out.push(lent::owned_now(datagram, lent))
+        })
+    }
+
+    /// A transmit round that may leave payloads in registered memory instead of copying
+    /// them into the datagram, for the I/O layer to gather straight from there: the
+    /// kernel's copy is then the only one. The round holds the engine until every
+    /// datagram it gave is sent or owned (see [`Lending`]).
+    pub fn lending(&mut self) -> Lending<'_> {
+        Lending::new(self)
     }
 
     /// One pass over the QPs with something to send, each giving up to [`QP_BURST`]
-    /// packets in turn, until `max` datagrams went to `emit`.
-    fn transmit(&mut self, now: Time, max: usize, mut emit: impl FnMut(Datagram)) -> usize {
+    /// packets in turn, until `max` datagrams went to `emit`. With `lend`, QPs may lend
+    /// payloads; `emit` gets them with the datagram (never past this step otherwise).
+    fn transmit(
+        &mut self,
+        now: Time,
+        max: usize,
+        lend: bool,
+        mut emit: impl FnMut(Datagram, Option<(usize, LentBytes)>),
+    ) -> usize {
         let mut count = 0;
         while count < max {
             let Some(datagram) = self.parting.pop_front() else {
@@ -1380,7 +1409,7 @@ impl Engine {
             };
             self.counters.packets_out += 1;
             self.counters.bytes_out += datagram.len() as u64;
-            emit(datagram);
+            emit(datagram, None);
             count += 1;
         }
         for _ in 0..self.active.len() {
@@ -1400,6 +1429,7 @@ impl Engine {
             };
             let src_port = self.config.udp_src_port.port(qp.src_port);
             let mut ctx = context!(space, self, now);
+            ctx.lend = lend;
             let mut drained = false;
             for _ in 0..QP_BURST {
                 if count >= max {
@@ -1409,10 +1439,11 @@ impl Engine {
                     drained = true;
                     break;
                 };
-                if let Some(datagram) = build(out, src_port) {
+                if let Some((datagram, lent)) = build(out, src_port) {
+                    let lent_len = lent.as_ref().map_or(0, |(_, bytes)| bytes.len());
                     ctx.counters.packets_out += 1;
-                    ctx.counters.bytes_out += datagram.len() as u64;
-                    emit(datagram);
+                    ctx.counters.bytes_out += (datagram.len() + lent_len) as u64;
+                    emit(datagram, lent);
                     count += 1;
                 }
             }
@@ -1424,21 +1455,6 @@ impl Engine {
             }
         }
         count
-    }
-
-    /// Lets [`Engine::poll_transmit`] leave payloads in registered memory ([`Lent`])
-    /// instead of copying them into the datagram, for the I/O layer to gather straight
-    /// from there: the kernel's copy is then the only one.
-    ///
-    /// # Safety
-    ///
-    /// Every datagram `poll_transmit` returns with `lent` bytes is sent (the kernel has
-    /// copied them) or owned ([`Datagram::own`]) before this engine is next used other
-    /// than through `poll_transmit` and [`Engine::recycle`], and before it is dropped:
-    /// any other call may write or deregister the memory the bytes are in.
-    #[allow(unsafe_code)] // The contract above is the caller's to keep.
-    pub unsafe fn lend_payloads(&mut self, lend: bool) {
-        self.lend = lend;
     }
 
     /// Gives back the payload of a datagram [`Engine::poll_transmit`] returned, once it

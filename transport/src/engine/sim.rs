@@ -753,10 +753,7 @@ impl<N: Node> Network<N> {
     /// Puts a datagram from node `from` on its link: serialisation, queue limit, loss,
     /// duplication, then per copy corruption, delay, jitter and reordering.
     fn send(&mut self, from: usize, datagram: Datagram) {
-        // The simulator's engines never lend payloads (`Engine::lend_payloads`).
-        let Datagram {
-            mut meta, payload, ..
-        } = datagram;
+        let Datagram { mut meta, payload } = datagram;
         let len = payload.len();
         self.roce.observe(&meta, &payload);
         let Some(to) = self.route(meta.dst) else {
@@ -961,7 +958,6 @@ mod tests {
             Some(Datagram {
                 meta: meta(self.me, self.peer),
                 payload,
-                lent: None,
             })
         }
         fn poll_timeout(&self) -> Option<Time> {
@@ -990,7 +986,6 @@ mod tests {
                     ..meta
                 },
                 payload: payload.to_vec(),
-                lent: None,
             });
         }
         fn poll_transmit(&mut self, _: Time) -> Option<Datagram> {
@@ -1478,7 +1473,6 @@ mod tests {
                 (!self.0.is_empty()).then(|| Datagram {
                     meta: meta(address(1), address(2)),
                     payload: self.0.remove(0),
-                    lent: None,
                 })
             }
             fn poll_timeout(&self) -> Option<Time> {

@@ -22,7 +22,7 @@ use socket2::SockAddr;
 
 use super::socket::CMSG_SPACE;
 use super::solvers::Solvers;
-use crate::engine::Datagram;
+use crate::engine::LentDatagram;
 
 /// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
 pub(super) const MAX_SEGMENTS: usize = 64;
@@ -35,7 +35,7 @@ pub(super) const UDP_GRO: libc::c_int = 104;
 /// Splits `datagrams` into runs that one GSO send can carry: same destination, the same
 /// length for all but the last (which may be shorter, not empty), at most
 /// [`MAX_SEGMENTS`] segments and [`MAX_GSO_BYTES`] bytes.
-pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
+pub(super) fn runs(datagrams: &[LentDatagram<'_>]) -> Vec<Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     while start < datagrams.len() {
@@ -46,7 +46,10 @@ pub(super) fn runs(datagrams: &[Datagram]) -> Vec<Range<usize>> {
         while end < datagrams.len() && end - start < MAX_SEGMENTS {
             let d = &datagrams[end];
             let len = d.len();
-            if d.meta.dst != first.meta.dst || len == 0 || len > size || bytes + len > MAX_GSO_BYTES
+            if d.meta().dst != first.meta().dst
+                || len == 0
+                || len > size
+                || bytes + len > MAX_GSO_BYTES
             {
                 break;
             }
@@ -71,8 +74,8 @@ pub(super) struct IcrcFixer {
 impl IcrcFixer {
     /// What to XOR into the ICRC of a datagram computed for IPv4 ID 0 so that it is right
     /// as segment `index` of a GSO send (zero for the first segment, and for IPv6).
-    pub(super) fn icrc_delta(&mut self, datagram: &Datagram, index: usize) -> u32 {
-        if index == 0 || !datagram.meta.dst.is_ipv4() {
+    pub(super) fn icrc_delta(&mut self, datagram: &LentDatagram<'_>, index: usize) -> u32 {
+        if index == 0 || !datagram.meta().dst.is_ipv4() {
             return 0;
         }
         // Not a RoCE-sized datagram: nothing to correct.
@@ -95,43 +98,64 @@ const SEAM_MAX: usize = 64;
 
 /// The iovecs of `run`'s bytes in order, and the buffer some of them point into. A
 /// datagram with lent bytes has three pieces (headers, the lent bytes, then pad and
-/// ICRC); consecutive short pieces, such as one datagram's ICRC and the next one's
-/// headers in a run of lent payloads, are copied into one seam. The segments are the
+/// ICRC); consecutive short pieces a datagram holds, such as one datagram's ICRC and the
+/// next one's headers in a run of lent payloads, are copied into one seam. Lent bytes
+/// are only pointed at (the kernel reads them; nothing here does). The segments are the
 /// same: GSO cuts the joined bytes, wherever the iovecs end.
-fn gather(run: &[Datagram]) -> (Vec<libc::iovec>, Vec<u8>) {
+fn gather(run: &[LentDatagram<'_>]) -> (Vec<libc::iovec>, Vec<u8>) {
+    /// A piece of a datagram: bytes it holds, or lent ones.
+    enum Piece<'a> {
+        Held(&'a [u8]),
+        Lent(*const u8, usize),
+    }
     let mut pieces = Vec::with_capacity(run.len() * 3);
     for d in run {
-        match d.lent {
+        match d.lent() {
             Some(lent) => {
-                let (head, tail) = d.payload.split_at(lent.at.min(d.payload.len()));
-                pieces.push((head.as_ptr(), head.len()));
-                pieces.push((lent.as_ptr(), lent.len()));
-                pieces.push((tail.as_ptr(), tail.len()));
+                let (head, tail) = d.held().split_at(lent.at().min(d.held().len()));
+                pieces.push(Piece::Held(head));
+                pieces.push(Piece::Lent(lent.as_ptr(), lent.len()));
+                pieces.push(Piece::Held(tail));
             }
-            None => pieces.push((d.payload.as_ptr(), d.payload.len())),
+            None => pieces.push(Piece::Held(d.held())),
         }
     }
     // First the seams' bytes (so the buffer is done moving), then the iovecs.
-    let short = |&(_, len): &(*const u8, usize)| len <= SEAM_MAX;
-    let mut seams = Vec::with_capacity(pieces.iter().filter(|p| short(p)).map(|p| p.1).sum());
+    let short = |piece: &Piece<'_>| matches!(piece, Piece::Held(b) if b.len() <= SEAM_MAX);
+    let seams_len = pieces
+        .iter()
+        .filter(|p| short(p))
+        .map(|p| match p {
+            Piece::Held(b) => b.len(),
+            Piece::Lent(..) => 0,
+        })
+        .sum();
+    let mut seams = Vec::with_capacity(seams_len);
     /// One iovec to be: bytes of the seams, or a piece pointed at where it is.
     enum Span {
         Seam(Range<usize>),
         InPlace(*const u8, usize),
     }
     let mut spans = Vec::with_capacity(pieces.len());
-    for &piece in pieces.iter().filter(|p| p.1 > 0) {
-        if !short(&piece) {
-            spans.push(Span::InPlace(piece.0, piece.1));
-            continue;
-        }
-        let start = seams.len();
-        // SAFETY: a payload's bytes, alive while `run` is borrowed, or lent ones, which
-        // the lending contract keeps valid as long.
-        seams.extend_from_slice(unsafe { std::slice::from_raw_parts(piece.0, piece.1) });
-        match spans.last_mut() {
-            Some(Span::Seam(seam)) => seam.end = seams.len(),
-            _ => spans.push(Span::Seam(start..seams.len())),
+    for piece in pieces {
+        let (base, len) = match piece {
+            Piece::Held(bytes) if bytes.len() <= SEAM_MAX => {
+                if bytes.is_empty() {
+                    continue;
+                }
+                let start = seams.len();
+                seams.extend_from_slice(bytes);
+                match spans.last_mut() {
+                    Some(Span::Seam(seam)) => seam.end = seams.len(),
+                    _ => spans.push(Span::Seam(start..seams.len())),
+                }
+                continue;
+            }
+            Piece::Held(bytes) => (bytes.as_ptr(), bytes.len()),
+            Piece::Lent(base, len) => (base, len),
+        };
+        if len > 0 {
+            spans.push(Span::InPlace(base, len));
         }
     }
     let iovecs = spans
@@ -152,10 +176,10 @@ fn gather(run: &[Datagram]) -> (Vec<libc::iovec>, Vec<u8>) {
 
 /// One `sendmsg`: a run of datagrams to one peer (one GSO send when it has several),
 /// with everything its `msghdr` points at. Boxed, because the header points into it;
-/// the payloads stay in their `Vec`s, which do not move (see [`gather`] for the
-/// iovecs).
-pub(super) struct OutMessage {
-    datagrams: Vec<Datagram>,
+/// the payloads stay in their `Vec`s, which do not move, or where they are lent from
+/// for the round `'r` (see [`gather`] for the iovecs).
+pub(super) struct OutMessage<'r> {
+    datagrams: Vec<LentDatagram<'r>>,
     /// The correction XORed into each datagram's ICRC for its place in the run.
     deltas: Vec<u32>,
     name: SockAddr,
@@ -169,25 +193,28 @@ pub(super) struct OutMessage {
 }
 
 // SAFETY: the raw pointers in `iovecs` and `header` point only into this message's own
-// fields and payloads, which move with it, and at lent bytes, which the engine's lending
-// contract keeps valid while the message exists (see `OutMessage::lends`).
-unsafe impl Send for OutMessage {}
+// fields and payloads, which move with it, and at lent bytes, which stay valid (and are
+// `Send`) for the round `'r` the message cannot outlive.
+unsafe impl Send for OutMessage<'_> {}
 
-impl OutMessage {
+impl<'r> OutMessage<'r> {
     /// A message for `run`, which [`runs`] made (or a single datagram). Each ICRC is
     /// corrected in place for the datagram's segment number.
-    pub(super) fn new(mut run: Vec<Datagram>, fixer: &mut IcrcFixer) -> Box<OutMessage> {
+    pub(super) fn new(
+        mut run: Vec<LentDatagram<'r>>,
+        fixer: &mut IcrcFixer,
+    ) -> Box<OutMessage<'r>> {
         let dst = run
             .first()
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |d| {
-                SocketAddr::new(d.meta.dst, ferroce_wire::ROCEV2_UDP_PORT)
+                SocketAddr::new(d.meta().dst, ferroce_wire::ROCEV2_UDP_PORT)
             });
         let deltas = run
             .iter_mut()
             .enumerate()
             .map(|(i, d)| {
                 let delta = fixer.icrc_delta(d, i);
-                fix_icrc(&mut d.payload, delta);
+                fix_icrc(d.held_mut(), delta);
                 delta
             })
             .collect();
@@ -235,29 +262,23 @@ impl OutMessage {
         self.datagrams.len()
     }
 
-    /// True when a datagram's bytes are lent: the kernel must copy them before the
-    /// engine runs again, so the send cannot be left to complete later.
-    pub(super) fn lends(&self) -> bool {
-        self.datagrams.iter().any(|d| d.lent.is_some())
-    }
-
     /// Gives the datagrams back as they came (when the kernel did not take them: they
     /// may go out later in another place of another run).
-    pub(super) fn into_datagrams(self: Box<Self>) -> Vec<Datagram> {
+    pub(super) fn into_datagrams(self: Box<Self>) -> Vec<LentDatagram<'r>> {
         let OutMessage {
             mut datagrams,
             deltas,
             ..
         } = *self;
         for (d, delta) in datagrams.iter_mut().zip(deltas) {
-            fix_icrc(&mut d.payload, delta);
+            fix_icrc(d.held_mut(), delta);
         }
         datagrams
     }
 
     /// The payload buffers, once the kernel has copied them (for reuse).
-    pub(super) fn into_payloads(self: Box<Self>) -> impl Iterator<Item = Vec<u8>> {
-        self.datagrams.into_iter().map(|d| d.payload)
+    pub(super) fn into_payloads(self: Box<Self>) -> impl Iterator<Item = Vec<u8>> + 'r {
+        self.datagrams.into_iter().map(LentDatagram::into_buffer)
     }
 }
 
@@ -285,11 +306,11 @@ impl Spent {
 /// Cuts `datagrams` (drained) into messages: GSO runs when `gso`, else one each.
 /// Boxed on purpose: each header points into its own message, which must not move.
 #[allow(clippy::vec_box)]
-pub(super) fn messages(
-    datagrams: &mut Vec<Datagram>,
+pub(super) fn messages<'r>(
+    datagrams: &mut Vec<LentDatagram<'r>>,
     gso: bool,
     fixer: &mut IcrcFixer,
-) -> Vec<Box<OutMessage>> {
+) -> Vec<Box<OutMessage<'r>>> {
     let ranges = if gso {
         runs(datagrams)
     } else {
@@ -311,9 +332,10 @@ pub(super) fn split_gro(buffer: &[u8], gro_size: Option<usize>) -> impl Iterator
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{DatagramMeta, Ecn};
+    use crate::engine::memory::MemoryTable;
+    use crate::engine::{AccessFlags, Datagram, DatagramMeta, Ecn, ProtectionDomain};
 
-    fn datagram(dst: &str, len: usize) -> Datagram {
+    fn owned(dst: &str, len: usize) -> Datagram {
         let meta = DatagramMeta {
             src: "10.0.0.1".parse().unwrap(),
             dst: dst.parse().unwrap(),
@@ -324,8 +346,11 @@ mod tests {
         Datagram {
             meta,
             payload: vec![0; len],
-            lent: None,
         }
+    }
+
+    fn datagram(dst: &str, len: usize) -> LentDatagram<'static> {
+        LentDatagram::from(owned(dst, len))
     }
 
     #[test]
@@ -340,9 +365,9 @@ mod tests {
             d("10.0.0.3", 2000), // longer cannot follow
         ];
         assert_eq!(runs(&batch), vec![0..3, 3..4, 4..5, 5..6]);
-        let many: Vec<Datagram> = (0..150).map(|_| d("10.0.0.2", 300)).collect();
+        let many: Vec<LentDatagram<'_>> = (0..150).map(|_| d("10.0.0.2", 300)).collect();
         assert_eq!(runs(&many), vec![0..64, 64..128, 128..150]);
-        let big: Vec<Datagram> = (0..20).map(|_| d("10.0.0.2", 4124)).collect();
+        let big: Vec<LentDatagram<'_>> = (0..20).map(|_| d("10.0.0.2", 4124)).collect();
         assert_eq!(runs(&big), vec![0..15, 15..20]);
     }
 
@@ -361,19 +386,23 @@ mod tests {
     #[test]
     fn lent_payloads_are_gathered_with_one_iovec_per_seam() {
         let body: Vec<u8> = (0..3 * 1024).map(|i| (i % 251) as u8).collect();
+        let pd = ProtectionDomain(1);
+        let mut table = MemoryTable::default();
+        let mr = table
+            .register(pd, 3 * 1024, AccessFlags::NONE, 1, 0)
+            .unwrap();
+        table.owner_write(mr.lkey, mr.addr, &body).unwrap();
         let mut expect = Vec::new();
-        let run: Vec<Datagram> = (0..3)
+        let run: Vec<LentDatagram<'_>> = (0..3)
             .map(|i| {
-                let mut d = datagram("10.0.0.2", 16);
+                let mut d = owned("10.0.0.2", 16);
                 d.payload[..12].fill(i as u8);
                 d.payload[12..].fill(0xe0 + i as u8);
-                let part = &body[i * 1024..(i + 1) * 1024];
                 expect.extend_from_slice(&d.payload[..12]);
-                expect.extend_from_slice(part);
+                expect.extend_from_slice(&body[i * 1024..(i + 1) * 1024]);
                 expect.extend_from_slice(&d.payload[12..]);
-                let start = std::ptr::NonNull::from(&part[0]);
-                d.lent = Some(crate::engine::Lent::new(12, start, part.len()));
-                d
+                let offset = i as u64 * 1024;
+                LentDatagram::lent_from(d, 12, &table, &mr, (offset, 1024))
             })
             .collect();
         let (iovecs, _seams) = gather(&run);
@@ -387,7 +416,7 @@ mod tests {
         let (iovecs, seams) = gather(&owned);
         assert_eq!(iovecs.len(), 2);
         assert!(seams.is_empty());
-        assert_eq!(iovecs[1].iov_base as *const u8, owned[1].payload.as_ptr());
+        assert_eq!(iovecs[1].iov_base as *const u8, owned[1].held().as_ptr());
     }
 
     #[test]

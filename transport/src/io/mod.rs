@@ -20,7 +20,7 @@ pub use socket::{Received, UdpDriver};
 pub use solvers::SolverLimits;
 pub use uring::UringDriver;
 
-use crate::engine::Datagram;
+use crate::engine::LentDatagram;
 
 /// Which driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,7 +124,8 @@ impl Driver {
 
     /// Sends datagrams (drained from `datagrams`) to port 4791 of their destinations;
     /// returns how many went. Those the kernel could not take yet stay in `datagrams`.
-    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
+    /// Lent bytes are copied by the kernel before this returns.
+    pub fn send_batch(&mut self, datagrams: &mut Vec<LentDatagram<'_>>) -> io::Result<usize> {
         match self {
             Driver::Uring(d) => d.send_batch(datagrams),
             Driver::Socket(d) => d.send_batch(datagrams),
@@ -178,7 +179,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{DatagramMeta, Ecn};
+    use crate::engine::{Datagram, DatagramMeta, Ecn};
     use std::net::IpAddr;
 
     fn send_burst(from: &mut Driver, to: &mut Driver) {
@@ -190,11 +191,12 @@ mod tests {
             ecn: Ecn::NotEct,
             ipv4_ident: None,
         };
-        let mut burst: Vec<Datagram> = (0..100u8)
-            .map(|i| Datagram {
-                meta,
-                payload: vec![i; 1000],
-                lent: None,
+        let mut burst: Vec<LentDatagram<'_>> = (0..100u8)
+            .map(|i| {
+                LentDatagram::from(Datagram {
+                    meta,
+                    payload: vec![i; 1000],
+                })
             })
             .collect();
         assert_eq!(from.send_batch(&mut burst).unwrap(), 100);
@@ -234,7 +236,11 @@ mod tests {
     }
 
     /// What the engine hands over: RC Send Only datagrams with the ICRC for IP ID 0.
-    fn roce_datagrams(from: SocketAddr, to: SocketAddr, sizes: &[usize]) -> Vec<Datagram> {
+    fn roce_datagrams(
+        from: SocketAddr,
+        to: SocketAddr,
+        sizes: &[usize],
+    ) -> Vec<LentDatagram<'static>> {
         use ferroce_wire::icrc::{self, Envelope};
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
             unreachable!()
@@ -255,11 +261,7 @@ mod tests {
                 payload[..12]
                     .copy_from_slice(&[0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, i as u8]);
                 icrc::fill(&envelope, &mut payload).unwrap();
-                Datagram {
-                    meta,
-                    payload,
-                    lent: None,
-                }
+                LentDatagram::from(Datagram { meta, payload })
             })
             .collect()
     }

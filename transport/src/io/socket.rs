@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent, UDP_GRO, UDP_SEGMENT};
-use crate::engine::{Datagram, DatagramMeta, Ecn};
+use crate::engine::{DatagramMeta, Ecn, LentDatagram};
 
 /// Largest UDP payload the driver receives: a 4096-byte MTU packet with every header,
 /// rounded up. Anything longer is not a valid RoCEv2 packet and arrives truncated.
@@ -346,7 +346,7 @@ impl UdpDriver {
     /// kernel took. What it did not take (socket buffer full) is left in `datagrams`,
     /// in order, for the caller to retry or drop — RoCE recovers lost packets, so a
     /// full buffer is never an error.
-    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
+    pub fn send_batch(&mut self, datagrams: &mut Vec<LentDatagram<'_>>) -> io::Result<usize> {
         let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
         Ok(send_now(
             self.socket.as_raw_fd(),
@@ -367,11 +367,11 @@ impl UdpDriver {
 /// datagrams of what did not (a full socket buffer) to `unsent`, in order; returns the
 /// number of datagrams sent. Boxed messages: each header points into its own message.
 #[allow(clippy::vec_box)]
-pub(super) fn send_now(
+pub(super) fn send_now<'r>(
     socket: RawFd,
-    messages: Vec<Box<OutMessage>>,
+    messages: Vec<Box<OutMessage<'r>>>,
     spent: &mut Spent,
-    unsent: &mut Vec<Datagram>,
+    unsent: &mut Vec<LentDatagram<'r>>,
 ) -> usize {
     let mut sent = 0;
     let mut next = 0;
@@ -427,6 +427,7 @@ pub(super) fn send_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Datagram;
     use ferroce_wire::icrc::{self, Envelope};
     use ferroce_wire::ident::IdentSolver;
     use std::time::Duration;
@@ -500,11 +501,12 @@ mod tests {
             ecn: Ecn::NotEct,
             ipv4_ident: None,
         };
-        let mut datagrams: Vec<Datagram> = (0..40u8)
-            .map(|i| Datagram {
-                meta,
-                payload: vec![i; 32],
-                lent: None,
+        let mut datagrams: Vec<LentDatagram<'_>> = (0..40u8)
+            .map(|i| {
+                LentDatagram::from(Datagram {
+                    meta,
+                    payload: vec![i; 32],
+                })
             })
             .collect();
         assert_eq!(tx.send_batch(&mut datagrams).unwrap(), 40);

@@ -53,7 +53,7 @@ use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
 use super::{Driver, DriverKind, ReceiveIntegrity};
 use crate::engine::{
-    AsyncEvent, CompletionQueueId, Datagram, DatagramMeta, Engine, EngineConfig, NamespaceId,
+    AsyncEvent, CompletionQueueId, DatagramMeta, Engine, EngineConfig, LentDatagram, NamespaceId,
     RecvWr, SendOp, SendWr, SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus,
     WorkCompletion,
 };
@@ -665,21 +665,38 @@ pub struct EngineThread {
     drivers: Vec<(SocketAddr, DriverKind)>,
 }
 
-struct Port {
+/// A driver and the datagrams waiting for room in its kernel buffer: owned between
+/// rounds (`Port<'static>`), maybe lent from the engine during one (see
+/// `Runner::transmit`).
+struct Port<'r> {
     driver: Driver,
     ip: IpAddr,
     port: u16,
     /// [`ReceiveIntegrity::FullIcrc`] on IPv4: the raw socket that shows IP headers.
     tap: Option<IpHeaderTap>,
-    pending: Vec<Datagram>,
+    pending: Vec<LentDatagram<'r>>,
+}
+
+impl Port<'_> {
+    /// The port with the lent bytes of what waits copied in, to wait past the round.
+    fn own_pending(self) -> Port<'static> {
+        Port {
+            driver: self.driver,
+            ip: self.ip,
+            port: self.port,
+            tap: self.tap,
+            pending: LentDatagram::own_all(self.pending),
+        }
+    }
 }
 
 struct Runner {
     core: Core,
-    ports: Vec<Port>,
+    ports: Vec<Port<'static>>,
     solvers: Solvers,
-    /// The engine's datagrams on their way to their port's `pending`.
-    outbox: Vec<Datagram>,
+    /// The engine's datagrams on their way to their port's `pending` (empty between
+    /// rounds).
+    outbox: Vec<LentDatagram<'static>>,
     /// The link's state as the engine thread last found it ([`Shared::link_up`]) ...
     link_up: Arc<AtomicBool>,
     /// ... and as the engine was last told.
@@ -741,12 +758,6 @@ impl EngineThread {
         let link_up = !port_ips.is_empty() && addresses_usable(&port_ips);
         engine.handle_port_event(link_up);
         let link_up = Arc::new(AtomicBool::new(link_up));
-        // SAFETY: only `Runner::transmit` takes datagrams from this engine, and it sends or
-        // owns every one before it returns, so before anything else runs on the engine.
-        #[allow(unsafe_code)]
-        unsafe {
-            engine.lend_payloads(true)
-        };
         let shared = Arc::new(Shared {
             queue: SegQueue::new(),
             runner: Mutex::new(Runner {
@@ -1166,38 +1177,46 @@ impl Runner {
     }
 
     fn transmit(&mut self, now: Time) -> usize {
+        let Runner {
+            core,
+            ports: kept,
+            outbox: kept_outbox,
+            ..
+        } = self;
+        // Payloads stay in registered memory for the kernel to copy from (a lending
+        // round): the datagrams queued meanwhile may carry them, so they cannot outlive
+        // the round, and the queues wait for the next one owned (see the end).
+        let mut ports: Vec<Port<'_>> = std::mem::take(kept);
+        let mut outbox: Vec<LentDatagram<'_>> = std::mem::take(kept_outbox);
+        let mut lending = core.engine.lending();
         let mut sent = 0;
         loop {
             // Take datagrams while every driver has room; a driver whose kernel buffer is
             // full keeps its backlog and so holds the engine back (it will retransmit).
             let mut taken = 0;
             loop {
-                let room = self
-                    .ports
+                let room = ports
                     .iter()
                     .map(|p| TRANSMIT_BATCH.saturating_sub(p.pending.len()));
                 let room = room.min().unwrap_or(0);
                 if room == 0 {
                     break;
                 }
-                let n = self
-                    .core
-                    .engine
-                    .poll_transmit_into(now, &mut self.outbox, room);
+                let n = lending.poll_transmit_into(now, &mut outbox, room);
                 if n == 0 {
                     break;
                 }
                 taken += n;
-                for datagram in self.outbox.drain(..) {
-                    let src = datagram.meta.src.to_canonical();
-                    match self.ports.iter_mut().find(|p| p.ip == src) {
+                for datagram in outbox.drain(..) {
+                    let src = datagram.meta().src.to_canonical();
+                    match ports.iter_mut().find(|p| p.ip == src) {
                         Some(port) => port.pending.push(datagram),
-                        None => self.core.counters.unroutable += 1,
+                        None => core.counters.unroutable += 1,
                     }
                 }
             }
             let mut progress = false;
-            for port in &mut self.ports {
+            for port in &mut ports {
                 if port.pending.is_empty() {
                     continue;
                 }
@@ -1207,7 +1226,7 @@ impl Runner {
                         progress |= n > 0;
                     }
                     Err(error) => {
-                        self.core.counters.io_errors += 1;
+                        core.counters.io_errors += 1;
                         tracing::debug!(%error, "send failed; RoCE will retransmit");
                         port.pending.clear();
                     }
@@ -1218,10 +1237,9 @@ impl Runner {
             }
         }
         // What the kernel did not take waits for the next round, by when lent bytes may
-        // be gone (the engine's lending contract): it keeps copies instead.
-        for port in &mut self.ports {
-            port.pending.iter_mut().for_each(Datagram::own);
-        }
+        // be gone: it keeps copies instead (in the same allocations).
+        *kept = ports.into_iter().map(Port::own_pending).collect();
+        *kept_outbox = LentDatagram::own_all(outbox);
         sent
     }
 }

@@ -33,7 +33,7 @@ use super::gso::{self, split_gro, IcrcFixer, OutMessage, Spent};
 use super::socket::{
     self, bind_socket, parse_control, Control, Offloads, Received, CMSG_SPACE, GRO_BUFFER,
 };
-use crate::engine::{Datagram, DatagramMeta};
+use crate::engine::{DatagramMeta, LentDatagram};
 
 /// Provided receive buffers (a power of two).
 const RECV_BUFFERS: u16 = 64;
@@ -46,6 +46,8 @@ const CANCEL_TOKEN: u64 = 1 << 62;
 /// `user_data` of the multishot poll on a descriptor the engine thread also waits for
 /// (its doorbell), so that it can sleep in the ring.
 const WATCH_TOKEN: u64 = 1 << 61;
+/// Waits of 100 ms a dropped driver allows for the kernel to give back its buffers.
+const DROP_WAITS: u32 = 100;
 /// Consecutive receiving rounds a thread runs before the receive moves to it.
 pub const CLAIM_ROUNDS: u32 = 32;
 const NAME_SPACE: usize = mem::size_of::<libc::sockaddr_storage>();
@@ -53,28 +55,67 @@ const NAME_SPACE: usize = mem::size_of::<libc::sockaddr_storage>();
 /// the payload (many datagrams with GRO).
 const BUFFER_LEN: usize = 16 + NAME_SPACE + CMSG_SPACE + GRO_BUFFER;
 
+/// `struct io_uring_buf` (linux/io_uring.h): one entry of a ring of provided buffers.
+/// The first entry's `resv` is the ring's tail, which the kernel reads at any time.
+#[repr(C)]
+struct RingEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(mem::size_of::<RingEntry>() == mem::size_of::<BufRingEntry>());
+
 /// The ring of provided buffers the kernel picks receive buffers from.
+///
+/// Both allocations are shared with the kernel, which writes any buffer it holds (every
+/// one pushed and not yet named by a completion) whenever a datagram arrives, and reads
+/// the entries and the tail. So they are reached through raw pointers only: no `&mut`
+/// ever covers a buffer or the tail, and a `&[u8]` only a buffer the kernel handed back.
 struct BufferRing {
-    entries: NonNull<BufRingEntry>,
-    layout: Layout,
-    memory: Vec<u8>,
+    entries: NonNull<RingEntry>,
+    entries_layout: Layout,
+    buffers: NonNull<u8>,
+    buffers_layout: Layout,
     tail: u16,
+    /// Set when the kernel may still own the memory: dropping then leaks it.
+    leak: bool,
 }
 
 impl BufferRing {
     fn new() -> io::Result<BufferRing> {
-        let layout =
-            Layout::from_size_align(RECV_BUFFERS as usize * mem::size_of::<BufRingEntry>(), 4096)
+        let entries_layout =
+            Layout::from_size_align(RECV_BUFFERS as usize * mem::size_of::<RingEntry>(), 4096)
                 .map_err(|_| io::Error::other("buffer ring layout"))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let entries = NonNull::new(ptr.cast::<BufRingEntry>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let buffers_layout = Layout::from_size_align(BUFFER_LEN * RECV_BUFFERS as usize, 64)
+            .map_err(|_| io::Error::other("receive buffers layout"))?;
+        // SAFETY: both layouts have a non-zero size.
+        let (entries, buffers) = unsafe {
+            (
+                alloc::alloc_zeroed(entries_layout),
+                alloc::alloc_zeroed(buffers_layout),
+            )
+        };
+        let (Some(entries), Some(buffers)) = (NonNull::new(entries), NonNull::new(buffers)) else {
+            // SAFETY: whichever was allocated, with its layout, and is freed once.
+            unsafe {
+                if !entries.is_null() {
+                    alloc::dealloc(entries, entries_layout);
+                }
+                if !buffers.is_null() {
+                    alloc::dealloc(buffers, buffers_layout);
+                }
+            }
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        };
         let mut ring = BufferRing {
-            entries,
-            layout,
-            memory: vec![0u8; BUFFER_LEN * RECV_BUFFERS as usize],
+            entries: entries.cast(),
+            entries_layout,
+            buffers,
+            buffers_layout,
             tail: 0,
+            leak: false,
         };
         for bid in 0..RECV_BUFFERS {
             ring.push(bid);
@@ -82,36 +123,65 @@ impl BufferRing {
         Ok(ring)
     }
 
-    /// Hands buffer `bid` (back) to the kernel.
+    /// The address of the ring's entries, to register with the kernel.
+    fn entries_addr(&self) -> u64 {
+        self.entries.as_ptr() as u64
+    }
+
+    /// Hands buffer `bid` (back) to the kernel. Through raw pointers: the kernel may be
+    /// writing other buffers meanwhile, and reads the tail in the first entry.
     fn push(&mut self, bid: u16) {
+        let bid = bid & (RECV_BUFFERS - 1);
         let index = (self.tail & (RECV_BUFFERS - 1)) as usize;
-        let addr = self.memory[bid as usize * BUFFER_LEN..].as_mut_ptr() as u64;
-        // SAFETY: `index` < RECV_BUFFERS, inside the allocation; the kernel does not read
-        // an entry until the tail below moves past it.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
-        entry.set_addr(addr);
-        entry.set_len(BUFFER_LEN as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail lives in the first entry's reserved field, which the kernel
-        // reads concurrently: publish it with a release store so the entry is seen first.
+        // SAFETY: `bid < RECV_BUFFERS`, so the buffer starts inside the allocation.
+        let addr = unsafe { self.buffers.as_ptr().add(bid as usize * BUFFER_LEN) } as u64;
+        // SAFETY: `index < RECV_BUFFERS`, inside the entries' allocation. The kernel does
+        // not read this entry until the tail below moves past it; its fields are written
+        // one by one, so no reference covers the first entry's `resv` (the tail).
         unsafe {
-            let tail = BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
+            let entry = self.entries.as_ptr().add(index);
+            std::ptr::addr_of_mut!((*entry).addr).write(addr);
+            std::ptr::addr_of_mut!((*entry).len).write(BUFFER_LEN as u32);
+            std::ptr::addr_of_mut!((*entry).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail lives in the first entry's `resv`, 2-aligned inside the
+        // allocation, which the kernel reads concurrently: it is only ever accessed
+        // atomically from here, and the release store publishes the entry first.
+        unsafe {
+            let tail = std::ptr::addr_of_mut!((*self.entries.as_ptr()).resv);
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
         }
     }
 
+    /// The first `len` bytes of buffer `bid`, which a completion named: the kernel has
+    /// handed it back, and gets it again only from [`BufferRing::push`], which the
+    /// borrow of the result keeps from running meanwhile.
     fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * BUFFER_LEN;
-        &self.memory[start..start + len.min(BUFFER_LEN)]
+        let bid = bid & (RECV_BUFFERS - 1);
+        // SAFETY: inside the allocation (`bid < RECV_BUFFERS`, `len <= BUFFER_LEN`); the
+        // kernel no longer writes this buffer (see above) and no `&mut` to it exists.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.buffers.as_ptr().add(bid as usize * BUFFER_LEN),
+                len.min(BUFFER_LEN),
+            )
+        }
     }
 }
 
 impl Drop for BufferRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; the driver unregistered the ring
-        // (or never registered it) before dropping it.
-        unsafe { alloc::dealloc(self.entries.as_ptr().cast(), self.layout) }
+        if self.leak {
+            return;
+        }
+        // SAFETY: allocated in `new` with these layouts and freed only here; the driver
+        // unregistered the ring (or never registered it) and the kernel holds no buffer
+        // (else `leak` is set).
+        unsafe {
+            alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
+            alloc::dealloc(self.buffers.as_ptr(), self.buffers_layout);
+        }
     }
 }
 
@@ -135,12 +205,16 @@ pub struct UringDriver {
     /// The descriptor watched by a multishot poll, while that poll is armed.
     watching: Option<RawFd>,
     /// Sends in flight, by slot (`user_data`): the kernel reads them until completion.
-    sends: Vec<Option<Box<OutMessage>>>,
+    sends: Vec<Option<Box<OutMessage<'static>>>>,
+    /// Datagrams on their way into `sends` (empty between calls; kept for its room).
+    owned: Vec<LentDatagram<'static>>,
     free_sends: Vec<usize>,
     /// Payloads of finished sends, for [`UringDriver::reclaim`].
     spent: Spent,
     offloads: Offloads,
     fixer: IcrcFixer,
+    /// Waits of 100 ms `Drop` allows for the kernel to let go of every buffer.
+    drop_waits: u32,
 }
 
 // SAFETY: the raw pointers inside (buffer ring, msghdrs) point only into memory this
@@ -178,7 +252,7 @@ impl UringDriver {
         // SAFETY: the entries stay allocated until after the ring is unregistered in Drop.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                buffers.entries.as_ptr() as u64,
+                buffers.entries_addr(),
                 RECV_BUFFERS,
                 BUFFER_GROUP,
                 0,
@@ -201,10 +275,12 @@ impl UringDriver {
             recv_retiring: 0,
             watching: None,
             sends: Vec::new(),
+            owned: Vec::new(),
             free_sends: Vec::new(),
             spent: Spent::default(),
             offloads,
             fixer: IcrcFixer::default(),
+            drop_waits: DROP_WAITS,
         })
     }
 
@@ -407,15 +483,20 @@ impl UringDriver {
     /// Queues datagrams (drained from `datagrams`) to port 4791 of their destinations,
     /// runs of equal-sized ones to one peer as a GSO send, and submits them in one system
     /// call. Returns how many were queued (all of them: the ring takes what it is given).
-    pub fn send_batch(&mut self, datagrams: &mut Vec<Datagram>) -> io::Result<usize> {
-        let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
-        if messages.iter().any(|m| m.lends()) {
+    pub fn send_batch(&mut self, datagrams: &mut Vec<LentDatagram<'_>>) -> io::Result<usize> {
+        if datagrams.iter().any(|d| d.lent().is_some()) {
             // The ring may read a send's iovecs after `submit` returns (a full socket
-            // buffer makes it wait for room), when lent bytes may be gone: these go out
-            // with `sendmmsg` instead, which has copied them when it returns.
+            // buffer makes it wait for room), past the round the lent bytes are valid
+            // for: these go out with `sendmmsg` instead, which has copied them when it
+            // returns.
+            let messages = gso::messages(datagrams, self.offloads.gso, &mut self.fixer);
             let fd = self.socket.as_raw_fd();
             return Ok(socket::send_now(fd, messages, &mut self.spent, datagrams));
         }
+        // Nothing lent: each datagram is its own, and so may outlive the round in flight.
+        let owned = datagrams.drain(..).map(|d| LentDatagram::from(d.own()));
+        self.owned.extend(owned);
+        let messages = gso::messages(&mut self.owned, self.offloads.gso, &mut self.fixer);
         let mut queued = 0;
         for message in messages {
             let slot = match self.free_sends.pop() {
@@ -602,13 +683,78 @@ impl Drop for UringDriver {
                 self.recv_armed = false;
             }
         }
-        for _ in 0..100 {
-            if !self.recv_armed && self.recv_retiring == 0 && self.sends.iter().all(Option::is_none)
-            {
+        let released = |d: &UringDriver| {
+            !d.recv_armed && d.recv_retiring == 0 && d.sends.iter().all(Option::is_none)
+        };
+        for _ in 0..self.drop_waits {
+            if released(self) {
                 break;
             }
             self.drain_for_drop();
         }
-        let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        if released(self) {
+            let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+            return;
+        }
+        // The kernel may still write the receive buffers (a receive whose cancel never
+        // completed) or read sends' messages: freeing them would hand it memory the
+        // allocator gives to someone else. Leak them instead, and say so.
+        let sends = self.sends.iter().flatten().count();
+        tracing::warn!(
+            receive = self.recv_armed || self.recv_retiring > 0,
+            sends,
+            "io_uring still holds buffers after {} ms; leaking them (~{} KiB)",
+            u64::from(self.drop_waits) * 100,
+            (BUFFER_LEN * RECV_BUFFERS as usize) >> 10,
+        );
+        self.buffers.leak = true;
+        // SAFETY: msghdr is plain data; zero is a valid value.
+        let header = mem::replace(&mut self.recv_header, Box::new(unsafe { mem::zeroed() }));
+        Box::leak(header);
+        self.sends.drain(..).flatten().for_each(|message| {
+            Box::leak(message);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver dropped while the kernel still holds its receive (the ring kept alive by
+    /// a second descriptor, and no wait allowed for the cancel) leaks its buffers: a
+    /// datagram arriving afterwards lands in memory that is still allocated, not in
+    /// memory the allocator may have given to someone else.
+    #[test]
+    fn drop_leaks_buffers_the_kernel_still_holds() {
+        let Ok(mut driver) = UringDriver::bind("127.0.0.1:0".parse().unwrap()) else {
+            eprintln!("io_uring unavailable; skipping");
+            return;
+        };
+        let to = driver.local_addr();
+        driver.recv_batch(|_| {}).unwrap();
+        assert!(driver.recv_armed);
+        // SAFETY: duplicates the ring's descriptor; closed below.
+        let ring = unsafe { libc::dup(driver.ring_fd()) };
+        assert!(ring >= 0);
+        let buffers = driver.buffers.buffers;
+        driver.drop_waits = 0;
+        drop(driver);
+        let marker = *b"the kernel still owns this buffer";
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&marker, to).unwrap();
+        RingSleeper { fd: ring }
+            .wait(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut seen = vec![0u8; BUFFER_LEN * RECV_BUFFERS as usize];
+        // SAFETY: the buffers were leaked, so they are still allocated; the kernel has
+        // posted the completion of its write, and nothing else is sent to the socket.
+        unsafe { std::ptr::copy_nonoverlapping(buffers.as_ptr(), seen.as_mut_ptr(), seen.len()) };
+        // SAFETY: the descriptor duplicated above; the ring ends with it.
+        unsafe { libc::close(ring) };
+        assert!(
+            seen.windows(marker.len()).any(|w| w == marker),
+            "the datagram went into the leaked receive buffers"
+        );
     }
 }

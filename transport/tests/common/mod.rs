@@ -223,7 +223,9 @@ pub struct Pair {
     pub filter: Filter,
     /// Every datagram that went out, with its direction (kept or not).
     pub log: Vec<(Dir, packet::Repr, usize)>,
-    /// How many came with lent bytes (`Engine::lend_payloads`).
+    /// Take datagrams from lending rounds (`Engine::lending`), owning each at once.
+    pub lend: bool,
+    /// How many came with lent bytes.
     pub lent: usize,
 }
 
@@ -271,6 +273,7 @@ impl Pair {
             now: Time::ZERO,
             filter: Box::new(|_, _, _| true),
             log: Vec::new(),
+            lend: false,
             lent: 0,
         }
     }
@@ -279,10 +282,21 @@ impl Pair {
         Pair::new(QpType::Rc, Params::default())
     }
 
-    fn deliver(&mut self, dir: Dir, mut d: Datagram) {
-        // Owned at once, before either engine runs again, as lending requires.
-        self.lent += usize::from(d.lent.is_some());
-        d.own();
+    /// The next datagram `engine` sends: from a lending round when `lend`, owned at once
+    /// (its lent bytes copied in), and whether it came lent.
+    fn next_datagram(engine: &mut Engine, lend: bool, now: Time) -> Option<(Datagram, bool)> {
+        if !lend {
+            return engine.poll_transmit(now).map(|d| (d, false));
+        }
+        let mut out = Vec::with_capacity(1);
+        engine.lending().poll_transmit_into(now, &mut out, 1);
+        let d = out.pop()?;
+        let lent = d.lent().is_some();
+        Some((d.own(), lent))
+    }
+
+    fn deliver(&mut self, dir: Dir, (d, lent): (Datagram, bool)) {
+        self.lent += usize::from(lent);
         let parsed = packet::parse(&d.payload).expect("engine sent a malformed packet");
         let keep = (self.filter)(dir, &parsed.repr, self.now);
         self.log.push((dir, parsed.repr, parsed.payload.len()));
@@ -300,11 +314,11 @@ impl Pair {
         let deadline = self.now + limit;
         for _ in 0..1_000_000 {
             let mut moved = false;
-            while let Some(d) = self.a.engine.poll_transmit(self.now) {
+            while let Some(d) = Pair::next_datagram(&mut self.a.engine, self.lend, self.now) {
                 moved = true;
                 self.deliver(Dir::AtoB, d);
             }
-            while let Some(d) = self.b.engine.poll_transmit(self.now) {
+            while let Some(d) = Pair::next_datagram(&mut self.b.engine, self.lend, self.now) {
                 moved = true;
                 self.deliver(Dir::BtoA, d);
             }

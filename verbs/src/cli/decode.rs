@@ -5,7 +5,9 @@
 //! the IP/UDP envelope, and held to the rules a single packet (or its flow) must keep:
 //! FIRST and MIDDLE packets carry exactly one path MTU, MIDDLE packets as much as their
 //! flow's FIRST, LAST and ONLY packets at most 4096 bytes, CNPs carry BECN. Datagrams to
-//! QP1 are MADs; for the connection manager's the attribute is named.
+//! QP1 are MADs; a connection manager MAD is read with [`ferroce_wire::cm`] (names,
+//! comm IDs, QPs, PSNs, service IDs and RDMA CM addresses), and one that does not parse
+//! is malformed.
 //!
 //! Exit status: 0 when every RoCEv2 packet is well formed with a good ICRC, 1 when one
 //! is not, 2 when the file cannot be read as a capture.
@@ -18,9 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ferroce_wire::mad::{self, MgmtClass};
 use ferroce_wire::opcode::OpInfo;
 use ferroce_wire::packet::{self, Parsed, Repr, PATH_MTUS};
-use ferroce_wire::{bth, icrc, AckSyndrome, OpCode, Position, Qpn, Transport};
+use ferroce_wire::{bth, cm, cma, icrc, AckSyndrome, OpCode, Position, Qpn, ServiceId, Transport};
 use ferroce_wire::{ICRC_LEN, ROCEV2_UDP_PORT};
 use serde_json::{json, Map, Value};
 
@@ -150,7 +153,7 @@ impl Summary {
             sep = ",";
         }
         for (&attribute, count) in &self.cm_attributes {
-            let _ = write!(line, "{sep} CM {}={count}", CmAttribute(attribute));
+            let _ = write!(line, "{sep} CM {}={count}", cm_attribute_name(attribute));
             sep = ",";
         }
         line
@@ -168,7 +171,7 @@ impl Summary {
             .cm_attributes
             .iter()
             .map(|(&attribute, count)| {
-                json!({"attribute": attribute, "name": CmAttribute(attribute).to_string(), "count": count})
+                json!({"attribute": attribute, "name": cm_attribute_name(attribute), "count": count})
             })
             .collect();
         json!({
@@ -265,7 +268,7 @@ struct PacketReport<'a> {
     repr: Option<Repr>,
     payload_len: Option<usize>,
     icrc: IcrcCheck,
-    mad: Option<Mad>,
+    mad: Option<Mad<'a>>,
     problems: Vec<String>,
 }
 
@@ -354,11 +357,11 @@ impl Decoder {
     }
 
     /// The rules beyond `packet::parse`: segment sizes (per flow), CNP flags, MADs.
-    fn check_rules(
+    fn check_rules<'a>(
         &mut self,
         datagram: &Datagram<'_>,
-        parsed: &Parsed<'_>,
-        report: &mut PacketReport<'_>,
+        parsed: &Parsed<'a>,
+        report: &mut PacketReport<'a>,
     ) {
         let Ok(info) = parsed.repr.info() else {
             return; // parse only accepts known opcodes
@@ -379,16 +382,18 @@ impl Decoder {
             report.problems.push("CNP without BECN".into());
         }
         if info.transport == Transport::Ud && bth.dest_qp == Qpn::GSI {
-            match Mad::parse(parsed.payload) {
-                Some(mad) => {
-                    if mad.class == MAD_CLASS_CM {
-                        *self.summary.cm_attributes.entry(mad.attribute).or_default() += 1;
-                    }
-                    report.mad = Some(mad);
+            if let Ok(view) = mad::Packet::new_checked(parsed.payload) {
+                if view.mgmt_class() == MgmtClass::CommunicationManagement {
+                    *self
+                        .summary
+                        .cm_attributes
+                        .entry(view.attribute_id())
+                        .or_default() += 1;
                 }
-                None => report.problems.push(format!(
-                    "QP1 datagram of {len} bytes is shorter than a MAD header ({MAD_HEADER_LEN})"
-                )),
+            }
+            match Mad::parse(parsed.payload) {
+                Ok(mad) => report.mad = Some(mad),
+                Err(problem) => report.problems.push(problem),
             }
         }
     }
@@ -507,182 +512,250 @@ fn aeth_offset(info: OpInfo) -> Option<usize> {
     Some(bth::HEADER_LEN + before.len())
 }
 
-const MAD_HEADER_LEN: usize = 24;
-const MAD_CLASS_CM: u8 = 0x07;
-
-/// The common MAD header (IBA 13.4.3): what a datagram to QP1 carries first.
+/// What a datagram to QP1 carries: a MAD and, for the connection manager, its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mad {
-    base_version: u8,
-    class: u8,
-    class_version: u8,
-    method: u8,
-    status: u16,
-    transaction_id: u64,
-    attribute: u16,
-    /// What a CM message says about the connection, when it is long enough to say it.
-    cm: Option<CmFields>,
+struct Mad<'a> {
+    header: mad::Repr,
+    /// The CM message, when the MAD is a CM connection message that parsed.
+    cm: Option<cm::Message<'a>>,
 }
 
-/// The connection identifiers of a CM message (IBA 12.6; offsets after the MAD header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct CmFields {
-    local_comm_id: u32,
-    /// Zero in a REQ, which has none yet.
-    remote_comm_id: u32,
-    /// REQ: service ID (RDMA CM: 0x0106_0000 | port).
-    service_id: Option<u64>,
-    /// REQ and REP: the sender's QPN and starting PSN.
-    qpn: Option<u32>,
-    starting_psn: Option<u32>,
-}
-
-const CM_REQUEST: u16 = 0x10;
-const CM_REPLY: u16 = 0x13;
-
-impl CmFields {
-    fn parse(attribute: u16, data: &[u8]) -> Option<CmFields> {
-        let u32_at = |at: usize| -> Option<u32> {
-            let b = data.get(at..at + 4)?;
-            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let u24_at = |at: usize| u32_at(at).map(|v| v >> 8);
-        let mut fields = CmFields {
-            local_comm_id: u32_at(0)?,
-            ..CmFields::default()
-        };
-        match attribute {
-            CM_REQUEST => {
-                let high = u64::from(u32_at(8)?);
-                let low = u64::from(u32_at(12)?);
-                fields.service_id = Some(high << 32 | low);
-                fields.qpn = Some(u24_at(32)?);
-                fields.starting_psn = Some(u24_at(44)?);
-            }
-            CM_REPLY => {
-                fields.remote_comm_id = u32_at(4)?;
-                fields.qpn = Some(u24_at(12)?);
-                fields.starting_psn = Some(u24_at(20)?);
-            }
-            _ => fields.remote_comm_id = u32_at(4)?,
+impl<'a> Mad<'a> {
+    /// Reads a QP1 datagram; the error says why it is malformed.
+    fn parse(payload: &'a [u8]) -> Result<Mad<'a>, String> {
+        let view = mad::Packet::new_checked(payload).map_err(|_| {
+            format!(
+                "QP1 datagram of {} bytes is shorter than a MAD header ({})",
+                payload.len(),
+                mad::HEADER_LEN
+            )
+        })?;
+        let header = mad::Repr::parse(&view).map_err(|e| format!("MAD header: {e}"))?;
+        let attribute = cm::AttributeId::from(header.attribute_id);
+        if header.mgmt_class != MgmtClass::CommunicationManagement
+            || !attribute.is_connection_message()
+        {
+            return Ok(Mad { header, cm: None });
         }
-        Some(fields)
+        match cm::Message::parse(attribute, view.data()) {
+            Ok(message) => Ok(Mad {
+                header,
+                cm: Some(message),
+            }),
+            Err(ferroce_wire::Error::Truncated) => Err(format!(
+                "CM {attribute} of {} bytes is shorter than a CM MAD ({})",
+                payload.len(),
+                mad::MAD_LEN
+            )),
+            // The only rule a CM message of full length can break.
+            Err(ferroce_wire::Error::Malformed) => Err(format!(
+                "CM {attribute} has an information length longer than its field"
+            )),
+            Err(e) => Err(format!("CM {attribute}: {e}")),
+        }
+    }
+
+    fn is_cm(&self) -> bool {
+        self.header.mgmt_class == MgmtClass::CommunicationManagement
     }
 
     fn json(&self) -> Value {
-        json!({
-            "local_comm_id": self.local_comm_id,
-            "remote_comm_id": self.remote_comm_id,
-            "service_id": self.service_id,
-            "qpn": self.qpn,
-            "starting_psn": self.starting_psn,
-        })
-    }
-}
-
-impl fmt::Display for CmFields {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "comm_id={:#010x}", self.local_comm_id)?;
-        if self.remote_comm_id != 0 {
-            write!(f, " remote_comm_id={:#010x}", self.remote_comm_id)?;
-        }
-        if let Some(service_id) = self.service_id {
-            write!(f, " service_id={service_id:#x}")?;
-        }
-        if let Some(qpn) = self.qpn {
-            write!(f, " qpn={}", Qpn::new(qpn))?;
-        }
-        if let Some(psn) = self.starting_psn {
-            write!(f, " start_psn={}", ferroce_wire::Psn::new(psn))?;
-        }
-        Ok(())
-    }
-}
-
-impl Mad {
-    fn parse(payload: &[u8]) -> Option<Mad> {
-        let h = payload.get(..MAD_HEADER_LEN)?;
-        let mut tid = [0u8; 8];
-        tid.copy_from_slice(&h[8..16]);
-        let attribute = u16::from_be_bytes([h[16], h[17]]);
-        let cm = if h[1] == MAD_CLASS_CM {
-            CmFields::parse(attribute, &payload[MAD_HEADER_LEN..])
-        } else {
-            None
-        };
-        Some(Mad {
-            base_version: h[0],
-            class: h[1],
-            class_version: h[2],
-            method: h[3],
-            status: u16::from_be_bytes([h[4], h[5]]),
-            transaction_id: u64::from_be_bytes(tid),
-            attribute,
-            cm,
-        })
-    }
-
-    fn json(&self) -> Value {
+        let h = &self.header;
         let mut object = json!({
-            "base_version": self.base_version,
-            "class": self.class,
-            "class_version": self.class_version,
-            "method": self.method,
-            "status": self.status,
-            "tid": format!("{:#018x}", self.transaction_id),
-            "attribute": self.attribute,
+            "base_version": h.base_version,
+            "class": u8::from(h.mgmt_class),
+            "class_version": h.class_version,
+            "method": u8::from(h.method),
+            "status": h.status,
+            "tid": format!("{:#018x}", h.transaction_id),
+            "attribute": h.attribute_id,
         });
-        if self.class == MAD_CLASS_CM {
-            object["cm"] = json!(CmAttribute(self.attribute).to_string());
+        if self.is_cm() {
+            object["cm"] = json!(cm_attribute_name(h.attribute_id));
         }
-        if let Some(cm) = &self.cm {
-            object["cm_fields"] = cm.json();
+        if let Some(message) = &self.cm {
+            object["cm_fields"] = cm_fields_json(message);
         }
         object
     }
 }
 
-impl fmt::Display for Mad {
+/// The name of a CM attribute, or its number.
+fn cm_attribute_name(attribute: u16) -> String {
+    match cm::AttributeId::from(attribute) {
+        cm::AttributeId::Unknown(other) => format!("attribute {other:#06x}"),
+        known => known.to_string(),
+    }
+}
+
+/// The RDMA CM IP header at the start of a REQ's or SIDR_REQ's private data, when it
+/// is one (its service ID names an RDMA CM port space).
+fn cma_header(service_id: ServiceId, private_data: &[u8]) -> Option<cma::Repr> {
+    service_id.rdma_ip_parts()?;
+    cma::Repr::parse(&cma::Packet::new_checked(private_data).ok()?).ok()
+}
+
+/// The service ID, its RDMA CM port space and port, and the RDMA CM IP header.
+fn json_service(o: &mut Value, service_id: ServiceId, private_data: &[u8]) {
+    o["service_id"] = json!(service_id.0);
+    if let Some((space, port)) = service_id.rdma_ip_parts() {
+        o["port_space"] = json!(space.to_string());
+        o["port"] = json!(port);
+    }
+    if let Some(cma) = cma_header(service_id, private_data) {
+        o["cma"] = json!({
+            "version": cma.cma_version,
+            "src": cma.src().to_string(),
+            "src_port": cma.port,
+            "dst": cma.dst().to_string(),
+        });
+    }
+}
+
+fn cm_fields_json(message: &cm::Message<'_>) -> Value {
+    let mut o = json!({
+        "local_comm_id": message.local_comm_id(),
+        "remote_comm_id": message.remote_comm_id().unwrap_or(0),
+        "service_id": null,
+        "qpn": null,
+        "starting_psn": null,
+    });
+    match message {
+        cm::Message::Req(m) => {
+            json_service(&mut o, m.service_id, m.private_data);
+            o["qpn"] = json!(m.local_qpn.value());
+            o["starting_psn"] = json!(m.starting_psn.value());
+            o["path_mtu"] = json!(m.path_mtu);
+            o["responder_resources"] = json!(m.responder_resources);
+            o["initiator_depth"] = json!(m.initiator_depth);
+            o["retry_count"] = json!(m.retry_count);
+            o["rnr_retry_count"] = json!(m.rnr_retry_count);
+            o["local_gid"] = json!(m.primary_path.local_gid.to_string());
+            o["remote_gid"] = json!(m.primary_path.remote_gid.to_string());
+        }
+        cm::Message::Rep(m) => {
+            o["qpn"] = json!(m.local_qpn.value());
+            o["starting_psn"] = json!(m.starting_psn.value());
+            o["responder_resources"] = json!(m.responder_resources);
+            o["initiator_depth"] = json!(m.initiator_depth);
+            o["rnr_retry_count"] = json!(m.rnr_retry_count);
+        }
+        cm::Message::Rej(m) => {
+            o["reason"] = json!(u16::from(m.reason));
+            o["reason_name"] = json!(m.reason.to_string());
+            o["message_rejected"] = json!(m.message_rejected.to_string());
+        }
+        cm::Message::Mra(m) => {
+            o["message_mraed"] = json!(m.message_mraed.to_string());
+            o["service_timeout"] = json!(m.service_timeout);
+        }
+        cm::Message::Dreq(m) => o["remote_qpn"] = json!(m.remote_qpn.value()),
+        cm::Message::Lap(m) => o["remote_qpn"] = json!(m.remote_qpn.value()),
+        cm::Message::Apr(m) => o["status"] = json!(m.status.to_string()),
+        cm::Message::SidrReq(m) => json_service(&mut o, m.service_id, m.private_data),
+        cm::Message::SidrRep(m) => {
+            o["service_id"] = json!(m.service_id.0);
+            o["qpn"] = json!(m.qpn.value());
+            o["status"] = json!(m.status.to_string());
+            o["qkey"] = json!(m.qkey);
+        }
+        cm::Message::Rtu(_) | cm::Message::Drep(_) => {}
+    }
+    o
+}
+
+/// Writes ` service=TCP:7174 cma=SRC:PORT->DST` for a service ID and private data.
+fn write_service(
+    f: &mut fmt::Formatter<'_>,
+    service_id: ServiceId,
+    private_data: &[u8],
+) -> fmt::Result {
+    if let Some((space, port)) = service_id.rdma_ip_parts() {
+        write!(f, " service={space}:{port}")?;
+    }
+    if let Some(cma) = cma_header(service_id, private_data) {
+        write!(f, " cma={}->{}", cma.source(), cma.dst())?;
+    }
+    Ok(())
+}
+
+/// The connection identifiers and what the message says about the connection.
+struct CmFields<'m, 'a>(&'m cm::Message<'a>);
+
+impl fmt::Display for CmFields<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.class == MAD_CLASS_CM {
-            write!(f, "CM {}", CmAttribute(self.attribute))?;
-        } else {
-            write!(
+        let message = self.0;
+        match message {
+            cm::Message::SidrReq(_) | cm::Message::SidrRep(_) => {
+                write!(f, "request_id={:#010x}", message.local_comm_id())?
+            }
+            _ => write!(f, "comm_id={:#010x}", message.local_comm_id())?,
+        }
+        if let Some(remote) = message.remote_comm_id().filter(|&id| id != 0) {
+            write!(f, " remote_comm_id={remote:#010x}")?;
+        }
+        match message {
+            cm::Message::Req(m) => {
+                write!(
+                    f,
+                    " service_id={} qpn={} start_psn={}",
+                    m.service_id, m.local_qpn, m.starting_psn
+                )?;
+                write_service(f, m.service_id, m.private_data)?;
+            }
+            cm::Message::Rep(m) => write!(f, " qpn={} start_psn={}", m.local_qpn, m.starting_psn)?,
+            cm::Message::Rej(m) => write!(
                 f,
-                "MAD class={:#04x} method={:#04x} attr={:#06x}",
-                self.class, self.method, self.attribute
-            )?;
-        }
-        write!(f, " tid={:#x}", self.transaction_id)?;
-        if self.status != 0 {
-            write!(f, " status={:#06x}", self.status)?;
-        }
-        if let Some(cm) = &self.cm {
-            write!(f, " {cm}")?;
+                " of={} reason={} ({})",
+                m.message_rejected,
+                u16::from(m.reason),
+                m.reason
+            )?,
+            cm::Message::Mra(m) => write!(
+                f,
+                " of={} service_timeout={}",
+                m.message_mraed, m.service_timeout
+            )?,
+            cm::Message::Dreq(m) => write!(f, " remote_qpn={}", m.remote_qpn)?,
+            cm::Message::Lap(m) => write!(f, " remote_qpn={}", m.remote_qpn)?,
+            cm::Message::Apr(m) => write!(f, " status={}", m.status)?,
+            cm::Message::SidrReq(m) => {
+                write!(f, " service_id={}", m.service_id)?;
+                write_service(f, m.service_id, m.private_data)?;
+            }
+            cm::Message::SidrRep(m) => write!(
+                f,
+                " status={} service_id={} qpn={} qkey={:#010x}",
+                m.status, m.service_id, m.qpn, m.qkey
+            )?,
+            cm::Message::Rtu(_) | cm::Message::Drep(_) => {}
         }
         Ok(())
     }
 }
 
-/// A connection manager attribute ID (IBA 12.6).
-struct CmAttribute(u16);
-
-impl fmt::Display for CmAttribute {
+impl fmt::Display for Mad<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            0x10 => "ConnectRequest",
-            0x11 => "MessageReceiptAcknowledgement",
-            0x12 => "ConnectReject",
-            0x13 => "ConnectReply",
-            0x14 => "ReadyToUse",
-            0x15 => "DisconnectRequest",
-            0x16 => "DisconnectReply",
-            0x17 => "ServiceIdResolutionRequest",
-            0x18 => "ServiceIdResolutionReply",
-            0x19 => "LoadAlternatePath",
-            0x1a => "AlternatePathResponse",
-            other => return write!(f, "attribute {other:#06x}"),
-        })
+        let h = &self.header;
+        if self.is_cm() {
+            write!(f, "CM {}", cm_attribute_name(h.attribute_id))?;
+        } else {
+            write!(
+                f,
+                "MAD class={:#04x} method={:#04x} attr={:#06x}",
+                u8::from(h.mgmt_class),
+                u8::from(h.method),
+                h.attribute_id
+            )?;
+        }
+        write!(f, " tid={:#x}", h.transaction_id)?;
+        if h.status != 0 {
+            write!(f, " status={:#06x}", h.status)?;
+        }
+        if let Some(message) = &self.cm {
+            write!(f, " {}", CmFields(message))?;
+        }
+        Ok(())
     }
 }
 
@@ -884,9 +957,10 @@ mod tests {
 
     #[test]
     fn cm_attribute_names() {
-        assert_eq!(CmAttribute(0x10).to_string(), "ConnectRequest");
-        assert_eq!(CmAttribute(0x16).to_string(), "DisconnectReply");
-        assert_eq!(CmAttribute(0x42).to_string(), "attribute 0x0042");
+        assert_eq!(cm_attribute_name(0x10), "ConnectRequest");
+        assert_eq!(cm_attribute_name(0x16), "DisconnectReply");
+        assert_eq!(cm_attribute_name(0x01), "ClassPortInfo");
+        assert_eq!(cm_attribute_name(0x42), "attribute 0x0042");
     }
 
     #[test]

@@ -7,7 +7,6 @@ mod responder;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
-use std::ptr::NonNull;
 use std::time::Duration;
 
 use ferroce_wire::{packet, Psn, Qpn, Rkey, ICRC_LEN};
@@ -16,9 +15,10 @@ use super::buffers::BufferPool;
 use super::cq::{CompletionQueue, CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 use super::error::{Result, VerbsError};
 use super::event::Events;
+use super::memory::LentBytes;
 use super::memory::{AccessFlags, Key, Lkey, MemoryAccess, ProtectionDomain};
 use super::srq::{SharedReceiveQueue, SharedReceiveQueueId};
-use super::{AsyncEvent, Counters, Lent, Time};
+use super::{AsyncEvent, Counters, Time};
 
 pub(crate) use requester::Requester;
 pub(crate) use responder::Responder;
@@ -523,9 +523,9 @@ pub(crate) struct Outgoing {
     pub repr: packet::Repr,
     pub payload_len: usize,
     pub buffer: Vec<u8>,
-    /// The payload, when it stays in registered memory (`buffer` then has no room for
-    /// it: headers, pad and ICRC only).
-    pub lent: Option<Lent>,
+    /// The payload and where it goes, when it stays in registered memory (`buffer` then
+    /// has no room for it: headers, pad and ICRC only).
+    pub lent: Option<(usize, LentBytes)>,
     pub src: IpAddr,
     pub dst: IpAddr,
 }
@@ -557,15 +557,16 @@ impl Outgoing {
         }
     }
 
-    /// A datagram for `repr` whose payload is `len` bytes of registered memory at
-    /// `start`, sent from where they are (see `QueuePair::lend`).
+    /// A datagram for `repr` whose payload is `lent`, bytes of registered memory sent
+    /// from where they are (see `QueuePair::lend`).
     pub fn lent(
         repr: packet::Repr,
-        (start, len): (NonNull<u8>, usize),
+        lent: LentBytes,
         src: IpAddr,
         dst: IpAddr,
         buffers: &mut BufferPool,
     ) -> Outgoing {
+        let len = lent.len();
         let header = repr.header_len().unwrap_or(0);
         let mut buffer = buffers.take(header + packet::pad_for(len) as usize + ICRC_LEN);
         buffer.fill(0);
@@ -573,7 +574,7 @@ impl Outgoing {
             repr,
             payload_len: len,
             buffer,
-            lent: Some(Lent::new(header, start, len)),
+            lent: Some((header, lent)),
             src,
             dst,
         }
@@ -595,7 +596,7 @@ pub(crate) struct Context<'a> {
     pub now: Time,
     pub buffers: &'a mut BufferPool,
     /// Payloads of at least [`LEND_MIN`] bytes from one SGE may stay in registered
-    /// memory ([`Engine::lend_payloads`](crate::engine::Engine::lend_payloads)).
+    /// memory ([`Engine::lending`](crate::engine::Engine::lending)).
     pub lend: bool,
     pub memory: &'a mut dyn MemoryAccess,
     pub cqs: &'a mut BTreeMap<CompletionQueueId, CompletionQueue>,
@@ -1236,29 +1237,23 @@ impl QueuePair {
     /// the packet can carry them from there: lending is on, they are at least
     /// [`LEND_MIN`] bytes in one SGE, and its key checks pass (when they do not,
     /// `gather` fails the WR as it always has).
-    fn lend(
-        &self,
-        wqe: &SendWqe,
-        offset: u32,
-        len: usize,
-        ctx: &Context<'_>,
-    ) -> Option<(NonNull<u8>, usize)> {
+    fn lend(&self, wqe: &SendWqe, offset: u32, len: usize, ctx: &Context<'_>) -> Option<LentBytes> {
         if !ctx.lend || len < LEND_MIN || wqe.wr.inline_data.is_some() {
             return None;
         }
-        let mut start = None;
+        let mut lent = None;
         walk_sges(&wqe.wr.sg_list, offset, len, |sge, addr, at, n| {
             if at != 0 || n != len {
                 return Err(()); // Spread over SGEs: copied instead.
             }
-            start = ctx
+            lent = ctx
                 .memory
                 .lend(Key::Local(sge.lkey), self.pd, addr, len, AccessFlags::NONE)
                 .ok();
             Ok(())
         })
         .ok()?;
-        Some((start?, len))
+        lent
     }
 
     /// Copies `data` into a scatter list at `offset` (needs LOCAL_WRITE).

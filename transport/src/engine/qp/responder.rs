@@ -969,8 +969,8 @@ impl QueuePair {
                 .memory
                 .lend(Key::Remote(rkey), self.pd, va, n, AccessFlags::REMOTE_READ);
             // On an error the read below fails the same way and NAKs.
-            if let Ok(start) = lent {
-                return Some(Outgoing::lent(repr, (start, n), src, dst, ctx.buffers));
+            if let Ok(lent) = lent {
+                return Some(Outgoing::lent(repr, lent, src, dst, ctx.buffers));
             }
         }
         let mut out = Outgoing::new(repr, n, src, dst, ctx.buffers);
