@@ -62,6 +62,9 @@ use crate::engine::{
 const TRANSMIT_BATCH: usize = 64;
 /// Queued work items taken per round (so receives and transmits are not starved).
 const WORK_BATCH: usize = 1024;
+/// Posts that may wait for the thread running a round; a poster finding this many waits
+/// for that thread (back-pressure) instead of growing the queue.
+pub const MAX_QUEUED_WORK: usize = 4 * WORK_BATCH;
 
 /// `vendor_err` of the error completion for a work request the engine refused at post
 /// time: the QP state does not accept it.
@@ -319,8 +322,12 @@ pub struct ThreadCounters {
     pub unroutable: u64,
     /// Send or receive calls that failed (the datagrams are dropped; RoCE retransmits).
     pub io_errors: u64,
-    /// Posted work requests the engine refused (each got an error completion).
+    /// Posted work requests the engine refused (each got an error completion, unless
+    /// its CQ was full: see `lost_post_errors`).
     pub refused_posts: u64,
+    /// Error completions of refused posts that found their CQ full, dropped (a CQ
+    /// never holds more than its depth).
+    pub lost_post_errors: u64,
 }
 
 /// What a control call sees on the engine thread: the engine and the completion rings.
@@ -418,6 +425,13 @@ impl Core {
                 VerbsError::LimitExceeded(_) => POST_ERR_LIMIT,
                 _ => POST_ERR_OTHER,
             };
+            // An application posting into a full queue without polling must not grow
+            // the CQ past its depth.
+            if errors.room() == 0 {
+                self.counters.lost_post_errors += 1;
+                tracing::warn!(qpn = %qpn, wr_id, "a refused post's error completion found its CQ full; dropped");
+                return;
+            }
             errors.deliver([WorkCompletion {
                 wr_id,
                 status: WcStatus::LocQpOpErr,
@@ -565,9 +579,21 @@ impl Shared {
                 Err(TryLockError::WouldBlock) => match posts.take() {
                     // Queued now, so the holder finds them when it looks after letting
                     // go; unless it has let go already, which the next try finds.
-                    Some(posts) => {
-                        self.queue_posts(posts);
+                    Some(more) if self.queue.len() < MAX_QUEUED_WORK => {
+                        self.queue_posts(more);
                         continue;
+                    }
+                    // The queue is full: wait for the round in progress and run one,
+                    // rather than let a fast poster grow it without bound.
+                    Some(more) => {
+                        posts = Some(more);
+                        match self.runner.lock() {
+                            Ok(runner) => runner,
+                            Err(_) => {
+                                self.die();
+                                return progressed;
+                            }
+                        }
                     }
                     None => return progressed,
                 },
@@ -1337,5 +1363,82 @@ mod tests {
             Err(EngineStopped)
         );
         assert_eq!(thread.call(|_| 1), Err(EngineStopped));
+    }
+
+    fn bare_thread() -> EngineThread {
+        EngineThread::spawn(EngineThreadConfig {
+            engine: EngineConfig::default(),
+            seed: 1,
+            addresses: Vec::new(),
+            driver: DriverKind::Socket,
+            receive_integrity: ReceiveIntegrity::default(),
+            busy_poll: Duration::ZERO,
+            name: "ferroce-test".into(),
+        })
+        .unwrap()
+    }
+
+    fn refused_send(wr_id: u64, errors: &Arc<CompletionRing>) -> Post {
+        // No QP 0x99 exists: the engine refuses the post.
+        Post::Send {
+            ns: NamespaceId::DEFAULT,
+            qpn: Qpn::new(0x99),
+            wr: SendWr::new(wr_id, SendOp::Send, Vec::new()),
+            errors: errors.clone(),
+        }
+    }
+
+    /// An application posting without polling cannot grow a CQ past its depth with the
+    /// error completions of refused posts: the rest are dropped and counted.
+    #[test]
+    fn refused_posts_never_overfill_their_cq() {
+        let thread = bare_thread();
+        let ring = Arc::new(CompletionRing::new(4, None));
+        for wr_id in 0..100 {
+            thread.post(refused_send(wr_id, &ring));
+        }
+        let counters = thread.call(|core| core.counters()).unwrap();
+        assert_eq!(ring.len(), 4);
+        assert_eq!(
+            (counters.refused_posts, counters.lost_post_errors),
+            (100, 96)
+        );
+        let mut out = Vec::new();
+        ring.poll(10, &mut out);
+        let ids: Vec<u64> = out.iter().map(|wc| wc.wr_id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+        assert!(out.iter().all(|wc| wc.status == WcStatus::LocQpOpErr));
+    }
+
+    /// While another thread runs a long round, posts queue up to `MAX_QUEUED_WORK`; past
+    /// that a poster waits for the round instead of growing the queue.
+    #[test]
+    fn posts_behind_a_busy_round_queue_at_most_the_bound() {
+        let thread = bare_thread();
+        let ring = Arc::new(CompletionRing::new(1, None));
+        let (started, running) = std::sync::mpsc::channel();
+        let longest = std::thread::scope(|scope| {
+            // Another thread holds the engine for a long round.
+            scope.spawn(|| {
+                thread.submit(move |_| {
+                    started.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                })
+            });
+            running.recv().unwrap();
+            let mut longest = 0;
+            for wr_id in 0..(3 * MAX_QUEUED_WORK as u64) {
+                thread.post(refused_send(wr_id, &ring));
+                longest = longest.max(thread.shared.queue.len());
+            }
+            longest
+        });
+        assert!(longest <= MAX_QUEUED_WORK, "{longest} queued");
+        assert!(
+            longest >= MAX_QUEUED_WORK / 2,
+            "the round was not busy: {longest} queued"
+        );
+        let counters = thread.call(|core| core.counters()).unwrap();
+        assert_eq!(counters.refused_posts, 3 * MAX_QUEUED_WORK as u64);
     }
 }

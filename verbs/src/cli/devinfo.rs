@@ -341,6 +341,7 @@ fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) 
             ("thread.unroutable", thread.unroutable),
             ("thread.io_errors", thread.io_errors),
             ("thread.refused_posts", thread.refused_posts),
+            ("thread.lost_post_errors", thread.lost_post_errors),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value)),
