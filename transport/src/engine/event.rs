@@ -159,6 +159,11 @@ impl<T> BoundedQueue<T> {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// The most entries it holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 /// One namespace's event queues.

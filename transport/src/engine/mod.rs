@@ -67,6 +67,7 @@ mod lent;
 pub mod memory;
 pub mod namespace;
 pub mod qp;
+pub mod queues;
 pub mod sim;
 pub mod srq;
 pub mod timer;
@@ -85,6 +86,7 @@ pub use qp::{
     AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType, RecvWr, SendOp,
     SendWr, SgList, Sge, UdDestination,
 };
+pub use queues::{QueueDepth, QueueKind};
 pub use srq::{SharedReceiveQueueId, SrqAttr};
 use trace::count_drop;
 

@@ -53,6 +53,19 @@ pub enum QpState {
     Err,
 }
 
+impl QpState {
+    /// Every state, in the order above.
+    pub const ALL: [QpState; 7] = [
+        QpState::Reset,
+        QpState::Init,
+        QpState::Rtr,
+        QpState::Rts,
+        QpState::Sqd,
+        QpState::Sqe,
+        QpState::Err,
+    ];
+}
+
 /// Path MTU (`ibv_mtu`), 256 to 4096 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathMtu {

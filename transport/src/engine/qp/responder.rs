@@ -186,6 +186,19 @@ fn refuse(nak: NakCode, recv_status: WcStatus) -> Refusal {
 }
 
 impl Responder {
+    /// Size of the responder-resource ring.
+    pub fn resources_len(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// The most jobs [`Responder::queued`] may count (what `QpInfo::responses_queued`
+    /// promises): one READ/atomic job per ring entry, [`MAX_QUEUED_ACKS`] ACKs and
+    /// NAKs, and one more behind each READ/atomic job (`queue_ack` folds only into an
+    /// ACK queued last).
+    pub fn queue_bound(&self) -> usize {
+        MAX_QUEUED_ACKS + 2 * self.resources.len()
+    }
+
     pub fn resize_resources(&mut self, n: usize) {
         self.resources = vec![None; n];
         self.resource_head = 0;

@@ -9,15 +9,7 @@ use super::*;
 use crate::engine::{Engine, EngineConfig, NamespaceId, VerbsError};
 
 const NS: NamespaceId = NamespaceId::DEFAULT;
-const ALL_STATES: [QpState; 7] = [
-    QpState::Reset,
-    QpState::Init,
-    QpState::Rtr,
-    QpState::Rts,
-    QpState::Sqd,
-    QpState::Sqe,
-    QpState::Err,
-];
+const ALL_STATES: [QpState; 7] = QpState::ALL;
 
 fn engine() -> Engine {
     let config = EngineConfig {
