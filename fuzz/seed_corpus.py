@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Seeds the fuzz corpora with every RoCEv2 UDP payload (UDP destination port 4791)
-found in the interop captures.
+"""Seeds the fuzz corpora from the interop captures.
 
 Usage: python3 fuzz/seed_corpus.py [PCAP_DIR] (default: testdata/pcaps next to fuzz/).
-Writes each distinct payload once, named by its SHA-1 as libFuzzer does, into
-fuzz/corpus/<target>/ for every target. Standard library only.
+Writes each distinct seed once, named by its SHA-1 as libFuzzer does, into
+fuzz/corpus/<target>/. Standard library only.
+
+- packet, roundtrip, cm_roundtrip, engine: every RoCEv2 UDP payload (UDP destination
+  port 4791). The engine target reads its input as a sequence of actions, so these
+  only give it bytes to start mutating from.
+- pcap: every capture file whole.
+- exchange: each out-of-band TCP stream (port 18515) of the pingpong and perftest
+  captures as the peer's side of a session, behind the target's two header bytes (see
+  fuzz_targets/exchange.rs), for both roles.
 """
 
 import hashlib
@@ -13,7 +20,14 @@ import struct
 import sys
 
 ROCEV2_PORT = 4791
-TARGETS = ("packet", "roundtrip", "cm_roundtrip")
+OOB_PORT = 18515
+PAYLOAD_TARGETS = ("packet", "roundtrip", "cm_roundtrip", "engine")
+IPPROTO_TCP = 6
+
+# exchange target header, byte 0: bit 0 pingpong, bit 1 client, bits 2-3 verb.
+EXCHANGE_PINGPONG = 0x01
+EXCHANGE_CLIENT = 0x02
+EXCHANGE_VERBS = {"send": 0, "write": 1, "read": 2, "atomic": 3}
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -67,6 +81,49 @@ def ip_packet(linktype, frame):
     return None
 
 
+def ipv4_tcp_payload(ethertype, packet):
+    """Returns (source port, destination port, sequence number, payload) of an
+    unfragmented IPv4 TCP segment, or None."""
+    if ethertype != ETHERTYPE_IPV4 or len(packet) < 20 or packet[9] != IPPROTO_TCP:
+        return None
+    header_len = (packet[0] & 0x0F) * 4
+    total_len = struct.unpack("!H", packet[2:4])[0]
+    segment = packet[header_len:total_len]
+    if len(segment) < 20:
+        return None
+    src, dst, seq = struct.unpack("!HHI", segment[:8])
+    data_offset = (segment[12] >> 4) * 4
+    return src, dst, seq, segment[data_offset:]
+
+
+def oob_streams(path):
+    """Returns (bytes the client sent, bytes the server sent) on the out-of-band TCP
+    connection of a capture, each in sequence order without retransmissions."""
+    streams = {True: {}, False: {}}
+    for linktype, frame in records(path):
+        found = ip_packet(linktype, frame)
+        if found is None:
+            continue
+        segment = ipv4_tcp_payload(*found)
+        if segment is None:
+            continue
+        src, dst, seq, payload = segment
+        if payload and OOB_PORT in (src, dst):
+            streams[dst == OOB_PORT].setdefault(seq, payload)
+    joined = [b"".join(p for _, p in sorted(streams[side].items())) for side in (True, False)]
+    return joined[0], joined[1]
+
+
+def exchange_mode(name):
+    """The exchange header's byte 0 for a capture named `name`, or None."""
+    if "pingpong" in name:
+        return EXCHANGE_PINGPONG
+    for verb, bits in EXCHANGE_VERBS.items():
+        if f"{verb}_bw" in name:
+            return bits << 2
+    return None
+
+
 def udp_segment(ethertype, packet):
     """Returns the UDP header and payload of an unfragmented IPv4/IPv6 packet, or None."""
     if ethertype == ETHERTYPE_IPV4 and len(packet) >= 20:
@@ -99,25 +156,36 @@ def rocev2_payloads(path):
         yield segment[8:udp_len]
 
 
+def write_corpus(fuzz_dir, target, seeds):
+    corpus = fuzz_dir / "corpus" / target
+    corpus.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
+    print(f"seed_corpus: {len(set(seeds))} seeds into fuzz/corpus/{target}/")
+
+
 def main():
     fuzz_dir = pathlib.Path(__file__).resolve().parent
     pcap_dir = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else fuzz_dir.parent / "testdata" / "pcaps"
     pcaps = sorted(pcap_dir.glob("*.pcap"))
     if not pcaps:
         sys.exit(f"seed_corpus: no .pcap files in {pcap_dir}")
-    seeds = {}
+    payloads = []
+    exchanges = []
     for path in pcaps:
-        count = 0
-        for payload in rocev2_payloads(path):
-            seeds.setdefault(hashlib.sha1(payload).hexdigest(), payload)
-            count += 1
-        print(f"seed_corpus: {path.name}: {count} RoCEv2 payloads")
-    for target in TARGETS:
-        corpus = fuzz_dir / "corpus" / target
-        corpus.mkdir(parents=True, exist_ok=True)
-        for name, payload in seeds.items():
-            (corpus / name).write_bytes(payload)
-    print(f"seed_corpus: {len(seeds)} distinct payloads into fuzz/corpus/{{{','.join(TARGETS)}}}/")
+        found = list(rocev2_payloads(path))
+        payloads.extend(found)
+        print(f"seed_corpus: {path.name}: {len(found)} RoCEv2 payloads")
+        mode = exchange_mode(path.name)
+        client_sent, server_sent = oob_streams(path)
+        if mode is not None and client_sent and server_sent:
+            # One QP, whole reads; the server hears the client and the client the server.
+            exchanges.append(bytes([mode, 0]) + client_sent)
+            exchanges.append(bytes([mode | EXCHANGE_CLIENT, 0]) + server_sent)
+    for target in PAYLOAD_TARGETS:
+        write_corpus(fuzz_dir, target, payloads)
+    write_corpus(fuzz_dir, "pcap", [path.read_bytes() for path in pcaps])
+    write_corpus(fuzz_dir, "exchange", exchanges)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+//! Inputs the `engine` target found failing, or that were built to show a hole the
+//! fuzzer cannot reach within one input's length, written as action sequences.
+//! `cargo test --lib` here (stable works: the library needs no libFuzzer) runs them;
+//! each names the issue item it belongs to. Those of items still open are ignored
+//! under that item's `open-*` feature (which `.ci/run` enables) and fail without it.
+
+use ferroce_transport::wire::OpCode;
+
+use super::craft::{AddrPick, Crafted, Near24};
+use super::{Action, World, REGION_LEN};
+
+/// Issue 12 item 2 (responder work): ACKs pile up past `MAX_QUEUED_ACKS` when each
+/// follows a READ job, and a duplicate READ turns its fresh job into a replay so the
+/// next READ is not refused; overwriting the ring then removes the READ job but not
+/// the ACK behind it. Nothing is sent in between (the peer floods faster than the
+/// engine's answers leave), and the queue grows by one ACK per three packets.
+#[test]
+#[cfg_attr(feature = "open-responder-acks-unbounded", ignore = "issue 12 item 2")]
+fn responder_acks_behind_replayed_reads_stay_bounded() {
+    let mut world = World::new();
+    let write = Crafted::to_qp(OpCode::RcWriteOnly, 0, 0, 256);
+    world.step(&Action::Flood {
+        count: 65,
+        packet: write.clone(),
+    });
+    for _ in 0..40 {
+        let read = Crafted::to_qp(OpCode::RcReadRequest, 0, 0, 8);
+        world.step(&Action::Packet(read.clone()));
+        let duplicate = Crafted {
+            psn: Near24::Near(-1),
+            ..read
+        };
+        world.step(&Action::Packet(duplicate));
+        world.step(&Action::Packet(write.clone()));
+    }
+}
+
+/// Issue 12 item 4 (P_Key): a WRITE with a P_Key of another partition must not touch
+/// memory (rxe drops it before the QP sees it). Failed before the P_Key check landed
+/// (byte 1024 of the region changed).
+#[test]
+fn a_foreign_pkey_writes_nothing() {
+    let mut world = World::new();
+    let write = Crafted::to_qp(OpCode::RcWriteOnly, 0, 0, 256);
+    let beyond_receives = AddrPick::Region {
+        ns: 0,
+        index: 0,
+        offset: REGION_LEN as i16 / 2,
+    };
+    let foreign = Crafted {
+        pkey: Some(0x1234),
+        addr: beyond_receives,
+        ..write.clone()
+    };
+    world.step(&Action::Packet(foreign));
+    // The same WRITE in the default partition lands (so the test can fail), at the
+    // PSN the dropped one had (the world counted that one as sent).
+    world.step(&Action::Packet(Crafted {
+        addr: beyond_receives,
+        psn: Near24::Near(-1),
+        ..write
+    }));
+    let region = &world.spaces[0].regions[0];
+    let half = REGION_LEN as usize / 2;
+    assert_eq!(region.seen[half..half + 256], [0x11; 256]);
+}
