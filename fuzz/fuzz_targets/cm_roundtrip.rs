@@ -40,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
         .expect("a parsed CM MAD emits");
     // The header comes back as it was but for its reserved word (bytes 18-19).
     assert_eq!(out[..18], bytes[..18], "header bytes");
-    assert_eq!(out[20..mad::HEADER_LEN], bytes[20..mad::HEADER_LEN], "header bytes");
+    assert_eq!(
+        out[20..mad::HEADER_LEN],
+        bytes[20..mad::HEADER_LEN],
+        "header bytes"
+    );
     let again = cm::Repr::parse(&mad::Packet::new_checked(&out[..]).expect("long enough"))
         .expect("an emitted CM MAD parses");
     assert_eq!(again, repr);

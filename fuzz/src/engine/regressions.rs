@@ -1,8 +1,7 @@
 //! Inputs the `engine` target found failing, or that were built to show a hole the
 //! fuzzer cannot reach within one input's length, written as action sequences.
 //! `cargo test --lib` here (stable works: the library needs no libFuzzer) runs them;
-//! each names the issue item it belongs to. Those of items still open are ignored
-//! under that item's `open-*` feature (which `.ci/run` enables) and fail without it.
+//! each names the issue item it belongs to.
 
 use ferroce_transport::wire::OpCode;
 
@@ -15,7 +14,6 @@ use super::{Action, World, REGION_LEN};
 /// the ACK behind it. Nothing is sent in between (the peer floods faster than the
 /// engine's answers leave), and the queue grows by one ACK per three packets.
 #[test]
-#[cfg_attr(feature = "open-responder-acks-unbounded", ignore = "issue 12 item 2")]
 fn responder_acks_behind_replayed_reads_stay_bounded() {
     let mut world = World::new();
     let write = Crafted::to_qp(OpCode::RcWriteOnly, 0, 0, 256);

@@ -192,9 +192,9 @@ impl Responder {
     }
 
     /// The most jobs [`Responder::queued`] may count (what `QpInfo::responses_queued`
-    /// promises): one READ/atomic job per ring entry, [`MAX_QUEUED_ACKS`] ACKs and
-    /// NAKs, and one more behind each READ/atomic job (`queue_ack` folds only into an
-    /// ACK queued last).
+    /// promises): one READ/atomic job per ring entry and [`MAX_QUEUED_ACKS`] ACKs and
+    /// NAKs (past it `queue_ack` folds or drops them), with one ring's worth of slack
+    /// for the fatal NAKs that are never folded (the first moves the QP to ERR).
     pub fn queue_bound(&self) -> usize {
         MAX_QUEUED_ACKS + 2 * self.resources.len()
     }
@@ -267,15 +267,19 @@ impl Responder {
     }
 
     /// Queues an ACK or NAK; past [`MAX_QUEUED_ACKS`] a foldable one replaces the
-    /// foldable one queued last (or is dropped if that one is already further on).
+    /// foldable one queued last (or is dropped if that one is already further on), and
+    /// is dropped when the last job is a READ/atomic answer: an ACK must not overtake
+    /// the answer to a request before it, and ACKs are cumulative, so a dropped one
+    /// costs at most the requester's retransmit timer — only a peer that floods past
+    /// every answer gets there.
     fn queue_ack(&mut self, ack: Job) {
         if self.jobs.len() >= MAX_QUEUED_ACKS && ack.is_foldable_ack() {
             if let Some(last) = self.jobs.back_mut().filter(|j| j.is_foldable_ack()) {
                 if !ack.psn().is_before(last.psn()) {
                     *last = ack;
                 }
-                return;
             }
+            return;
         }
         self.jobs.push_back(ack);
     }
@@ -1149,10 +1153,18 @@ mod tests {
         let last = Psn::new(MAX_QUEUED_ACKS as u32 + 100);
         responder.push_nak(last, AckSyndrome::Nak(NakCode::PsnSequenceError));
         assert_eq!(responder.queued(), MAX_QUEUED_ACKS);
-        // A fatal NAK is never folded away, nor folded into.
+        // A fatal NAK is never folded away, nor folded into: an ACK behind it, past
+        // the bound, is dropped (the QP is in error by then).
         responder.push_nak(last, AckSyndrome::Nak(NakCode::RemoteAccessError));
         responder.push_ack(last.next(), false);
-        assert_eq!(responder.queued(), MAX_QUEUED_ACKS + 2);
+        assert_eq!(responder.queued(), MAX_QUEUED_ACKS + 1);
+        assert!(matches!(
+            responder.jobs.back(),
+            Some(Job::Ack {
+                syndrome: AckSyndrome::Nak(NakCode::RemoteAccessError),
+                ..
+            })
+        ));
     }
 
     #[test]
