@@ -75,7 +75,7 @@ impl QueuePair {
         }
         let outstanding = self.sq.iter().any(|w| w.started && !w.done);
         if !outstanding {
-            self.req.retransmit_at = None;
+            self.req.timer.stop();
         }
     }
 
@@ -83,12 +83,11 @@ impl QueuePair {
         self.reset_retry_counters();
         self.req.widen_window();
         self.req.retrying_from = None;
-        self.req.retransmit_at = None;
-        if self.sq.iter().any(|w| w.started && !w.done) {
-            if let Some(d) = timer::ack_timeout(self.attr.timeout.unwrap_or(0)) {
-                self.req.retransmit_at = Some(ctx.now + d);
-            }
-        }
+        let outstanding = self.sq.iter().any(|w| w.started && !w.done);
+        let limit = self.ack_timeout();
+        self.req
+            .timer
+            .progress(ctx.now, self.req.comp_psn, outstanding, limit);
     }
 
     fn advance_comp(&mut self, psn: Psn) {
@@ -182,7 +181,11 @@ impl QueuePair {
     /// `RetryExcErr` when none is left.
     fn retry_counted(&mut self, ctx: &mut Context<'_>) {
         if self.req.retrying_from == Some(self.req.comp_psn) {
-            // Already rewound to this PSN: more evidence of the same loss is no news.
+            // Already rewound to this PSN: more evidence of the same loss is no news,
+            // but it shows the peer still answering what came before the resend (READ
+            // responses behind the gap): asking again now would only stack replays.
+            let limit = self.ack_timeout();
+            self.req.timer.peer_busy(ctx.now, limit);
             return;
         }
         if self.req.retry_left == 0 {
@@ -194,8 +197,10 @@ impl QueuePair {
         }
         tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, retry_left = self.req.retry_left, "going back to resend");
         self.req.retrying_from = Some(self.req.comp_psn);
+        self.req.timer.retry_spent();
         self.req.shrink_window();
         self.go_back();
+        self.req.timer.rewound_for_loss(self.req.comp_psn);
     }
 
     fn handle_rnr(&mut self, psn: Psn, code: u8, ctx: &mut Context<'_>) {
@@ -211,7 +216,7 @@ impl QueuePair {
         if self.attr.rnr_retry != Some(timer::RETRY_INFINITE) {
             self.req.rnr_left -= 1;
         }
-        self.req.retransmit_at = None;
+        self.req.timer.stop();
         self.req.rnr_nak_psn = Some(psn);
         self.req.rnr_until = Some(ctx.now + timer::rnr_timeout(code));
         tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, %psn, wait = ?timer::rnr_timeout(code), rnr_left = self.req.rnr_left, "RNR wait");

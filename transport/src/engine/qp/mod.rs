@@ -4,6 +4,7 @@
 mod completer;
 mod requester;
 mod responder;
+mod retransmit;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -1178,7 +1179,7 @@ impl QueuePair {
         }
         self.req.send_index = 0;
         self.req.send_offset = 0;
-        self.req.retransmit_at = None;
+        self.req.timer.stop();
         self.req.rnr_until = None;
         if let Some(recv) = self.resp.take_in_progress_recv() {
             let wc = self.recv_completion(&recv, WcStatus::WrFlushErr, WcOpcode::Recv, 0);
@@ -1209,7 +1210,7 @@ impl QueuePair {
     /// The earliest time this QP wants `handle_timeout`.
     pub(crate) fn timeout(&self) -> Option<Time> {
         [
-            self.req.retransmit_at,
+            self.req.timer.fire_at(),
             self.req.rnr_until,
             self.resp.ack_due(),
         ]

@@ -7,6 +7,7 @@ use ferroce_wire::{atomic, bth, deth, ieth, imm, packet, reth, OpCode, Psn};
 use super::super::cq::WcStatus;
 use super::super::memory::Key;
 use super::super::timer;
+use super::retransmit::{Expiry, RetransmitTimer};
 use super::{Context, Outgoing, QpState, QpType, QueuePair, SendOp};
 
 /// At most this many PSNs unacknowledged while nothing is lost. rxe keeps 128
@@ -14,11 +15,15 @@ use super::{Context, Outgoing, QpState, QpType, QueuePair, SendOp};
 /// (perftest's `-t 256`) from stopping to wait for ACKs.
 pub const MAX_UNACKED_PSNS: i32 = 256;
 /// Each loss (a retransmit timeout or a NAK that rewinds) halves the window, down to
-/// this (rxe's); each ACK that moves it on gives one PSN back. Go-back-N resends the
-/// whole window after a loss, so on a lossy path a smaller one wastes less; much
-/// smaller, and a loss near the end of it has no later packet to draw the responder's
-/// sequence NAK, so it waits for the retransmit timer.
+/// this (rxe's) until the path's bandwidth-delay product is measured; each ACK that
+/// moves it on gives one PSN back. Go-back-N resends the whole window after a loss, so
+/// on a lossy path a smaller one wastes less.
 pub const MIN_UNACKED_PSNS: i32 = 128;
+/// Once the bandwidth-delay product is measured, losses halve the window down to twice
+/// that (it keeps the path busy; anything more is a queue of our own that a loss makes
+/// us send again), but never below this: a loss near the end of a small window has no
+/// later packet to draw the responder's sequence NAK, and waits for the timer.
+pub const MIN_LOSS_WINDOW: i32 = 32;
 /// AckReq at least every this many packets (rxe's `RXE_MAX_PKT_PER_ACK`).
 pub const MAX_PACKETS_PER_ACK: u32 = 64;
 
@@ -54,8 +59,8 @@ pub(crate) struct Requester {
     /// Transport and RNR retries left (reset on progress).
     pub retry_left: u8,
     pub rnr_left: u8,
-    /// The retransmit timer.
-    pub retransmit_at: Option<crate::engine::Time>,
+    /// The retransmit timer (adaptive, and when a timeout spends a retry).
+    pub timer: RetransmitTimer,
     /// Sending paused until the RNR timer ends.
     pub rnr_until: Option<crate::engine::Time>,
     /// The PSN the last counted go-back-N rewound to (cleared on progress).
@@ -83,15 +88,26 @@ impl Requester {
         MAX_UNACKED_PSNS - self.window_cut
     }
 
-    /// A loss: halve the window.
+    /// A loss: halve the window, down to its floor (see [`MIN_LOSS_WINDOW`]).
     pub fn shrink_window(&mut self) {
-        let halved = (self.window() / 2).max(MIN_UNACKED_PSNS);
+        let floor = self.timer.bdp_psns().map_or(MIN_UNACKED_PSNS, |bdp| {
+            let twice = i32::try_from(bdp).unwrap_or(i32::MAX).saturating_mul(2);
+            twice.clamp(MIN_LOSS_WINDOW, MIN_UNACKED_PSNS)
+        });
+        let halved = (self.window() / 2).max(floor);
         self.window_cut = MAX_UNACKED_PSNS - halved;
     }
 
     /// An ACK moved the window on: widen it by one PSN.
     pub fn widen_window(&mut self) {
         self.window_cut = (self.window_cut - 1).max(0);
+    }
+
+    /// AckReq at least every this many packets: [`MAX_PACKETS_PER_ACK`], or twice per
+    /// window when the window is smaller, so ACKs keep it open.
+    fn packets_per_ack(&self) -> u32 {
+        let half = u32::try_from(self.window() / 2).unwrap_or(1);
+        half.clamp(1, MAX_PACKETS_PER_ACK)
     }
 }
 
@@ -159,13 +175,9 @@ impl QueuePair {
             .count()
     }
 
-    /// Arms the retransmit timer if it is not running.
-    fn arm_retransmit(&mut self, ctx: &Context<'_>) {
-        if self.req.retransmit_at.is_none() {
-            if let Some(d) = timer::ack_timeout(self.attr.timeout.unwrap_or(0)) {
-                self.req.retransmit_at = Some(ctx.now + d);
-            }
-        }
+    /// The negotiated retransmit timeout (`None`: timeout 0, no timer).
+    pub(crate) fn ack_timeout(&self) -> Option<std::time::Duration> {
+        timer::ack_timeout(self.attr.timeout.unwrap_or(0))
     }
 
     /// Rewinds to the oldest unacknowledged PSN (go-back-N). Also used to skip ahead
@@ -176,7 +188,7 @@ impl QueuePair {
         self.req.next_psn = self.req.comp_psn;
         self.req.send_offset = 0;
         self.req.since_ack_req = 0;
-        self.req.retransmit_at = None;
+        self.req.timer.rewound();
         if let Some(front) = self.sq.front() {
             if front.started && !front.wr.op.is_atomic() {
                 let acked = self.req.comp_psn.diff(front.first_psn).max(0) as u64;
@@ -343,7 +355,7 @@ impl QueuePair {
                     });
                 } else {
                     let ack_req = self.qp_type == QpType::Rc
-                        && (last || self.req.since_ack_req + 1 >= MAX_PACKETS_PER_ACK);
+                        && (last || self.req.since_ack_req + 1 >= self.req.packets_per_ack());
                     repr = packet::Repr::new(self.bth(
                         send_opcode(self.qp_type, op, first, last),
                         psn,
@@ -405,7 +417,8 @@ impl QueuePair {
         } else {
             self.req.since_ack_req += 1;
         }
-        if self.qp_type != QpType::Ud && psn.is_before(self.req.send_high) {
+        let resent = psn.is_before(self.req.send_high);
+        if self.qp_type != QpType::Ud && resent {
             ctx.counters.retransmits += 1;
             tracing::trace!(ns = %ctx.ns, qpn = %self.qpn, %psn, "retransmit");
         }
@@ -414,7 +427,11 @@ impl QueuePair {
             self.req.send_high = self.req.next_psn;
         }
         if self.qp_type == QpType::Rc {
-            self.arm_retransmit(ctx);
+            if repr.bth.ack_req || resent {
+                self.req.timer.sent(psn, ctx.now, resent, self.req.comp_psn);
+            }
+            let limit = self.ack_timeout();
+            self.req.timer.arm(ctx.now, limit);
         } else {
             self.req.comp_psn = self.req.next_psn;
         }
@@ -451,20 +468,21 @@ impl QueuePair {
             tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, "RNR wait over; resending");
             self.go_back();
         }
-        if self.req.retransmit_at.is_some_and(|t| t <= ctx.now) {
-            self.req.retransmit_at = None;
+        if let Some(expiry) = self.req.timer.expire(ctx.now) {
             let outstanding = self.sq.iter().any(|w| w.started && !w.done);
             if !outstanding || self.state == QpState::Err {
                 return;
             }
             ctx.counters.timeouts += 1;
-            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, retry_left = self.req.retry_left, "retransmit timeout");
-            if self.req.retry_left == 0 {
-                self.fail_send(WcStatus::RetryExcErr, vendor_err::RETRY_EXHAUSTED, ctx);
-                return;
-            }
-            if self.attr.retry_cnt != Some(timer::RETRY_INFINITE) {
-                self.req.retry_left -= 1;
+            tracing::debug!(ns = %ctx.ns, qpn = %self.qpn, from = %self.req.comp_psn, retry_left = self.req.retry_left, ?expiry, srtt = ?self.req.timer.srtt(), "retransmit timeout");
+            if expiry == Expiry::Retry {
+                if self.req.retry_left == 0 {
+                    self.fail_send(WcStatus::RetryExcErr, vendor_err::RETRY_EXHAUSTED, ctx);
+                    return;
+                }
+                if self.attr.retry_cnt != Some(timer::RETRY_INFINITE) {
+                    self.req.retry_left -= 1;
+                }
             }
             self.req.retrying_from = Some(self.req.comp_psn);
             self.req.shrink_window();
