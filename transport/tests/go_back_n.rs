@@ -217,3 +217,38 @@ fn writes_at_one_percent_loss_keep_half_the_lossless_goodput() {
         "goodput at 1% loss over lossless, per seed: {fractions:?}"
     );
 }
+
+/// 1 MiB READs back to back at 1% loss each way. The responder sends a READ's answer at
+/// once, and a gap in one READ's answer makes go-back-N ask for every later READ
+/// again; after a loss, a READ starts only when its answer fits in the window, so a gap
+/// costs the rest of one READ rather than of several.
+#[test]
+fn reads_at_one_percent_loss_resend_the_rest_of_one_read_per_gap() {
+    const LEN: u32 = 1 << 20;
+    const COUNT: u64 = 16;
+    let ideal = COUNT * (u64::from(LEN / 4096) + 1);
+    let mut ratios: Vec<f64> = (1..=5)
+        .map(|seed| {
+            let mut pair = big_pair(seed, 0.01, u64::from(LEN) * COUNT);
+            for i in 0..COUNT {
+                let op = SendOp::RdmaRead {
+                    remote_addr: pair.side(B).mr.addr + i * u64::from(LEN),
+                    rkey: pair.side(B).mr.rkey,
+                };
+                let wr = SendWr::new(i, op, vec![pair.sge(A, i * u64::from(LEN), LEN)]);
+                pair.post_send(A, wr);
+            }
+            let (wcs, _, outcome) =
+                pair.run_for_completions(COUNT as usize, 0, Duration::from_secs(60));
+            assert_eq!(outcome, RunOutcome::Stopped);
+            assert!(wcs.iter().all(|wc| wc.status == WcStatus::Success));
+            packets_sent(&mut pair) as f64 / ideal as f64
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    eprintln!("packets sent per packet needed: {ratios:?}");
+    assert!(
+        ratios[2] <= 3.0,
+        "packets sent per packet needed, per seed: {ratios:?}"
+    );
+}

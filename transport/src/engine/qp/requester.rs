@@ -235,6 +235,17 @@ impl QueuePair {
             if rc && self.req.next_psn.diff(self.req.comp_psn) >= self.req.window() {
                 return None;
             }
+            if rc && starting && self.req.window_cut > 0 && self.req.next_psn != self.req.comp_psn {
+                if let SendOp::RdmaRead { .. } = wqe.wr.op {
+                    // After a loss, a READ starts only if its responses fit in the
+                    // window: the responder sends them all at once, and a gap in an
+                    // earlier READ's answer makes go-back-N ask for all of them again.
+                    let psns = packets_for(wqe.length, self.path_mtu()) as i32;
+                    if self.req.next_psn.diff(self.req.comp_psn) + psns > self.req.window() {
+                        return None;
+                    }
+                }
+            }
             if starting && wqe.wr.fence && self.read_atomic_outstanding(index) > 0 {
                 return None;
             }
