@@ -53,25 +53,17 @@ pub(crate) struct RetransmitTimer {
     rttvar: Duration,
     /// Timeouts since the last progress: each doubles the adaptive timeout.
     backoff: u32,
-    /// The packet being timed, when it was sent, and the oldest unacknowledged PSN then
-    /// (one packet at a time, and never an ambiguous copy: see [`Self::sent`]).
+    /// The packet being timed and when it was sent (one packet at a time, and never an ambiguous copy: see [`Self::sent`]).
     timing: Option<Timed>,
     /// A rewind on evidence of a loss (a NAK, a gap in READ responses) to this PSN: its
     /// original never arrived, so an ACK of the copy about to be resent is the copy's.
     resend_lost: Option<Psn>,
-    /// The smallest round trip measured: the path without the queue our own window
-    /// builds.
-    min_rtt: Option<Duration>,
-    /// PSNs acknowledged per [`Self::min_rtt`] in the last sample: the bandwidth-delay
-    /// product in packets.
-    bdp_psns: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Timed {
     psn: Psn,
     sent: Time,
-    comp_psn: Psn,
 }
 
 impl RetransmitTimer {
@@ -123,13 +115,7 @@ impl RetransmitTimer {
         if let Some(timed) = self.timing {
             if timed.psn.is_before(comp_psn) {
                 self.timing = None;
-                let rtt = now.saturating_since(timed.sent);
-                self.sample(rtt);
-                let delivered = comp_psn.diff(timed.comp_psn).max(0) as u128;
-                if let Some(min_rtt) = self.min_rtt.filter(|_| !rtt.is_zero()) {
-                    let bdp = delivered * min_rtt.as_nanos() / rtt.as_nanos();
-                    self.bdp_psns = Some(u32::try_from(bdp).unwrap_or(u32::MAX));
-                }
+                self.sample(now.saturating_since(timed.sent));
             }
         }
         self.backoff = 0;
@@ -139,21 +125,16 @@ impl RetransmitTimer {
         }
     }
 
-    /// Packet `psn` went out at `now` (`resent`: not for the first time), with
-    /// `comp_psn` the oldest unacknowledged PSN. It is timed unless one is being timed
+    /// Packet `psn` went out at `now` (`resent`: not for the first time). It is timed unless one is being timed
     /// already, or it is a copy whose ACK could answer an earlier one (Karn's rule). A
     /// resent packet whose original is known lost (see [`Self::rewound_for_loss`]) is
     /// unambiguous: without it, a link that loses something in every window would never
     /// be measured.
-    pub fn sent(&mut self, psn: Psn, now: Time, resent: bool, comp_psn: Psn) {
+    pub fn sent(&mut self, psn: Psn, now: Time, resent: bool) {
         let known_lost = self.resend_lost == Some(psn);
         self.resend_lost = None;
         if self.timing.is_none() && (!resent || known_lost) {
-            self.timing = Some(Timed {
-                psn,
-                sent: now,
-                comp_psn,
-            });
+            self.timing = Some(Timed { psn, sent: now });
         }
     }
 
@@ -181,12 +162,6 @@ impl RetransmitTimer {
             self.fire_at = None;
             self.arm(now, limit);
         }
-    }
-
-    /// The bandwidth-delay product in packets, once measured: what the window must
-    /// hold to keep the path busy without the requester's own queue.
-    pub fn bdp_psns(&self) -> Option<u32> {
-        self.bdp_psns
     }
 
     /// A retry was spent another way (a PSN sequence NAK): the next negotiated timeout
@@ -221,7 +196,6 @@ impl RetransmitTimer {
     /// RFC 6298 section 2: the first sample sets SRTT and RTTVAR = R/2; later ones move
     /// RTTVAR by 1/4 of |SRTT - R| and SRTT by 1/8 of R.
     fn sample(&mut self, rtt: Duration) {
-        self.min_rtt = Some(self.min_rtt.map_or(rtt, |min| min.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -267,7 +241,7 @@ mod tests {
     fn the_timeout_follows_the_round_trip_within_its_bounds() {
         let mut timer = RetransmitTimer::default();
         timer.arm(at(0), Some(LIMIT));
-        timer.sent(Psn::new(10), at(0), false, Psn::new(10));
+        timer.sent(Psn::new(10), at(0), false);
         timer.progress(at(2000), Psn::new(11), true, Some(LIMIT));
         // SRTT 2 ms, RTTVAR 1 ms: 6 ms.
         assert_eq!(timer.srtt(), Some(Duration::from_millis(2)));
@@ -275,7 +249,7 @@ mod tests {
         assert_eq!(timer.fire_at(), Some(at(8000)));
         // A tiny round trip stays above the floor; a cap below it wins.
         let mut fast = RetransmitTimer::default();
-        fast.sent(Psn::new(0), at(0), false, Psn::new(0));
+        fast.sent(Psn::new(0), at(0), false);
         fast.progress(at(3), Psn::new(1), false, Some(LIMIT));
         assert_eq!(fast.timeout(LIMIT), MIN_RETRANSMIT_TIMEOUT);
         assert_eq!(
@@ -294,7 +268,7 @@ mod tests {
     #[test]
     fn early_timeouts_spend_no_retry_until_the_negotiated_timeout_passes() {
         let mut timer = RetransmitTimer::default();
-        timer.sent(Psn::new(0), at(0), false, Psn::new(0));
+        timer.sent(Psn::new(0), at(0), false);
         timer.progress(at(100), Psn::new(1), true, Some(LIMIT));
         // Progress at 100 µs: the retry deadline is 67 ms later.
         let deadline = at(100) + LIMIT;
@@ -322,35 +296,23 @@ mod tests {
     #[test]
     fn karn_a_rewind_discards_the_packet_being_timed() {
         let mut timer = RetransmitTimer::default();
-        timer.sent(Psn::new(5), at(0), false, Psn::new(5));
+        timer.sent(Psn::new(5), at(0), false);
         timer.rewound();
         // Resent: its ACK might answer the first copy.
-        timer.sent(Psn::new(5), at(10), true, Psn::new(5));
+        timer.sent(Psn::new(5), at(10), true);
         timer.progress(at(50_000), Psn::new(6), false, Some(LIMIT));
         assert_eq!(timer.srtt(), None);
         // Only one packet is timed at a time; an ACK before it takes no sample.
-        timer.sent(Psn::new(6), at(50_000), false, Psn::new(6));
-        timer.sent(Psn::new(7), at(50_010), false, Psn::new(6));
+        timer.sent(Psn::new(6), at(50_000), false);
+        timer.sent(Psn::new(7), at(50_010), false);
         timer.progress(at(50_020), Psn::new(6), true, Some(LIMIT));
         assert_eq!(timer.srtt(), None);
         timer.progress(at(50_030), Psn::new(7), true, Some(LIMIT));
         assert_eq!(timer.srtt(), Some(Duration::from_micros(30)));
         // A copy resent because the peer showed its original lost is timed.
         timer.rewound_for_loss(Psn::new(7));
-        timer.sent(Psn::new(7), at(60_000), true, Psn::new(7));
+        timer.sent(Psn::new(7), at(60_000), true);
         timer.progress(at(60_010), Psn::new(8), true, Some(LIMIT));
         assert_eq!(timer.srtt(), Some(Duration::from_nanos(27_500)));
-    }
-
-    #[test]
-    fn the_bdp_is_what_was_acknowledged_in_one_minimal_round_trip() {
-        let mut timer = RetransmitTimer::default();
-        // An empty path: 10 µs.
-        timer.sent(Psn::new(0), at(0), false, Psn::new(0));
-        timer.progress(at(10), Psn::new(1), true, Some(LIMIT));
-        // A queue of our own making: 100 PSNs acknowledged in 200 µs, 5 per 10 µs.
-        timer.sent(Psn::new(100), at(100), false, Psn::new(1));
-        timer.progress(at(300), Psn::new(101), true, Some(LIMIT));
-        assert_eq!(timer.bdp_psns(), Some(5));
     }
 }
