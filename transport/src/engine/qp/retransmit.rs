@@ -103,7 +103,7 @@ impl RetransmitTimer {
     }
 
     /// Progress: acknowledged up to (not including) `comp_psn`. Takes a round-trip
-    /// sample if the timed packet is covered, resets the back-off, and restarts the
+    /// sample (and drops the back-off) if the timed packet is covered, and restarts the
     /// timer when `outstanding` (else stops it).
     pub fn progress(
         &mut self,
@@ -116,9 +116,12 @@ impl RetransmitTimer {
             if timed.psn.is_before(comp_psn) {
                 self.timing = None;
                 self.sample(now.saturating_since(timed.sent));
+                // Karn's algorithm: the backed-off timeout stays until a packet sent
+                // once is acknowledged. Against rxe in a slow guest, clearing it on any
+                // progress let every late ACK set off another resend of the window.
+                self.backoff = 0;
             }
         }
-        self.backoff = 0;
         self.stop();
         if outstanding {
             self.arm(now, limit);
