@@ -67,10 +67,7 @@ fn responses_of_another_partition_are_dropped_and_counted() {
         rkey: pair.b.mr.rkey,
     };
     pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 64)]));
-    let request = pair.a.engine.poll_transmit(pair.now).unwrap();
-    pair.b
-        .engine
-        .handle_datagram(pair.now, request.meta, &request.payload);
+    pair.pass(Dir::AtoB);
     let ack = pair.b.engine.poll_transmit(pair.now).unwrap();
     pair.a
         .engine

@@ -1132,14 +1132,8 @@ fn deregistering_a_region_mid_read_fails_cleanly() {
     };
     pair.a.post_send(send_wr(1, op, vec![pair.a.sge(0, 3000)]));
     // The request reaches B and B sends its first response...
-    let request = pair.a.engine.poll_transmit(pair.now).unwrap();
-    pair.b
-        .engine
-        .handle_datagram(pair.now, request.meta, &request.payload);
-    let first = pair.b.engine.poll_transmit(pair.now).unwrap();
-    pair.a
-        .engine
-        .handle_datagram(pair.now, first.meta, &first.payload);
+    pair.pass(Dir::AtoB);
+    pair.pass(Dir::BtoA);
     // ...then the region goes away: the rest cannot be read.
     pair.b.engine.dereg_mr(NS, pair.b.mr.lkey).unwrap();
     pair.run();
@@ -1271,14 +1265,8 @@ fn a_duplicated_rnr_nak_spends_one_retry() {
     );
     pair.a
         .post_send(send_wr(1, SendOp::Send, vec![pair.a.sge(0, 8)]));
-    let request = pair.a.engine.poll_transmit(pair.now).unwrap();
-    pair.b
-        .engine
-        .handle_datagram(pair.now, request.meta, &request.payload);
-    let nak = pair.b.engine.poll_transmit(pair.now).unwrap();
-    pair.a
-        .engine
-        .handle_datagram(pair.now, nak.meta, &nak.payload);
+    pair.pass(Dir::AtoB);
+    let nak = pair.pass(Dir::BtoA);
     pair.a
         .engine
         .handle_datagram(pair.now, nak.meta, &nak.payload);

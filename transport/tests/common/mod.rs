@@ -295,6 +295,18 @@ impl Pair {
         Some((d.own(), lent))
     }
 
+    /// Takes the next datagram going `dir` and hands it to the other side as `run` does
+    /// (filtered and logged); returns it for tests that deliver it again or alter it.
+    pub fn pass(&mut self, dir: Dir) -> Datagram {
+        let from = match dir {
+            Dir::AtoB => &mut self.a.engine,
+            Dir::BtoA => &mut self.b.engine,
+        };
+        let (d, lent) = Pair::next_datagram(from, self.lend, self.now).expect("nothing to pass");
+        self.deliver(dir, (d.clone(), lent));
+        d
+    }
+
     fn deliver(&mut self, dir: Dir, (d, lent): (Datagram, bool)) {
         self.lent += usize::from(lent);
         let parsed = packet::parse(&d.payload).expect("engine sent a malformed packet");
