@@ -673,6 +673,18 @@ impl Rig {
     }
 }
 
+/// Sends this process's ferroce debug events to `path` (the engine runs in the test).
+fn log_to(path: &std::path::Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "ferroce=debug,ferroce_transport=debug",
+        ))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
+}
+
 /// A pattern no perftest buffer holds by chance.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -831,7 +843,10 @@ fn rxe_interop_failures_and_loss() {
     // Everything but the 64 MiB transfers is captured (kept if the test fails) and must
     // decode clean.
     let pcap = work_dir().join("failures.pcap");
-    let _keep = KeepOnFailure(vec![pcap.clone()]);
+    // ferroce's debug events (NAKs, go-back-N, timeouts by QP), kept with the capture.
+    let log = work_dir().join("failures-ferroce.log");
+    let _keep = KeepOnFailure(vec![pcap.clone(), log.clone()]);
+    log_to(&log);
     let capture = Capture::start(&harness.namespace, &guest.tap, &pcap);
 
     // 1. ferroce requests bad accesses of rxe. perftest gives each QP only its verb's
@@ -1195,7 +1210,14 @@ fn rxe_interop_failures_and_loss() {
                     .cq
                     .poll_wait(1, Duration::from_secs(120))
                     .unwrap_or_else(|timeout| {
-                        panic!("64 MiB {verb:?} by ferroce stalled at {done}: {timeout}")
+                        // What the requester was doing, twice 5 s apart: moving or stuck.
+                        let before = (rig.counters(), rig.qps[0].query());
+                        std::thread::sleep(Duration::from_secs(5));
+                        let after = (rig.counters(), rig.qps[0].query());
+                        panic!(
+                            "64 MiB {verb:?} by ferroce stalled at {done}: {timeout}\n\
+                             then: {before:#?}\n5 s later: {after:#?}"
+                        )
                     });
                 for wc in completions {
                     assert_eq!(
