@@ -183,7 +183,8 @@ impl QueuePair {
         if self.req.retrying_from == Some(self.req.comp_psn) {
             // Already rewound to this PSN: more evidence of the same loss is no news,
             // but it shows the peer still answering what came before the resend (READ
-            // responses behind the gap): asking again now would only stack replays.
+            // responses behind the gap): asking again now, even once the negotiated
+            // timeout has passed, would only stack another replay behind them.
             let limit = self.ack_timeout();
             self.req.timer.peer_busy(ctx.now, limit);
             return;
@@ -263,7 +264,14 @@ impl QueuePair {
         let wqe = &self.sq[index];
         let is_read = matches!(wqe.wr.op, super::SendOp::RdmaRead { .. });
         if !wqe.started || !is_read || psn.is_before(wqe.first_psn) || psn.is_after(wqe.last_psn) {
-            count_drop!(ctx.counters, unexpected_response, ns = %ctx.ns, qpn = %self.qpn);
+            if self.answers_a_later_read(index, psn) {
+                // The tail of the front READ's answer was lost: go back (once; later
+                // ones show the peer still answering, see `retry_counted`).
+                count_drop!(ctx.counters, out_of_sequence, ns = %ctx.ns, qpn = %self.qpn);
+                self.retry_counted(ctx);
+            } else {
+                count_drop!(ctx.counters, unexpected_response, ns = %ctx.ns, qpn = %self.qpn);
+            }
             return;
         }
         if psn != self.req.comp_psn {
@@ -300,6 +308,19 @@ impl QueuePair {
             self.sq[index].done = true;
         }
         self.progress(ctx);
+    }
+
+    /// Whether `psn` falls in the answer of a READ sent after the one at `front`.
+    fn answers_a_later_read(&self, front: usize, psn: Psn) -> bool {
+        self.sq
+            .iter()
+            .skip(front + 1)
+            .take_while(|w| w.started)
+            .any(|w| {
+                matches!(w.wr.op, super::SendOp::RdmaRead { .. })
+                    && !psn.is_before(w.first_psn)
+                    && !psn.is_after(w.last_psn)
+            })
     }
 
     fn handle_atomic_ack(&mut self, psn: Psn, original: u64, ctx: &mut Context<'_>) {

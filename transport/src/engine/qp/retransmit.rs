@@ -158,11 +158,15 @@ impl RetransmitTimer {
     }
 
     /// The peer is still answering requests from before a rewind (READ responses
-    /// behind a gap, dropped): the resent request is queued behind them, so the early
-    /// timer starts again instead of asking a third time. The retry deadline stays.
+    /// behind a gap, dropped): the resent request is queued behind them, so the timer
+    /// starts again, retry deadline included, instead of asking a third time. A peer
+    /// that answers is alive: `retry_cnt` counts timeouts without an answer, and a
+    /// responder whose queued answers take longer than the negotiated timeout (rxe in a
+    /// slow guest: 256 KiB READs at 6 MB/s) would otherwise get a replay stacked per
+    /// timeout and never catch up.
     pub fn peer_busy(&mut self, now: Time, limit: Option<Duration>) {
         if self.fire_at.is_some() {
-            self.fire_at = None;
+            self.stop();
             self.arm(now, limit);
         }
     }
