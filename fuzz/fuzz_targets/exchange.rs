@@ -7,11 +7,11 @@
 use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
 
-use ferroce::oob::perftest::{
+use ferroce_tools::exchange::perftest::{
     self, BwReport, KeyFormat, PerftestConfig, PerftestKeys, PerftestVersion, TestKind, TestSpec,
     Verb,
 };
-use ferroce::oob::pingpong::{self, PingpongDest};
+use ferroce_tools::exchange::pingpong::{self, PingpongDest};
 use ferroce_transport::wire::{Psn, Qpn, Rkey};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,8 +2,8 @@
 //! under it, GSO splitting included, return a summary or an error, never panic.
 #![no_main]
 
-use ferroce::capture::{FrameContent, Reader};
-use ferroce::cli::decode::{self, Options};
+use ferroce_tools::capture::{FrameContent, Reader};
+use ferroce_tools::decode::{self, Options};
 use ferroce_transport::wire::ROCEV2_UDP_PORT;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@ mod capture_util;
 use std::collections::BTreeMap;
 
 use capture_util::{pcaps_dir, shared_captures};
-use ferroce::capture::{FrameContent, Reader};
+use ferroce_tools::capture::{FrameContent, Reader};
 use ferroce_wire::icrc;
 use ferroce_wire::packet;
 

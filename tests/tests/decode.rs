@@ -5,8 +5,8 @@
 mod capture_util;
 
 use capture_util::*;
-use ferroce::capture::{CaptureError, FrameContent, Reader};
-use ferroce::cli::decode::{decode, Options, Summary};
+use ferroce_tools::capture::{CaptureError, FrameContent, Reader};
+use ferroce_tools::decode::{decode, Options, Summary};
 use ferroce_wire::icrc::{Envelope, IpFields};
 use ferroce_wire::packet::Repr;
 use ferroce_wire::{bth, deth, OpCode, Psn, Qpn};

@@ -34,16 +34,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ferroce::cli::decode::{decode, Options};
-use ferroce::oob::perftest::{
-    client_handshake, server_handshake, BwReport, PerftestConfig, PerftestKeys, PerftestSession,
-    TestKind, TestSpec, Verb,
-};
 use ferroce::wire::{Psn, Rkey};
 use ferroce::{
     AccessFlags, AddressVector, CompletionQueue, Device, DeviceConfig, MemoryRegion, PathMtu,
     QpAttr, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, SendRequest, WcStatus,
     WorkCompletion,
+};
+use ferroce_tools::decode::{decode, Options};
+use ferroce_tools::exchange::perftest::{
+    client_handshake, server_handshake, BwReport, PerftestConfig, PerftestKeys, PerftestSession,
+    TestKind, TestSpec, Verb,
 };
 use netns_util::{Capture, KeepOnFailure};
 use rxe_util::{tail, work_dir, Guest, Harness, HOST_IP};

@@ -28,13 +28,13 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use ferroce::cli::decode::{decode, Options};
 use ferroce::wire::Psn;
 use ferroce::{
     AccessFlags, CompletionQueue, Device, DeviceConfig, DriverKind, MemoryRegion, PathMtu,
     QpInitAttributes, QpType, QueuePair, RecvRequest, RemoteEndpoint, SendRequest, WcOpcode,
     WcStatus, WorkCompletion,
 };
+use ferroce_tools::decode::{decode, Options};
 use netns_util::*;
 use serde_json::Value;
 

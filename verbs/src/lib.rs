@@ -65,14 +65,11 @@ pub use ferroce_transport as transport;
 #[doc(inline)]
 pub use ferroce_wire as wire;
 
-pub mod capture;
-pub mod cli;
 pub mod cq;
 pub mod device;
 pub mod error;
 pub mod event;
 pub mod mr;
-pub mod oob;
 pub mod pd;
 pub mod qp;
 pub mod srq;

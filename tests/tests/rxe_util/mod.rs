@@ -220,7 +220,7 @@ fn build_ferroce() -> PathBuf {
     let mut command = Command::new(cargo);
     command
         .current_dir(repository())
-        .args(["build", "-q", "-p", "ferroce", "--bin", "ferroce"])
+        .args(["build", "-q", "-p", "ferroce-tools", "--bin", "ferroce"])
         .env("CARGO_TARGET_DIR", target);
     if release {
         command.arg("--release");

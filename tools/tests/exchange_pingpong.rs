@@ -1,7 +1,7 @@
 //! rdma-core pingpong exchange: every captured message, byte-exact replays of both
 //! sides of `rc_pingpong.pcap` and `ud_pingpong.pcap`, real loopback TCP, and bad input.
 
-mod oob_common;
+mod exchange_common;
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -9,13 +9,13 @@ use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::thread;
 
-use ferroce::oob::pingpong::{
-    client_exchange, server_exchange, PingpongDest, DONE_MESSAGE, MESSAGE_LEN,
-};
-use ferroce::oob::{MessageError, OobError};
+use exchange_common::{tcp_messages, FixedInput, Message, ScriptedPeer};
 use ferroce::wire::psn::Psn;
 use ferroce::wire::Qpn;
-use oob_common::{tcp_messages, FixedInput, Message, ScriptedPeer};
+use ferroce_tools::exchange::pingpong::{
+    client_exchange, server_exchange, PingpongDest, DONE_MESSAGE, MESSAGE_LEN,
+};
+use ferroce_tools::exchange::{MessageError, OobError};
 use proptest::prelude::*;
 
 const CAPTURES: [&str; 2] = ["rc_pingpong.pcap", "ud_pingpong.pcap"];

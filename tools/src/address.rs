@@ -17,9 +17,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-use ferroce_transport::engine::PathMtu;
-
-use crate::{Device, DeviceConfig, Error};
+use ferroce::{Device, DeviceConfig, Error, PathMtu};
 
 /// Why a tool could not open its device.
 #[derive(Debug, thiserror::Error)]

@@ -3,11 +3,11 @@
 //!
 //! - Without `SERVER`: listen on TCP `-p` (18515), serve one test to a ferroce or perftest
 //!   client, exit. With `SERVER`: connect to a ferroce or perftest server and run the
-//!   test. Both speak perftest's out-of-band exchange ([`crate::oob::perftest`]) and
-//!   run perftest's traffic pattern (`cli/perf/net.rs`). The local RoCE address is
+//!   test. Both speak perftest's out-of-band exchange ([`crate::exchange::perftest`]) and
+//!   run perftest's traffic pattern (`perf/net.rs`). The local RoCE address is
 //!   `--bind`, else the one routing to the server (client; a free 127.0.0.x when a
 //!   server on this host holds that one) or every non-loopback address (server; see
-//!   [`super::address`]). `--timeout` (10 s; 0: for ever) bounds every wait for the
+//!   [`crate::address`]). `--timeout` (10 s; 0: for ever) bounds every wait for the
 //!   peer — each message of the exchange, each completion, the passive server's wait
 //!   for the client's packets — and a timeout names what was waited for.
 //! - `--loopback`: both ends in this process on two loopback devices (127.0.0.1 and
@@ -31,16 +31,16 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use super::address::OpenError;
-use crate::oob::DEFAULT_PORT;
-use crate::wire::Psn;
-use crate::{
+use ferroce::wire::Psn;
+use ferroce::{
     AccessFlags, CompletionQueue, Device, DeviceConfig, DeviceLimits, DriverKind, Error,
     MemoryRegion, PathMtu, QpCap, QpInitAttributes, QpType, QueuePair, RecvRequest, RemoteEndpoint,
     SendRequest, WcStatus, WorkCompletion,
 };
+use serde_json::json;
+
+use crate::address::OpenError;
+use crate::exchange::DEFAULT_PORT;
 
 /// The operation under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -251,7 +251,7 @@ fn default_size(args: &Args) -> u32 {
 /// the interface (4096 on `lo`, whose MTU is 65536).
 fn loopback_mtu(args: &Args) -> u32 {
     args.mtu
-        .unwrap_or_else(|| super::address::active_mtu(&args.addresses).bytes())
+        .unwrap_or_else(|| crate::address::active_mtu(&args.addresses).bytes())
 }
 
 /// perftest's column titles.
@@ -370,7 +370,7 @@ fn check_region(args: &Args, largest: u32) -> Result<(), String> {
         (u64::from(largest) * qps, "the size × -q")
     } else {
         // Per QP a slot to send from and one the peer targets, in whole pages (net.rs).
-        let page = u64::from(crate::oob::perftest::PerftestConfig::default().cycle_buffer);
+        let page = u64::from(crate::exchange::perftest::PerftestConfig::default().cycle_buffer);
         let slot = u64::from(largest).div_ceil(page) * page;
         (2 * slot * qps, "two page-rounded slots of the size per QP")
     };
@@ -475,7 +475,7 @@ impl Bench {
                 Driver::Uring => DriverKind::Uring,
                 Driver::Socket => DriverKind::Socket,
             };
-            let device = super::address::open_config(config)?;
+            let device = crate::address::open_config(config)?;
             let pd = device.alloc_pd()?;
             let cqe = (args.tx_depth + args.rx_depth) * args.qps + 16;
             let cq = device.create_cq(cqe.min(0x7fff), None)?;
@@ -871,7 +871,7 @@ fn atomic_request(
     kind: AtomicKind,
     wr_id: u64,
     remote_addr: u64,
-    rkey: crate::wire::Rkey,
+    rkey: ferroce::wire::Rkey,
 ) -> SendRequest {
     match kind {
         AtomicKind::FetchAndAdd => SendRequest::fetch_add(wr_id, remote_addr, rkey, 1),
@@ -926,7 +926,7 @@ impl Waiter {
             let wc = self.one(cq, wcs)?;
             if matches!(
                 wc.opcode,
-                crate::WcOpcode::Recv | crate::WcOpcode::RecvRdmaWithImm
+                ferroce::WcOpcode::Recv | ferroce::WcOpcode::RecvRdmaWithImm
             ) {
                 return Ok(());
             }

@@ -1,6 +1,6 @@
 //! `ferroce perf` between two processes or hosts: a server (no address given) listens on
 //! TCP `-p` (18515) and serves one test; a client connects to it. Both speak perftest's
-//! out-of-band exchange ([`crate::oob::perftest`]) and run the RDMA traffic as perftest
+//! out-of-band exchange ([`crate::exchange::perftest`]) and run the RDMA traffic as perftest
 //! 4.5 does (`perftest_resources.c`), so either end can be a perftest tool:
 //!
 //! - `write`/`read`/`atomic` bw: the client posts `-t` requests deep per QP against the
@@ -36,20 +36,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, ToSocketAddrs
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ferroce::wire::Psn;
+use ferroce::{
+    CompletionQueue, Device, Error, MemoryRegion, PathMtu, QpCap, QpInitAttributes, QueuePair,
+    RecvRequest, RemoteEndpoint, SendRequest, WorkCompletion,
+};
+
 use super::{
     access, atomic_request, check, operation_title, peak_rate, Args, Bandwidth, Latency, Operation,
     Patience, Report, RunError, Test, Waiter, LAT_INLINE, MIB, RULE,
 };
-use crate::cli::address;
-use crate::oob::perftest::{
+use crate::address;
+use crate::exchange::perftest::{
     BwReport, PerftestConfig, PerftestKeys, PerftestSession, Role, TestKind, TestSpec, Verb,
 };
-use crate::oob::OobError;
-use crate::wire::Psn;
-use crate::{
-    CompletionQueue, Device, Error, MemoryRegion, PathMtu, QpCap, QpInitAttributes, QueuePair,
-    RecvRequest, RemoteEndpoint, SendRequest, WorkCompletion,
-};
+use crate::exchange::OobError;
 
 /// How long a client tries to reach the server's TCP port.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,11 +1,21 @@
-//! The `ferroce` command line. One module per subcommand; each has an `Args` struct
-//! (clap-derived) and a `run(&Args) -> ExitCode`.
+//! The `ferroce` command-line tool, built on the `ferroce` library.
+//!
+//! One module per subcommand, each with an `Args` struct (clap-derived) and a
+//! `run(&Args) -> ExitCode`: [`perf`] (perftest's bandwidth and latency tests),
+//! [`pingpong`] (rdma-core's `ibv_rc_pingpong`/`ibv_ud_pingpong`), [`devinfo`]
+//! (`ibv_devinfo`), [`sim`] (two engines over a simulated lossy link) and [`decode`]
+//! (RoCEv2 packets of a capture). Beside them, what the tools share and what tests and
+//! fuzz targets use on their own: [`exchange`], the out-of-band TCP exchanges of perftest
+//! and rdma-core; [`capture`], the pcap/pcapng reader; [`address`], opening a device on
+//! the addresses given on the command line.
 
 use std::process::ExitCode;
 
 pub mod address;
+pub mod capture;
 pub mod decode;
 pub mod devinfo;
+pub mod exchange;
 pub mod perf;
 pub mod pingpong;
 pub mod sim;

@@ -9,8 +9,8 @@
 //! (`write_bw.c`, `read_bw.c`, `atomic_bw.c`, `send_bw.c`, `write_lat.c`, `read_lat.c`,
 //! `atomic_lat.c`, `send_lat.c`). Confirmed byte for byte by `testdata/pcaps/`
 //! `write_bw.pcap`, `read_bw.pcap`, `atomic_bw.pcap`, `uc_write_bw.pcap`, `send_bw.pcap`
-//! and `ud_send_bw.pcap` (every TCP payload; see `verbs/tests/oob_perftest.rs`), and
-//! live against perftest 4.5-0.17 in the rxe guest (`verbs/examples/oob_live.rs`): whole
+//! and `ud_send_bw.pcap` (every TCP payload; see `tools/tests/exchange_perftest.rs`), and
+//! live against perftest 4.5-0.17 in the rxe guest (`tools/examples/exchange_live.rs`): whole
 //! sessions as the client of `ib_{write,read,atomic}_bw` and `ib_{read,atomic}_lat`
 //! servers (which printed ferroce's report and exited 0), and the exchanges up to the
 //! traffic in both roles for `ib_send_bw`, `ib_write_lat`, `ib_send_lat`, and as client

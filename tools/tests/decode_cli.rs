@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferroce::capture::{FrameContent, Reader};
+use ferroce_tools::capture::{FrameContent, Reader};
 
 fn pcaps() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pcaps")

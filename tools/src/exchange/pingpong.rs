@@ -4,7 +4,7 @@
 //! (`pp_client_exch_dest`, `pp_server_exch_dest`, identical in both tools) and
 //! `pingpong.c` (`gid_to_wire_gid`, `wire_gid_to_gid`). Confirmed byte for byte by
 //! `testdata/pcaps/rc_pingpong.pcap` and `ud_pingpong.pcap` (frames 4, 6, 8), and
-//! live in both roles against rdma-core 44 in the rxe guest (`verbs/examples/oob_live.rs`).
+//! live in both roles against rdma-core 44 in the rxe guest (`tools/examples/exchange_live.rs`).
 //!
 //! One message, [`MESSAGE_LEN`] = 52 bytes: `sprintf("%04x:%06x:%06x:%s")` of
 //! LID : QPN : PSN : GID plus the terminating NUL, written whole. The GID is 32 hex

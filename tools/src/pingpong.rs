@@ -1,6 +1,6 @@
 //! `ferroce pingpong {rc,ud} [SERVER]`: rdma-core's `ibv_rc_pingpong` and
 //! `ibv_ud_pingpong` on a ferroce device, with their flags, defaults, output and TCP
-//! exchange ([`crate::oob::pingpong`]), so either end can be the rdma-core tool.
+//! exchange ([`crate::exchange::pingpong`]), so either end can be the rdma-core tool.
 //!
 //! Without `SERVER` it is the server: it listens on TCP `-p` (18515), reads the
 //! client's LID:QPN:PSN:GID, moves its QP to RTR (and RTS) and answers with its own.
@@ -17,7 +17,7 @@
 //! server checks. Checked live against rdma-core 44 on kernel rxe (both tools, both
 //! roles, `-c` on both ends).
 //!
-//! Local address: see [`super::address`]; `--bind` overrides it, `-g` picks a GID of
+//! Local address: see [`crate::address`]; `--bind` overrides it, `-g` picks a GID of
 //! the device (default 0, the chosen address). The advertised GID is always the real
 //! one (rdma-core sends zeros without `-g`; a zero GID from the peer means "use the
 //! address the TCP connection came from").
@@ -38,18 +38,18 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAdd
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
-
-use super::address::{self, OpenError};
-use super::devinfo::DEVICE_NAME;
-use crate::oob::pingpong::{client_exchange, server_exchange, PingpongDest};
-use crate::oob::{OobError, DEFAULT_PORT};
-use crate::wire::{Psn, Qpn};
-use crate::{
+use ferroce::wire::{Psn, Qpn};
+use ferroce::{
     AccessFlags, AddressVector, CompletionChannel, CompletionQueue, Device, Error, MemoryRegion,
     PathMtu, QpAttr, QpCap, QpInitAttributes, QpState, QpType, QueuePair, RecvRequest, SendRequest,
     WcStatus, WorkCompletion,
 };
+use tracing::{debug, info};
+
+use crate::address::{self, OpenError};
+use crate::devinfo::DEVICE_NAME;
+use crate::exchange::pingpong::{client_exchange, server_exchange, PingpongDest};
+use crate::exchange::{OobError, DEFAULT_PORT};
 
 /// The transport service, as the two rdma-core tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

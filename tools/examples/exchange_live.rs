@@ -4,10 +4,10 @@
 //! `tests/tests/interop_rxe.rs` (the README's test command, as root) runs every tool
 //! whole against the guest, traffic included, so this example is for debugging an
 //! exchange on its own. Run from `interop/` as root, guest 3 = 10.77.0.13, after
-//! `cargo build -p ferroce --example oob_live`:
+//! `cargo build -p ferroce-tools --example exchange_live`:
 //!
 //! ```text
-//! ./peer.sh -n 3 -t 600 -H 'FERROCE_OOB_GUEST=10.77.0.13 <repo>/target/debug/examples/oob_live guest-servers-first' \
+//! ./peer.sh -n 3 -t 600 -H 'FERROCE_EXCHANGE_GUEST=10.77.0.13 <repo>/target/debug/examples/exchange_live guest-servers-first' \
 //!   'for t in ib_write_bw ib_read_bw ib_atomic_bw ib_read_lat ib_atomic_lat; do
 //!      timeout 60 $t -d rxe0 -x 1 || echo "GUEST FAIL $t"; done; sleep 3;
 //!    for t in ibv_rc_pingpong ibv_ud_pingpong; do timeout 15 $t -d rxe0 -g 1 -n 1 $RXE_HOST_IP; done;
@@ -35,14 +35,14 @@
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use ferroce::oob::perftest::{
+use ferroce::wire::psn::Psn;
+use ferroce::wire::{Qpn, Rkey};
+use ferroce_tools::exchange::perftest::{
     client_handshake, server_handshake, BwReport, PerftestConfig, PerftestKeys, TestKind, TestSpec,
     Verb,
 };
-use ferroce::oob::pingpong::{client_exchange, server_exchange, PingpongDest};
-use ferroce::oob::DEFAULT_PORT;
-use ferroce::wire::psn::Psn;
-use ferroce::wire::{Qpn, Rkey};
+use ferroce_tools::exchange::pingpong::{client_exchange, server_exchange, PingpongDest};
+use ferroce_tools::exchange::DEFAULT_PORT;
 
 fn host_gid() -> Ipv6Addr {
     std::env::var("FERROCE_OOB_HOST_GID")
@@ -87,10 +87,10 @@ fn connect_with_retry(address: SocketAddr, patience: Duration) -> TcpStream {
 /// `guest-servers-first`: the three phases below against the guest command of the
 /// file's documentation.
 fn live_interop_with_guest_tools() {
-    let guest: std::net::Ipv4Addr = std::env::var("FERROCE_OOB_GUEST")
-        .expect("set FERROCE_OOB_GUEST to the guest's IPv4 address")
+    let guest: std::net::Ipv4Addr = std::env::var("FERROCE_EXCHANGE_GUEST")
+        .expect("set FERROCE_EXCHANGE_GUEST to the guest's IPv4 address")
         .parse()
-        .expect("FERROCE_OOB_GUEST is an IPv4 address");
+        .expect("FERROCE_EXCHANGE_GUEST is an IPv4 address");
     let guest_port = SocketAddr::from((guest, DEFAULT_PORT));
 
     // Phase 1: ferroce client, guest perftest servers.
@@ -201,10 +201,10 @@ fn live_interop_with_guest_tools() {
 /// `for t in ibv_rc_pingpong ibv_ud_pingpong; do timeout 20 $t -d rxe0 -g 1 -n 1; done;
 ///  for t in ib_send_bw ib_write_lat ib_send_lat "ib_write_bw -b"; do timeout 20 $t -d rxe0 -x 1; done`.
 fn live_guest_servers_up_to_traffic() {
-    let guest: std::net::Ipv4Addr = std::env::var("FERROCE_OOB_GUEST")
-        .expect("set FERROCE_OOB_GUEST to the guest's IPv4 address")
+    let guest: std::net::Ipv4Addr = std::env::var("FERROCE_EXCHANGE_GUEST")
+        .expect("set FERROCE_EXCHANGE_GUEST to the guest's IPv4 address")
         .parse()
-        .expect("FERROCE_OOB_GUEST is an IPv4 address");
+        .expect("FERROCE_EXCHANGE_GUEST is an IPv4 address");
     let guest_port = SocketAddr::from((guest, DEFAULT_PORT));
     for tool in ["ibv_rc_pingpong", "ibv_ud_pingpong"] {
         let mut stream = connect_with_retry(guest_port, Duration::from_secs(180));
@@ -256,7 +256,7 @@ fn main() {
         Some("guest-servers") => live_guest_servers_up_to_traffic(),
         _ => {
             eprintln!(
-                "usage: FERROCE_OOB_GUEST=<guest IPv4> oob_live guest-servers-first|guest-servers \
+                "usage: FERROCE_EXCHANGE_GUEST=<guest IPv4> exchange_live guest-servers-first|guest-servers \
                  (see the source's documentation for the guest commands)"
             );
             std::process::exit(2);

@@ -429,8 +429,8 @@ fn devinfo_prints_the_device_like_ibv_devinfo() {
 /// A TCP peer that answers the exchange with a QP at an address where nothing listens
 /// on UDP 4791, then keeps the connection until the client is done.
 fn fake_server(dead_gid: &str) -> (u16, std::thread::JoinHandle<()>) {
-    use ferroce::oob::pingpong::{server_exchange, PingpongDest};
     use ferroce::wire::{Psn, Qpn};
+    use ferroce_tools::exchange::pingpong::{server_exchange, PingpongDest};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let gid = format!("::ffff:{dead_gid}").parse().unwrap();

@@ -15,9 +15,10 @@
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use super::address::{self, OpenError};
-use crate::transport::io::thread::ThreadCounters;
-use crate::{Counters, Device, DeviceConfig, DeviceLimits, PathMtu};
+use ferroce::transport::io::thread::ThreadCounters;
+use ferroce::{Counters, Device, DeviceConfig, DeviceLimits, PathMtu};
+
+use crate::address::{self, OpenError};
 
 /// The name of ferroce's device (`hca_id`, `-d`).
 pub const DEVICE_NAME: &str = "ferroce0";
@@ -137,7 +138,7 @@ fn node_guid(gids: &[IpAddr]) -> u64 {
 }
 
 /// The whole report.
-fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crate::Error> {
+fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, ferroce::Error> {
     use std::fmt::Write as _;
     let attributes = device.query_device()?;
     let port = device.query_port()?;
@@ -160,7 +161,7 @@ fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crat
     }
     let _ = writeln!(out, "\t\tport:\t1");
     // Down also when the address is off a working link (`query_port`).
-    let (state, code) = if active && port.state == crate::PortState::Active {
+    let (state, code) = if active && port.state == ferroce::PortState::Active {
         ("PORT_ACTIVE", 4)
     } else {
         ("PORT_DOWN", 1)
@@ -210,8 +211,8 @@ fn describe(device: &Device, active: bool, verbose: bool) -> Result<String, crat
         let _ = writeln!(out, "\t\t\tinit_type_reply:\t0");
         let _ = writeln!(out, "\t\t\tactive_width:\t\t1X (1)");
         let phys_state = match port.state {
-            crate::PortState::Active => "LINK_UP (5)",
-            crate::PortState::Down => "DISABLED (3)",
+            ferroce::PortState::Active => "LINK_UP (5)",
+            ferroce::PortState::Down => "DISABLED (3)",
         };
         let _ = writeln!(out, "\t\t\tphys_state:\t\t{phys_state}");
     }
@@ -266,7 +267,7 @@ fn write_limits(out: &mut String, limits: &DeviceLimits) {
 
 fn write_counters(out: &mut String, engine: &Counters, thread: &ThreadCounters) {
     use std::fmt::Write as _;
-    let naks = |n: &crate::transport::engine::NakCounters| {
+    let naks = |n: &ferroce::transport::engine::NakCounters| {
         [
             ("psn_sequence", n.psn_sequence),
             ("rnr", n.rnr),

@@ -3,21 +3,21 @@
 //! and server byte for byte (all messages, in order); real loopback TCP sessions for
 //! every tool; bad versions, truncated and corrupted input.
 
-mod oob_common;
+mod exchange_common;
 
 use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::thread;
 
-use ferroce::oob::perftest::{
+use exchange_common::{tcp_messages, FixedInput, Message, ScriptedPeer};
+use ferroce::transport::engine::PathMtu;
+use ferroce::wire::psn::Psn;
+use ferroce::wire::{Qpn, Rkey};
+use ferroce_tools::exchange::perftest::{
     client_handshake, decode_mtu, decode_system_value, server_handshake, BwReport, KeyFormat,
     PerPortReport, PerftestConfig, PerftestKeys, PerftestSession, PerftestVersion, PostRunStep,
     Role, TestKind, TestSpec, Verb, DONE_MESSAGE, KEYS_WITH_GID_LEN, VERSION_LEN,
 };
-use ferroce::oob::{MessageError, OobError};
-use ferroce::transport::engine::PathMtu;
-use ferroce::wire::psn::Psn;
-use ferroce::wire::{Qpn, Rkey};
-use oob_common::{tcp_messages, FixedInput, Message, ScriptedPeer};
+use ferroce_tools::exchange::{MessageError, OobError};
 use proptest::prelude::*;
 
 /// The perftest captures and the tool each ran (`INDEX.txt`, interop README).
