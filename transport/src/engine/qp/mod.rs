@@ -35,6 +35,27 @@ pub enum QpType {
     Ud,
 }
 
+impl QpType {
+    /// Its `ibv_qp_type` value (RC 2, UC 3, UD 4).
+    pub const fn ibv_code(self) -> u8 {
+        match self {
+            QpType::Rc => 2,
+            QpType::Uc => 3,
+            QpType::Ud => 4,
+        }
+    }
+
+    /// The type of an `ibv_qp_type` value.
+    pub const fn from_ibv_code(code: u8) -> Option<QpType> {
+        match code {
+            2 => Some(QpType::Rc),
+            3 => Some(QpType::Uc),
+            4 => Some(QpType::Ud),
+            _ => None,
+        }
+    }
+}
+
 /// QP states (`ibv_qp_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QpState {
@@ -65,6 +86,28 @@ impl QpState {
         QpState::Sqe,
         QpState::Err,
     ];
+
+    /// Its `ibv_qp_state` value (RESET 0 … ERR 6, the order of [`QpState::ALL`]).
+    pub const fn ibv_code(self) -> u8 {
+        match self {
+            QpState::Reset => 0,
+            QpState::Init => 1,
+            QpState::Rtr => 2,
+            QpState::Rts => 3,
+            QpState::Sqd => 4,
+            QpState::Sqe => 5,
+            QpState::Err => 6,
+        }
+    }
+
+    /// The state of an `ibv_qp_state` value.
+    pub const fn from_ibv_code(code: u8) -> Option<QpState> {
+        if (code as usize) < QpState::ALL.len() {
+            Some(QpState::ALL[code as usize])
+        } else {
+            None
+        }
+    }
 }
 
 /// Path MTU (`ibv_mtu`), 256 to 4096 bytes.
@@ -91,6 +134,25 @@ impl PathMtu {
             PathMtu::Mtu1024 => 1024,
             PathMtu::Mtu2048 => 2048,
             PathMtu::Mtu4096 => 4096,
+        }
+    }
+
+    /// Its `ibv_mtu` value (256 → 1 … 4096 → 5).
+    pub const fn ibv_code(self) -> u8 {
+        match self {
+            PathMtu::Mtu256 => 1,
+            PathMtu::Mtu512 => 2,
+            PathMtu::Mtu1024 => 3,
+            PathMtu::Mtu2048 => 4,
+            PathMtu::Mtu4096 => 5,
+        }
+    }
+
+    /// The MTU of an `ibv_mtu` value.
+    pub const fn from_ibv_code(code: u8) -> Option<PathMtu> {
+        match code {
+            1..=5 => PathMtu::from_bytes(128 << code),
+            _ => None,
         }
     }
 
@@ -283,7 +345,8 @@ pub enum SendOp {
 }
 
 impl SendOp {
-    fn wc_opcode(self) -> WcOpcode {
+    /// The opcode of its completion.
+    pub fn wc_opcode(self) -> WcOpcode {
         match self {
             SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInv(_) => WcOpcode::Send,
             SendOp::RdmaWrite { .. } | SendOp::RdmaWriteWithImm { .. } => WcOpcode::RdmaWrite,
