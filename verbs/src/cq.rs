@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferroce_transport::control::Command;
 use ferroce_transport::engine::{CompletionQueueId, WorkCompletion};
 use ferroce_transport::io::thread::{CompletionRing, EventChannel};
 
@@ -49,12 +50,11 @@ impl std::fmt::Debug for CqInner {
 
 impl Drop for CqInner {
     fn drop(&mut self) {
-        // Every QP using this CQ holds it, so no QP uses it by now.
-        let id = self.id;
-        let _ = self.device.call(move |core, ns| {
-            core.detach_ring(ns, id);
-            core.engine.destroy_cq(ns, id)
-        });
+        // Every QP using this CQ holds it, so no QP uses it by now. Destroying it stops
+        // the delivery into its ring.
+        let _ = self
+            .device
+            .execute::<()>(Command::DestroyCq { cq: self.id });
     }
 }
 
@@ -77,12 +77,10 @@ impl CompletionQueue {
             cqe as usize,
             channel.map(|c| (c.inner.clone(), handle)),
         ));
-        let attached = ring.clone();
-        let id = device.call(move |core, ns| {
-            let id = core.engine.create_cq(ns, cqe)?;
-            core.attach_ring(ns, id, attached);
-            Ok::<_, crate::VerbsError>(id)
-        })??;
+        // Nothing completes on a CQ before a QP uses it, so nothing is lost before the
+        // ring is attached.
+        let id = device.execute(Command::CreateCq { cqe })?;
+        device.backend.attach_ring(device.ns, id, ring.clone())?;
         Ok(CompletionQueue {
             inner: Arc::new(CqInner {
                 device,
@@ -125,13 +123,13 @@ impl CompletionQueue {
     pub fn poll_into(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
         let taken = self.inner.ring.poll(max, out);
         if taken > 0 {
-            self.inner.device.thread.note_poll();
+            self.inner.device.backend.note_poll();
             return taken;
         }
         if max == 0 {
             return 0;
         }
-        self.inner.device.thread.drive();
+        self.inner.device.backend.drive();
         self.inner.ring.poll(max, out)
     }
 
@@ -141,7 +139,7 @@ impl CompletionQueue {
     /// over the driving here.
     pub fn req_notify(&self) {
         self.inner.ring.req_notify();
-        self.inner.device.thread.hand_off();
+        self.inner.device.backend.hand_off();
     }
 
     /// Blocks until a completion waits or `timeout` passes (`None`: forever); returns
@@ -150,7 +148,7 @@ impl CompletionQueue {
         if !self.inner.ring.is_empty() {
             return true;
         }
-        self.inner.device.thread.hand_off();
+        self.inner.device.backend.hand_off();
         self.inner.ring.wait(timeout)
     }
 

@@ -6,15 +6,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferroce_transport::control::{Command, PortStatus, Reply, ReplyError};
 use ferroce_transport::engine::{
     AsyncEvent, Counters, DeviceAttributes, DeviceLimits, EngineConfig, NamespaceId, PathMtu,
     SourcePortPolicy,
 };
 use ferroce_transport::io::thread::{
-    Core, EngineThread, EngineThreadConfig, EventChannel, ThreadCounters,
+    EngineThread, EngineThreadConfig, EventChannel, ThreadCounters,
 };
 use ferroce_transport::io::{DriverKind, ReceiveIntegrity};
 
+use crate::backend::Backend;
 use crate::cq::{CompletionChannel, CompletionQueue};
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
@@ -102,7 +104,7 @@ pub struct PortAttributes {
 }
 
 pub(crate) struct DeviceInner {
-    pub(crate) thread: EngineThread,
+    pub(crate) backend: Backend,
     pub(crate) ns: NamespaceId,
     pub(crate) config: DeviceConfig,
     /// The namespace's async events, moved here by the engine's rounds.
@@ -115,19 +117,19 @@ impl std::fmt::Debug for DeviceInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
             .field("addresses", &self.config.addresses)
-            .field("drivers", &self.thread.drivers())
+            .field("drivers", &self.backend.drivers())
             .finish()
     }
 }
 
 impl DeviceInner {
-    /// Runs `f` on the engine thread and returns its result.
-    pub(crate) fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Core, NamespaceId) -> R + Send + 'static,
-    ) -> Result<R> {
-        let ns = self.ns;
-        Ok(self.thread.call(move |core| f(core, ns))?)
+    /// Executes `command` on the device's namespace and returns what its reply carries
+    /// (`T`: the payload of the reply kind the command gets, `()` for `Done`).
+    pub(crate) fn execute<T>(&self, command: Command) -> Result<T>
+    where
+        T: TryFrom<Reply, Error = ReplyError>,
+    {
+        Ok(self.backend.execute(self.ns, command)?.try_into()?)
     }
 }
 
@@ -178,13 +180,13 @@ impl Device {
             busy_poll: config.busy_poll,
             name: format!("ferroce-{}", config.addresses[0]),
         })?;
+        let backend = Backend::Embedded(thread);
         let ns = NamespaceId::DEFAULT;
         let events = Arc::new(EventChannel::new());
-        let attached = events.clone();
-        thread.call(move |core| core.attach_events(ns, attached))?;
+        backend.attach_events(ns, events.clone())?;
         Ok(Device {
             inner: Arc::new(DeviceInner {
-                thread,
+                backend,
                 ns,
                 config,
                 events,
@@ -200,28 +202,26 @@ impl Device {
 
     /// The bound socket addresses and the driver kind each got.
     pub fn drivers(&self) -> Vec<(SocketAddr, DriverKind)> {
-        self.inner.thread.drivers().to_vec()
+        self.inner.backend.drivers().to_vec()
     }
 
     /// Device attributes and limits (`ibv_query_device`).
     pub fn query_device(&self) -> Result<DeviceAttributes> {
-        self.inner.call(|core, _| core.engine.query_device())
+        self.inner.execute(Command::QueryDevice)
     }
 
     /// Port attributes (`ibv_query_port`); ferroce devices have one port, number 1.
     pub fn query_port(&self) -> Result<PortAttributes> {
-        let (attributes, active) = self
-            .inner
-            .call(|core, _| (core.engine.query_device(), core.engine.port_active()))?;
+        let port: PortStatus = self.inner.execute(Command::QueryPort)?;
         Ok(PortAttributes {
-            state: if active {
+            state: if port.active {
                 PortState::Active
             } else {
                 PortState::Down
             },
             max_mtu: PathMtu::Mtu4096,
-            active_mtu: attributes.active_mtu,
-            gid_tbl_len: self.inner.config.addresses.len() as u32,
+            active_mtu: port.active_mtu,
+            gid_tbl_len: port.gid_tbl_len,
             pkey_tbl_len: 1,
         })
     }
@@ -229,9 +229,9 @@ impl Device {
     /// The GID at `index` (`ibv_query_gid`). RoCEv2 GIDs are IP addresses (IPv4 ones are
     /// IPv4-mapped on the wire).
     pub fn query_gid(&self, index: u32) -> Result<IpAddr> {
-        self.inner
-            .call(move |core, ns| core.engine.gids(ns).map(|g| g.get(index as usize).copied()))?
-            .map_err(Error::from)?
+        let gids: Vec<IpAddr> = self.inner.execute(Command::QueryGids)?;
+        gids.get(index as usize)
+            .copied()
             .ok_or(Error::InvalidArgument("GID index"))
     }
 
@@ -259,7 +259,6 @@ impl Device {
 
     /// The engine's counters and the engine thread's own.
     pub fn counters(&self) -> Result<(Counters, ThreadCounters)> {
-        self.inner
-            .call(|core, _| (*core.engine.counters(), core.counters()))
+        self.inner.execute(Command::QueryCounters)
     }
 }

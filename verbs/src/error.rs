@@ -1,5 +1,6 @@
 //! The verbs API's error type.
 
+use ferroce_transport::control::ReplyError;
 pub use ferroce_transport::engine::VerbsError;
 use ferroce_transport::io::thread::EngineStopped;
 
@@ -16,6 +17,10 @@ pub enum Error {
     /// The device's engine thread has stopped.
     #[error("the device has stopped")]
     DeviceStopped,
+    /// The device answered a command with a reply of another kind (its message kind):
+    /// a bug of the backend, or a daemon of another build.
+    #[error("the device answered with an unexpected reply (kind {0:#06x})")]
+    UnexpectedReply(u16),
     /// Opening the device failed (binding a socket, spawning the thread).
     #[error("device I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -57,6 +62,15 @@ impl From<PostListError> for Error {
 impl From<EngineStopped> for Error {
     fn from(_: EngineStopped) -> Error {
         Error::DeviceStopped
+    }
+}
+
+impl From<ReplyError> for Error {
+    fn from(error: ReplyError) -> Error {
+        match error {
+            ReplyError::Verbs(error) => Error::Verbs(error),
+            ReplyError::Unexpected(kind) => Error::UnexpectedReply(kind),
+        }
     }
 }
 

@@ -62,7 +62,7 @@ impl Device {
         if let Some(event) = events.get_event(Some(Duration::ZERO)) {
             return Ok(Some(event));
         }
-        self.inner.thread.drive();
+        self.inner.backend.drive();
         match events.get_event(Some(Duration::ZERO)) {
             Some(event) => Ok(Some(event)),
             None => self.end_of_device(),
@@ -94,7 +94,7 @@ impl Device {
     /// Once the engine thread has ended and its last events were taken: `DeviceFatal`
     /// the first time, then `Err(DeviceStopped)`. `Ok(None)` while it runs.
     fn end_of_device(&self) -> Result<Option<AsyncEvent>> {
-        if self.inner.thread.is_alive() || !self.inner.events.is_empty() {
+        if self.inner.backend.is_alive() || !self.inner.events.is_empty() {
             return Ok(None);
         }
         if self.inner.fatal_reported.swap(true, Ordering::SeqCst) {
@@ -109,8 +109,8 @@ mod tests {
     use super::*;
     use crate::device::DeviceConfig;
 
-    /// The engine thread ending (here: a call panicking on it) is `DeviceFatal`, once,
-    /// and a waiter blocked meanwhile wakes for it.
+    /// The engine thread ending (here: a command panicking on it, as an engine bug
+    /// would) is `DeviceFatal`, once, and a waiter blocked meanwhile wakes for it.
     #[test]
     fn a_stopped_device_reports_device_fatal_once() {
         let config = DeviceConfig::with_address("127.81.0.10".parse().expect("literal"));
@@ -124,10 +124,7 @@ mod tests {
             std::thread::spawn(move || device.get_async_event())
         };
         std::thread::sleep(Duration::from_millis(50));
-        let _ = device
-            .inner
-            .thread
-            .call(|_| -> () { panic!("an engine bug") });
+        device.inner.backend.inject_panic(device.inner.ns);
         let event = waiter.join().expect("the waiter").ok();
         assert_eq!(event, Some(AsyncEvent::DeviceFatal));
         assert!(matches!(

@@ -65,6 +65,7 @@ pub use ferroce_transport as transport;
 #[doc(inline)]
 pub use ferroce_wire as wire;
 
+mod backend;
 pub mod cq;
 pub mod device;
 pub mod error;

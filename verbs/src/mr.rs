@@ -26,6 +26,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ferroce_transport::control::Command;
 use ferroce_transport::engine::{self, AccessFlags, CallerMemory, Lkey, MemoryBacking, Sge};
 use ferroce_transport::wire::Rkey;
 
@@ -171,10 +172,11 @@ impl MemoryRegion {
         length: u64,
         access: AccessFlags,
     ) -> Result<MemoryRegion> {
-        let id = pd.pd;
-        let mr = pd
-            .device
-            .call(move |core, ns| core.engine.reg_mr(ns, id, length, access))??;
+        let mr = pd.device.execute(Command::RegMr {
+            pd: pd.pd,
+            length,
+            access,
+        })?;
         Ok(MemoryRegion {
             pd,
             mr,
@@ -203,10 +205,10 @@ impl MemoryRegion {
         access: AccessFlags,
         home: Option<BufferHome>,
     ) -> Result<MemoryRegion> {
-        let id = pd.pd;
         let mr = pd
             .device
-            .call(move |core, ns| core.engine.reg_mr_backed(ns, id, memory, access))??;
+            .backend
+            .reg_mr_backed(pd.device.ns, pd.pd, memory, access)?;
         Ok(MemoryRegion {
             pd,
             mr,
@@ -220,10 +222,9 @@ impl MemoryRegion {
     /// back, with every byte the device wrote; otherwise `None`.
     pub fn deregister(mut self) -> Result<Option<Vec<u8>>> {
         self.registered = false;
-        let lkey = self.mr.lkey;
         self.pd
             .device
-            .call(move |core, ns| core.engine.dereg_mr(ns, lkey))??;
+            .execute::<()>(Command::DeregMr { lkey: self.mr.lkey })?;
         // The engine dropped the backing inside that call, which sent the buffer home.
         Ok(self
             .home
@@ -282,11 +283,11 @@ impl MemoryRegion {
     /// Copies `data` into the region at `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
-        let (lkey, addr, data) = (self.mr.lkey, self.mr.addr + offset, data.to_vec());
-        self.pd
-            .device
-            .call(move |core, ns| core.engine.mr_write(ns, lkey, addr, &data))??;
-        Ok(())
+        self.pd.device.execute(Command::MrWrite {
+            lkey: self.mr.lkey,
+            addr: self.mr.addr + offset,
+            data: data.to_vec(),
+        })
     }
 
     /// Copies bytes at `offset` into `out`.
@@ -299,14 +300,11 @@ impl MemoryRegion {
     /// The `len` bytes at `offset`.
     pub fn to_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check(offset, len)?;
-        let (lkey, addr) = (self.mr.lkey, self.mr.addr + offset);
-        let bytes = self.pd.device.call(move |core, ns| {
-            let mut bytes = vec![0u8; len];
-            core.engine
-                .mr_read(ns, lkey, addr, &mut bytes)
-                .map(|()| bytes)
-        })??;
-        Ok(bytes)
+        self.pd.device.execute(Command::MrRead {
+            lkey: self.mr.lkey,
+            addr: self.mr.addr + offset,
+            length: len as u64,
+        })
     }
 
     /// A host-order `u64` at `offset` (where atomics put their original value).
@@ -329,10 +327,9 @@ impl Drop for MemoryRegion {
         }
         // An error means the engine thread has stopped: it runs no more rounds, so it
         // reaches no memory either.
-        let lkey = self.mr.lkey;
         let _ = self
             .pd
             .device
-            .call(move |core, ns| core.engine.dereg_mr(ns, lkey));
+            .execute::<()>(Command::DeregMr { lkey: self.mr.lkey });
     }
 }

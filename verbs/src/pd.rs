@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ferroce_transport::control::Command;
 use ferroce_transport::engine::{self, AccessFlags};
 
 use crate::device::DeviceInner;
@@ -26,10 +27,9 @@ impl std::fmt::Debug for PdInner {
 impl Drop for PdInner {
     fn drop(&mut self) {
         // Every MR, SRQ and QP of the PD holds it, so it is unused by now.
-        let pd = self.pd;
         let _ = self
             .device
-            .call(move |core, ns| core.engine.dealloc_pd(ns, pd));
+            .execute::<()>(Command::DeallocPd { pd: self.pd });
     }
 }
 
@@ -42,7 +42,7 @@ pub struct ProtectionDomain {
 
 impl ProtectionDomain {
     pub(crate) fn alloc(device: Arc<DeviceInner>) -> Result<ProtectionDomain> {
-        let pd = device.call(|core, ns| core.engine.alloc_pd(ns))??;
+        let pd = device.execute(Command::AllocPd)?;
         Ok(ProtectionDomain {
             inner: Arc::new(PdInner { device, pd }),
         })

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use ferroce_transport::control::Command;
 use ferroce_transport::engine::{
     AccessFlags, AddressVector, PathMtu, QpAttr, QpCap, QpInfo, QpInitAttr, QpState, QpType,
     VerbsError,
@@ -65,30 +66,6 @@ pub struct RemoteEndpoint {
     pub psn: Psn,
 }
 
-fn state_code(state: QpState) -> u8 {
-    match state {
-        QpState::Reset => 0,
-        QpState::Init => 1,
-        QpState::Rtr => 2,
-        QpState::Rts => 3,
-        QpState::Sqd => 4,
-        QpState::Sqe => 5,
-        QpState::Err => 6,
-    }
-}
-
-fn state_of(code: u8) -> QpState {
-    match code {
-        0 => QpState::Reset,
-        1 => QpState::Init,
-        2 => QpState::Rtr,
-        3 => QpState::Rts,
-        4 => QpState::Sqd,
-        5 => QpState::Sqe,
-        _ => QpState::Err,
-    }
-}
-
 /// A queue pair (`ibv_qp`). Posting never blocks and needs no other thread: when the
 /// device's engine is free, the caller's thread runs a round of it (so the request
 /// reaches the kernel before `post_send` returns); when another thread is running one,
@@ -132,9 +109,7 @@ impl QueuePair {
             cap: attr.cap,
             sq_sig_all: attr.sq_sig_all,
         };
-        let qpn = pd
-            .device
-            .call(move |core, ns| core.engine.create_qp(ns, init))??;
+        let qpn = pd.device.execute(Command::CreateQp { init })?;
         Ok(QueuePair {
             send_cq: attr.send_cq.inner.clone(),
             recv_cq: attr.recv_cq.inner.clone(),
@@ -143,7 +118,7 @@ impl QueuePair {
             qpn,
             qp_type: attr.qp_type,
             cap: attr.cap,
-            state: AtomicU8::new(state_code(QpState::Reset)),
+            state: AtomicU8::new(QpState::Reset.ibv_code()),
         })
     }
 
@@ -164,30 +139,26 @@ impl QueuePair {
 
     /// The state as last modified or queried.
     pub fn state(&self) -> QpState {
-        state_of(self.state.load(Ordering::SeqCst))
+        QpState::from_ibv_code(self.state.load(Ordering::SeqCst)).unwrap_or(QpState::Err)
     }
 
     /// Changes attributes and state (`ibv_modify_qp`): the set fields of `attr` are the
     /// attribute mask.
     pub fn modify(&self, attr: &QpAttr) -> Result<()> {
-        let (qpn, attr_copy) = (self.qpn, *attr);
-        self.pd
-            .device
-            .call(move |core, ns| core.engine.modify_qp(ns, qpn, &attr_copy))??;
+        self.pd.device.execute::<()>(Command::ModifyQp {
+            qpn: self.qpn,
+            attr: *attr,
+        })?;
         if let Some(state) = attr.state {
-            self.state.store(state_code(state), Ordering::SeqCst);
+            self.state.store(state.ibv_code(), Ordering::SeqCst);
         }
         Ok(())
     }
 
     /// State and every attribute (`ibv_query_qp`).
     pub fn query(&self) -> Result<QpInfo> {
-        let qpn = self.qpn;
-        let info = self
-            .pd
-            .device
-            .call(move |core, ns| core.engine.query_qp(ns, qpn))??;
-        self.state.store(state_code(info.state), Ordering::SeqCst);
+        let info: QpInfo = self.pd.device.execute(Command::QueryQp { qpn: self.qpn })?;
+        self.state.store(info.state.ibv_code(), Ordering::SeqCst);
         Ok(info)
     }
 
@@ -289,12 +260,12 @@ impl QueuePair {
                 VerbsError::LimitExceeded("max_send_sge").into(),
             ));
         }
-        if !self.pd.device.thread.is_alive() {
+        if !self.pd.device.backend.is_alive() {
             return Err(refuse(0, Error::DeviceStopped));
         }
         let device = &self.pd.device;
         device
-            .thread
+            .backend
             .post_list(wrs.into_iter().map(|wr| Post::Send {
                 ns: device.ns,
                 qpn: self.qpn,
@@ -316,10 +287,10 @@ impl QueuePair {
         if wr.sge_count() > self.cap.max_recv_sge as usize {
             return Err(VerbsError::LimitExceeded("max_recv_sge").into());
         }
-        if !self.pd.device.thread.is_alive() {
+        if !self.pd.device.backend.is_alive() {
             return Err(Error::DeviceStopped);
         }
-        self.pd.device.thread.post(Post::Recv {
+        self.pd.device.backend.post(Post::Recv {
             ns: self.pd.device.ns,
             qpn: self.qpn,
             wr: wr.into_engine(),
@@ -331,10 +302,9 @@ impl QueuePair {
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
-        let qpn = self.qpn;
         let _ = self
             .pd
             .device
-            .call(move |core, ns| core.engine.destroy_qp(ns, qpn));
+            .execute::<()>(Command::DestroyQp { qpn: self.qpn });
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ferroce_transport::control::Command;
 use ferroce_transport::engine::{SharedReceiveQueueId, SrqAttr};
 
 use crate::error::Result;
@@ -24,11 +25,10 @@ impl std::fmt::Debug for SrqInner {
 impl Drop for SrqInner {
     fn drop(&mut self) {
         // QPs using the SRQ hold it, so none does by now.
-        let id = self.id;
         let _ = self
             .pd
             .device
-            .call(move |core, ns| core.engine.destroy_srq(ns, id));
+            .execute::<()>(Command::DestroySrq { srq: self.id });
     }
 }
 
@@ -40,15 +40,12 @@ pub struct SharedReceiveQueue {
 
 impl SharedReceiveQueue {
     pub(crate) fn create(pd: Arc<PdInner>, max_wr: u32, max_sge: u32) -> Result<Self> {
-        let pd_id = pd.pd;
         let attr = SrqAttr {
             max_wr,
             max_sge,
             srq_limit: 0,
         };
-        let id = pd
-            .device
-            .call(move |core, ns| core.engine.create_srq(ns, pd_id, attr))??;
+        let id = pd.device.execute(Command::CreateSrq { pd: pd.pd, attr })?;
         Ok(SharedReceiveQueue {
             inner: Arc::new(SrqInner { pd, id }),
         })
@@ -56,23 +53,18 @@ impl SharedReceiveQueue {
 
     /// Posts a receive (`ibv_post_srq_recv`); refused synchronously when full.
     pub fn post_recv(&self, wr: RecvRequest) -> Result<()> {
-        let id = self.inner.id;
-        let wr = wr.into_engine();
-        self.inner
-            .pd
-            .device
-            .call(move |core, ns| core.post_srq_recv(ns, id, wr))??;
-        Ok(())
+        self.inner.pd.device.execute(Command::PostSrqRecv {
+            srq: self.inner.id,
+            wr: wr.into_engine(),
+        })
     }
 
     /// Arms the limit event (`ibv_modify_srq` with `IBV_SRQ_LIMIT`); 0 disarms.
     pub fn modify(&self, srq_limit: u32) -> Result<()> {
-        let id = self.inner.id;
-        self.inner
-            .pd
-            .device
-            .call(move |core, ns| core.engine.modify_srq(ns, id, srq_limit))??;
-        Ok(())
+        self.inner.pd.device.execute(Command::ModifySrq {
+            srq: self.inner.id,
+            srq_limit,
+        })
     }
 
     /// The engine's identifier of this SRQ, as async events (`SrqLimitReached`) name it.
@@ -82,11 +74,9 @@ impl SharedReceiveQueue {
 
     /// Attributes (`ibv_query_srq`).
     pub fn query(&self) -> Result<SrqAttr> {
-        let id = self.inner.id;
-        Ok(self
-            .inner
+        self.inner
             .pd
             .device
-            .call(move |core, ns| core.engine.query_srq(ns, id))??)
+            .execute(Command::QuerySrq { srq: self.inner.id })
     }
 }

@@ -3,9 +3,13 @@
 //! [`UringDriver`] (io_uring, the default) and [`UdpDriver`] (`recvmmsg`/`sendmmsg`, the
 //! fallback where io_uring is missing or refused). [`Driver::bind`] picks one at run time.
 
+mod core;
 mod gso;
 pub mod link;
+mod post;
 mod raw;
+mod rings;
+mod round;
 pub mod socket;
 mod solvers;
 pub mod thread;
@@ -16,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use self::core::{Core, LocalCommand, ThreadCounters};
 pub use socket::{Received, UdpDriver};
 pub use solvers::SolverLimits;
 pub use uring::UringDriver;

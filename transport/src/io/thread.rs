@@ -1,19 +1,16 @@
-//! The engine thread: one per device, owning the [`Engine`] and one [`Driver`] per local
-//! address, in a run-to-completion loop — and the applications' threads, which run the
-//! same loop themselves when they post or poll.
+//! The engine thread: one per device, owning the [`Core`] (the engine and where its
+//! results go) and one [`Driver`] per local address, in a run-to-completion loop — and
+//! the applications' threads, which run the same rounds (see `round`) themselves when
+//! they post or poll. This file is the drive policy: who runs a round, and when the
+//! engine thread sleeps.
 //!
-//! Each round: receive a batch from every driver and feed it to the engine (recovering
-//! the IPv4 identification the ICRC covers), take the work applications queued (posted
-//! WRs and control calls, in the order they were queued), drain `poll_transmit` into
-//! `send_batch` (what the kernel did not take waits for the next round), run due timers,
-//! and move new completions into the applications' [`CompletionRing`]s and new async
-//! events into the [`EventChannel`] of each namespace that has one. About once a second
-//! the engine thread asks whether the drivers' addresses are still on a working link
-//! ([`link::address_usable`], ~100 µs: never on an application's thread); the next round
-//! tells the engine of a change ([`Engine::handle_port_event`]), which raises
-//! `PortActive`/`PortErr`.
+//! About once a second the engine thread asks whether the drivers' addresses are still
+//! on a working link ([`link::address_usable`], ~100 µs: never on an application's
+//! thread); the next round tells the engine of a change
+//! ([`Engine::handle_port_event`](crate::engine::Engine::handle_port_event)), which
+//! raises `PortActive`/`PortErr`.
 //!
-//! Who runs a round: the engine, its drivers and the rings sit behind one mutex, and
+//! Who runs a round: the core, the drivers and the rings sit behind one mutex, and
 //! whichever thread takes it runs the round. An application that posts work or polls an
 //! empty completion queue runs a round right there ([`EngineThread::drive`]), so a work
 //! request reaches the wire, and a datagram its completion, on the caller's own thread
@@ -26,6 +23,11 @@
 //! Work is queued before the mutex is tried, and a round's runner looks at the queue
 //! again after letting go, so queued work is never stranded.
 //!
+//! Control operations are queued as work too ([`EngineThread::execute`]): a
+//! [`Command`] of the control protocol, or a [`LocalCommand`] only an embedded device
+//! gives, executed in order with the posts around it; the caller waits for its
+//! [`Reply`].
+//!
 //! Applications never take a lock per packet they do not process: work goes through a
 //! lock-free queue and completions come back through lock-free per-CQ queues; a
 //! mutex/condvar pair is touched only by a thread that blocks waiting for a completion.
@@ -34,475 +36,32 @@
 //! thread starts, and `Time::from_nanos(elapsed)` each round.
 #![allow(clippy::disallowed_methods)] // The engine thread is the engine's clock (see above).
 
-use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use ferroce_wire::ident::Recovered;
-use ferroce_wire::Qpn;
 
 use super::link;
 use super::raw::IpHeaderTap;
+use super::round::{Control, Operation, Port, Runner, Work, TRANSMIT_BATCH, WORK_BATCH};
 use super::solvers::Solvers;
 use super::waker::{wait_readable, Doorbell};
 use super::{Driver, DriverKind, ReceiveIntegrity};
-use crate::engine::{
-    AsyncEvent, CompletionQueueId, DatagramMeta, Engine, EngineConfig, LentDatagram, NamespaceId,
-    RecvWr, SendOp, SendWr, SharedReceiveQueueId, Time, VerbsError, WcOpcode, WcStatus,
-    WorkCompletion,
-};
+use crate::control::{Command, Reply};
+use crate::engine::{Engine, EngineConfig, NamespaceId, Time};
 
-/// Datagrams taken from the engine per driver before they are handed to the kernel.
-const TRANSMIT_BATCH: usize = 64;
-/// Queued work items taken per round (so receives and transmits are not starved).
-const WORK_BATCH: usize = 1024;
+pub use super::core::{Core, LocalCommand, ThreadCounters};
+pub use super::post::{Post, POST_ERR_LIMIT, POST_ERR_OTHER, POST_ERR_QUEUE_FULL, POST_ERR_STATE};
+pub use super::rings::{CompletionRing, EventChannel, EVENT_CHANNEL_DEPTH};
+
 /// Posts that may wait for the thread running a round; a poster finding this many waits
 /// for that thread (back-pressure) instead of growing the queue.
 pub const MAX_QUEUED_WORK: usize = 4 * WORK_BATCH;
-
-/// `vendor_err` of the error completion for a work request the engine refused at post
-/// time: the QP state does not accept it.
-pub const POST_ERR_STATE: u32 = 0x100;
-/// … the work queue is full.
-pub const POST_ERR_QUEUE_FULL: u32 = 0x101;
-/// … a limit (SGEs, inline bytes) is exceeded.
-pub const POST_ERR_LIMIT: u32 = 0x102;
-/// … any other refusal (invalid argument, unknown QP).
-pub const POST_ERR_OTHER: u32 = 0x103;
-
-/// Waits on `cond` (with `guard` of its mutex) until `take` yields a value or `timeout`
-/// passes (`None`: forever).
-fn wait_for<G, R>(
-    cond: &Condvar,
-    mut guard: MutexGuard<'_, G>,
-    timeout: Option<Duration>,
-    mut take: impl FnMut(&mut G) -> Option<R>,
-) -> Option<R> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        if let Some(value) = take(&mut guard) {
-            return Some(value);
-        }
-        guard = match deadline {
-            None => cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                cond.wait_timeout(guard, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-    }
-}
-
-/// Async events moved out of the engine into a namespace's [`EventChannel`] at most at
-/// once; the rest wait in the engine's bounded queue.
-pub const EVENT_CHANNEL_DEPTH: usize = 64;
-
-/// Where events go for an application to wait on: a completion channel's CQ tags
-/// (`ibv_comp_channel`), or a namespace's async events (the device's async fd).
-#[derive(Debug)]
-pub struct EventChannel<T = u64> {
-    events: Mutex<VecDeque<T>>,
-    cond: Condvar,
-}
-
-impl<T> Default for EventChannel<T> {
-    fn default() -> EventChannel<T> {
-        EventChannel {
-            events: Mutex::new(VecDeque::new()),
-            cond: Condvar::new(),
-        }
-    }
-}
-
-impl<T> EventChannel<T> {
-    /// An empty channel.
-    pub fn new() -> EventChannel<T> {
-        EventChannel::default()
-    }
-
-    fn push(&self, event: T) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        events.push_back(event);
-        self.cond.notify_all();
-    }
-
-    /// The next event (for a completion channel: the tag of the next CQ that got a
-    /// completion while armed), waiting up to `timeout` (`None`: forever).
-    pub fn get_event(&self, timeout: Option<Duration>) -> Option<T> {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        wait_for(&self.cond, events, timeout, VecDeque::pop_front)
-    }
-
-    /// Events waiting.
-    pub fn len(&self) -> usize {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// True when no event waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The application side of a completion queue: the engine thread moves completions in
-/// (at most `capacity` waiting; the rest stay in the engine's CQ, which overflows as a
-/// CQ does), applications take them out. Lock-free except for blocking waits.
-#[derive(Debug)]
-pub struct CompletionRing {
-    entries: SegQueue<WorkCompletion>,
-    len: AtomicUsize,
-    capacity: usize,
-    armed: AtomicBool,
-    sleepers: AtomicUsize,
-    gate: Mutex<()>,
-    cond: Condvar,
-    channel: Option<(Arc<EventChannel>, u64)>,
-}
-
-impl CompletionRing {
-    /// A ring for a CQ of `capacity` entries; `channel` (with the tag its events carry)
-    /// gets an event per armed notification.
-    pub fn new(capacity: usize, channel: Option<(Arc<EventChannel>, u64)>) -> CompletionRing {
-        CompletionRing {
-            entries: SegQueue::new(),
-            len: AtomicUsize::new(0),
-            capacity,
-            armed: AtomicBool::new(false),
-            sleepers: AtomicUsize::new(0),
-            gate: Mutex::new(()),
-            cond: Condvar::new(),
-            channel,
-        }
-    }
-
-    /// Appends up to `max` completions to `out`, oldest first; returns how many.
-    pub fn poll(&self, max: usize, out: &mut Vec<WorkCompletion>) -> usize {
-        let mut taken = 0;
-        while taken < max {
-            let Some(wc) = self.entries.pop() else { break };
-            self.len.fetch_sub(1, Ordering::SeqCst);
-            out.push(wc);
-            taken += 1;
-        }
-        taken
-    }
-
-    /// Completions waiting.
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::SeqCst)
-    }
-
-    /// True when no completion waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Arms the notification: the next completion added puts an event on the channel.
-    pub fn req_notify(&self) {
-        self.armed.store(true, Ordering::SeqCst);
-    }
-
-    /// Blocks until a completion waits or `timeout` passes (`None`: forever); returns
-    /// whether one waits.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        if !self.is_empty() {
-            return true;
-        }
-        // Announce the sleeper before checking again under the gate: the engine thread
-        // adds entries before it looks for sleepers, so one of us sees the other.
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let found = wait_for(&self.cond, guard, timeout, |_| {
-            (!self.is_empty()).then_some(())
-        });
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        found.is_some()
-    }
-
-    /// Adds completions and wakes whoever waits for them.
-    pub fn deliver(&self, completions: impl IntoIterator<Item = WorkCompletion>) {
-        let mut added = 0;
-        for wc in completions {
-            self.entries.push(wc);
-            self.len.fetch_add(1, Ordering::SeqCst);
-            added += 1;
-        }
-        if added == 0 {
-            return;
-        }
-        if self.armed.swap(false, Ordering::SeqCst) {
-            if let Some((channel, tag)) = &self.channel {
-                channel.push(*tag);
-            }
-        }
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-            self.cond.notify_all();
-        }
-    }
-
-    fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.len())
-    }
-}
-
-/// Work an application posts to a QP; a refusal becomes an error completion in `errors`
-/// (status `LocQpOpErr`, `vendor_err` one of the `POST_ERR_*` codes).
-#[derive(Debug)]
-pub enum Post {
-    /// `post_send`.
-    Send {
-        /// Namespace.
-        ns: NamespaceId,
-        /// QP.
-        qpn: Qpn,
-        /// The work request.
-        wr: SendWr,
-        /// The QP's send CQ.
-        errors: Arc<CompletionRing>,
-    },
-    /// `post_recv`.
-    Recv {
-        /// Namespace.
-        ns: NamespaceId,
-        /// QP.
-        qpn: Qpn,
-        /// The work request.
-        wr: RecvWr,
-        /// The QP's receive CQ.
-        errors: Arc<CompletionRing>,
-    },
-}
-
-/// Counters of the engine thread itself (the engine counts the rest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ThreadCounters {
-    /// Rounds of the loop.
-    pub rounds: u64,
-    /// Times the thread blocked.
-    pub sleeps: u64,
-    /// IPv4 datagrams whose ICRC matched with identification 0 and DF (no solver
-    /// needed).
-    pub ident_zero: u64,
-    /// IPv4 datagrams for which no identification makes the ICRC valid (the engine then
-    /// counts them as ICRC errors).
-    pub ident_unrecovered: u64,
-    /// IPv4 datagrams whose recovered identification was not 0 (segments of a peer's
-    /// GSO run, or a kernel that numbers datagrams, as rxe's): checked to 16 bits.
-    pub ident_nonzero: u64,
-    /// IPv4 datagrams dropped because their length needed a new identification solver
-    /// and the ration of builds was spent ([`super::SolverLimits::builds_per_second`]).
-    pub ident_over_budget: u64,
-    /// Identification solvers built so far (one per new datagram length, again after
-    /// eviction).
-    pub ident_solvers_built: u64,
-    /// [`ReceiveIntegrity::FullIcrc`]: IPv4 datagrams whose IP header the raw socket
-    /// showed (the engine checks their full ICRC).
-    pub ip_header_seen: u64,
-    /// [`ReceiveIntegrity::FullIcrc`]: IPv4 datagrams without a raw copy (the raw
-    /// socket's buffer overflowed), dropped.
-    pub ip_header_missing: u64,
-    /// [`ReceiveIntegrity::FullIcrc`]: raw copies without a datagram (the UDP socket's
-    /// buffer overflowed, or the packet had IP options), discarded.
-    pub ip_raw_unmatched: u64,
-    /// Datagrams longer than the receive buffer, dropped.
-    pub truncated: u64,
-    /// Datagrams from a source address no driver is bound to, dropped.
-    pub unroutable: u64,
-    /// Send or receive calls that failed (the datagrams are dropped; RoCE retransmits).
-    pub io_errors: u64,
-    /// Posted work requests the engine refused (each got an error completion, unless
-    /// its CQ was full: see `lost_post_errors`).
-    pub refused_posts: u64,
-    /// Error completions of refused posts that found their CQ full, dropped (a CQ
-    /// never holds more than its depth).
-    pub lost_post_errors: u64,
-}
-
-/// What a control call sees on the engine thread: the engine and the completion rings.
-#[derive(Debug)]
-pub struct Core {
-    /// The engine.
-    pub engine: Engine,
-    rings: BTreeMap<(NamespaceId, CompletionQueueId), Arc<CompletionRing>>,
-    event_channels: BTreeMap<NamespaceId, Arc<EventChannel<AsyncEvent>>>,
-    counters: ThreadCounters,
-}
-
-impl Core {
-    /// From now on, completions of the engine's CQ `cq` are moved into `ring`.
-    pub fn attach_ring(
-        &mut self,
-        ns: NamespaceId,
-        cq: CompletionQueueId,
-        ring: Arc<CompletionRing>,
-    ) {
-        self.rings.insert((ns, cq), ring);
-    }
-
-    /// From now on, async events of namespace `ns` are moved into `channel` (up to
-    /// [`EVENT_CHANNEL_DEPTH`] waiting there), each round.
-    pub fn attach_events(&mut self, ns: NamespaceId, channel: Arc<EventChannel<AsyncEvent>>) {
-        self.event_channels.insert(ns, channel);
-        self.deliver_events();
-    }
-
-    /// Stops moving async events of `ns`.
-    pub fn detach_events(&mut self, ns: NamespaceId) {
-        self.event_channels.remove(&ns);
-    }
-
-    /// Stops moving completions of `cq` (before destroying it).
-    pub fn detach_ring(&mut self, ns: NamespaceId, cq: CompletionQueueId) {
-        self.rings.remove(&(ns, cq));
-    }
-
-    /// The thread's counters.
-    pub fn counters(&self) -> ThreadCounters {
-        self.counters
-    }
-
-    /// Posts to an SRQ (synchronously, from a control call).
-    pub fn post_srq_recv(
-        &mut self,
-        ns: NamespaceId,
-        srq: SharedReceiveQueueId,
-        wr: RecvWr,
-    ) -> Result<(), VerbsError> {
-        self.engine.post_srq_recv(ns, srq, wr)
-    }
-
-    fn apply(&mut self, post: Post) {
-        let (result, wr_id, opcode, qpn, errors) = match post {
-            Post::Send {
-                ns,
-                qpn,
-                wr,
-                errors,
-            } => {
-                let wr_id = wr.wr_id;
-                let opcode = send_opcode(wr.op);
-                (
-                    self.engine.post_send(ns, qpn, wr),
-                    wr_id,
-                    opcode,
-                    qpn,
-                    errors,
-                )
-            }
-            Post::Recv {
-                ns,
-                qpn,
-                wr,
-                errors,
-            } => {
-                let wr_id = wr.wr_id;
-                (
-                    self.engine.post_recv(ns, qpn, wr),
-                    wr_id,
-                    WcOpcode::Recv,
-                    qpn,
-                    errors,
-                )
-            }
-        };
-        if let Err(error) = result {
-            self.counters.refused_posts += 1;
-            let vendor_err = match error {
-                VerbsError::InvalidState(_) => POST_ERR_STATE,
-                VerbsError::QueueFull => POST_ERR_QUEUE_FULL,
-                VerbsError::LimitExceeded(_) => POST_ERR_LIMIT,
-                _ => POST_ERR_OTHER,
-            };
-            // An application posting into a full queue without polling must not grow
-            // the CQ past its depth.
-            if errors.room() == 0 {
-                self.counters.lost_post_errors += 1;
-                tracing::warn!(qpn = %qpn, wr_id, "a refused post's error completion found its CQ full; dropped");
-                return;
-            }
-            errors.deliver([WorkCompletion {
-                wr_id,
-                status: WcStatus::LocQpOpErr,
-                opcode,
-                byte_len: 0,
-                imm_data: None,
-                invalidated_rkey: None,
-                qp_num: qpn,
-                src_qp: Qpn::new(0),
-                grh: false,
-                pkey_index: 0,
-                vendor_err,
-            }]);
-        }
-    }
-
-    /// Moves new async events into their channels; returns how many moved.
-    fn deliver_events(&mut self) -> usize {
-        let mut moved = 0;
-        for (&ns, channel) in &self.event_channels {
-            if self.engine.pending_events(ns) == 0 {
-                continue;
-            }
-            for _ in channel.len()..EVENT_CHANNEL_DEPTH {
-                let Some(event) = self.engine.poll_event(ns) else {
-                    break;
-                };
-                channel.push(event);
-                moved += 1;
-            }
-        }
-        moved
-    }
-
-    /// Moves new completions into their rings; returns how many moved.
-    fn deliver_completions(&mut self) -> usize {
-        let mut moved = 0;
-        for (&(ns, cq), ring) in &self.rings {
-            let room = ring.room();
-            if room == 0 {
-                continue;
-            }
-            match self.engine.poll_cq(ns, cq, room) {
-                Ok(completions) if !completions.is_empty() => {
-                    moved += completions.len();
-                    ring.deliver(completions);
-                }
-                _ => {}
-            }
-        }
-        moved
-    }
-}
-
-fn send_opcode(op: SendOp) -> WcOpcode {
-    match op {
-        SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInv(_) => WcOpcode::Send,
-        SendOp::RdmaWrite { .. } | SendOp::RdmaWriteWithImm { .. } => WcOpcode::RdmaWrite,
-        SendOp::RdmaRead { .. } => WcOpcode::RdmaRead,
-        SendOp::CompareSwap { .. } => WcOpcode::CompSwap,
-        SendOp::FetchAdd { .. } => WcOpcode::FetchAdd,
-        SendOp::LocalInv(_) => WcOpcode::LocalInv,
-    }
-}
-
-type Call = Box<dyn FnOnce(&mut Core) + Send>;
-
-enum Work {
-    Post(Post),
-    Call(Call),
-}
 
 /// How long after an application last ran a round the engine thread leaves the driving
 /// to applications (it blocks on its doorbell meanwhile).
@@ -691,44 +250,6 @@ pub struct EngineThread {
     drivers: Vec<(SocketAddr, DriverKind)>,
 }
 
-/// A driver and the datagrams waiting for room in its kernel buffer: owned between
-/// rounds (`Port<'static>`), maybe lent from the engine during one (see
-/// `Runner::transmit`).
-struct Port<'r> {
-    driver: Driver,
-    ip: IpAddr,
-    port: u16,
-    /// [`ReceiveIntegrity::FullIcrc`] on IPv4: the raw socket that shows IP headers.
-    tap: Option<IpHeaderTap>,
-    pending: Vec<LentDatagram<'r>>,
-}
-
-impl Port<'_> {
-    /// The port with the lent bytes of what waits copied in, to wait past the round.
-    fn own_pending(self) -> Port<'static> {
-        Port {
-            driver: self.driver,
-            ip: self.ip,
-            port: self.port,
-            tap: self.tap,
-            pending: LentDatagram::own_all(self.pending),
-        }
-    }
-}
-
-struct Runner {
-    core: Core,
-    ports: Vec<Port<'static>>,
-    solvers: Solvers,
-    /// The engine's datagrams on their way to their port's `pending` (empty between
-    /// rounds).
-    outbox: Vec<LentDatagram<'static>>,
-    /// The link's state as the engine thread last found it ([`Shared::link_up`]) ...
-    link_up: Arc<AtomicBool>,
-    /// ... and as the engine was last told.
-    link_told: bool,
-}
-
 /// How often the engine thread checks the link; it sleeps at most this long, so an idle
 /// device notices too.
 pub const LINK_CHECK: Duration = Duration::from_secs(1);
@@ -787,12 +308,7 @@ impl EngineThread {
         let shared = Arc::new(Shared {
             queue: SegQueue::new(),
             runner: Mutex::new(Runner {
-                core: Core {
-                    engine,
-                    rings: BTreeMap::new(),
-                    event_channels: BTreeMap::new(),
-                    counters: ThreadCounters::default(),
-                },
+                core: Core::new(engine),
                 link_up: link_up.clone(),
                 link_told: link_up.load(Ordering::Relaxed),
                 ports,
@@ -848,12 +364,6 @@ impl EngineThread {
         self.shared.drive_posting(false, posts.into_iter());
     }
 
-    /// Queues `f` to run on the engine, after all work queued before it, without
-    /// waiting for it (it runs on this thread when the engine is free).
-    pub fn submit(&self, f: impl FnOnce(&mut Core) + Send + 'static) {
-        self.shared.push(Work::Call(Box::new(f)));
-    }
-
     /// Runs a round on the calling thread when the engine is free (what polling an empty
     /// completion queue does); returns whether anything happened.
     pub fn drive(&self) -> bool {
@@ -875,23 +385,37 @@ impl EngineThread {
         self.shared.doorbell.ring();
     }
 
-    /// Runs `f` on the engine, after all work queued before it, and returns its result.
-    pub fn call<R: Send + 'static>(
+    /// Executes `command` on namespace `ns`, after all work queued before it (on this
+    /// thread when the engine is free), and returns its reply.
+    pub fn execute(&self, ns: NamespaceId, command: Command) -> Result<Reply, EngineStopped> {
+        self.control(ns, Operation::Command(command))
+    }
+
+    /// Executes the embedded-only `command` on namespace `ns`, as
+    /// [`execute`](EngineThread::execute) does.
+    pub fn execute_local(
         &self,
-        f: impl FnOnce(&mut Core) -> R + Send + 'static,
-    ) -> Result<R, EngineStopped> {
+        ns: NamespaceId,
+        command: LocalCommand,
+    ) -> Result<Reply, EngineStopped> {
+        self.control(ns, Operation::Local(command))
+    }
+
+    fn control(&self, ns: NamespaceId, operation: Operation) -> Result<Reply, EngineStopped> {
         if !self.is_alive() {
             return Err(EngineStopped);
         }
         let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(move |core| {
-            let _ = reply.send(f(core));
-        });
+        self.shared.push(Work::Control(Control {
+            ns,
+            operation,
+            reply,
+        }));
         loop {
             match answer.recv_timeout(Duration::from_millis(100)) {
-                Ok(value) => return Ok(value),
+                Ok(reply) => return Ok(reply),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EngineStopped),
-                // A call queued just as the thread ended is never run: notice the end.
+                // Work queued just as the thread ended is never run: notice the end.
                 Err(mpsc::RecvTimeoutError::Timeout) if !self.is_alive() => {
                     return Err(EngineStopped)
                 }
@@ -1027,343 +551,11 @@ fn sleep(shared: &Shared) {
     shared.doorbell.drain();
 }
 
-/// Applies up to [`WORK_BATCH`] queued work items, in order; returns how many.
-fn take_work(core: &mut Core, queue: &SegQueue<Work>) -> usize {
-    let mut worked = 0;
-    while worked < WORK_BATCH {
-        let Some(work) = queue.pop() else {
-            break;
-        };
-        worked += 1;
-        match work {
-            Work::Post(post) => core.apply(post),
-            Work::Call(call) => call(core),
-        }
-    }
-    worked
-}
-
-/// What the receive path does with a datagram.
-enum Admit {
-    /// Its ICRC is already checked: the engine takes it as is.
-    Verified,
-    /// The engine checks its ICRC (with the envelope in its meta) and counts a bad one.
-    Check,
-    /// Dropped here (counted in [`ThreadCounters`]).
-    Drop,
-}
-
-/// Checks a received IPv4 datagram as `ReceiveIntegrity` says: with its raw copy's
-/// header when `tap` is there, else identification 0 first, then a solver. The first
-/// argument is its source, its destination and our port; the header found goes into
-/// `meta`.
-fn admit_ipv4(
-    (src, dst, local_port): (Ipv4Addr, Ipv4Addr, u16),
-    meta: &mut DatagramMeta,
-    payload: &[u8],
-    tap: Option<&mut IpHeaderTap>,
-    solvers: &mut Solvers,
-    counters: &mut ThreadCounters,
-) -> Admit {
-    use super::solvers::Ipv4Icrc;
-    if let Some(tap) = tap {
-        let unmatched = tap.unmatched;
-        let header = tap.header_of(src, meta.src_port, payload);
-        counters.ip_raw_unmatched += tap.unmatched - unmatched;
-        return match header {
-            Some(header) => {
-                counters.ip_header_seen += 1;
-                meta.ipv4_ident = Some(header);
-                Admit::Check
-            }
-            None => {
-                counters.ip_header_missing += 1;
-                Admit::Drop
-            }
-        };
-    }
-    match solvers.check(src, dst, meta.src_port, local_port, payload) {
-        Ipv4Icrc::IdentZero => {
-            counters.ident_zero += 1;
-            Admit::Verified
-        }
-        Ipv4Icrc::Recovered(ident) => {
-            counters.ident_nonzero += 1;
-            meta.ipv4_ident = Some(Recovered {
-                ident,
-                dont_frag: true,
-            });
-            Admit::Verified
-        }
-        Ipv4Icrc::OverBudget => {
-            counters.ident_over_budget += 1;
-            Admit::Drop
-        }
-        // The engine counts it: an ICRC error.
-        Ipv4Icrc::Damaged => {
-            counters.ident_unrecovered += 1;
-            Admit::Check
-        }
-        // The engine drops it as malformed.
-        Ipv4Icrc::NotRoce => Admit::Check,
-    }
-}
-
-impl Runner {
-    /// One round at `now` (without the receiving step unless `receive`); true when
-    /// anything happened.
-    fn round(&mut self, now: Time, queue: &SegQueue<Work>, receive: bool) -> bool {
-        self.core.counters.rounds += 1;
-        let (received, mut worked) = if receive {
-            self.receive(now, queue)
-        } else {
-            (0, 0)
-        };
-        worked += take_work(&mut self.core, queue);
-        let mut timers = false;
-        if self.core.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.core.engine.handle_timeout(now);
-            timers = true;
-        }
-        // Payloads the kernel has taken since (sends completed in the receive step, or
-        // sent synchronously last round) are built into by this round's transmit.
-        for port in &mut self.ports {
-            port.driver
-                .reclaim(|payload| self.core.engine.recycle(payload));
-        }
-        let sent = self.transmit(now);
-        let completed = self.core.deliver_completions();
-        let link_up = self.link_up.load(Ordering::Relaxed);
-        if link_up != self.link_told {
-            self.link_told = link_up;
-            self.core.engine.handle_port_event(link_up);
-        }
-        let events = self.core.deliver_events();
-        received + worked + sent + completed + events > 0 || timers
-    }
-
-    /// Receives a batch from every driver; returns datagrams received and work items
-    /// taken.
-    fn receive(&mut self, now: Time, queue: &SegQueue<Work>) -> (usize, usize) {
-        let Runner {
-            core,
-            ports,
-            solvers,
-            ..
-        } = self;
-        let mut total = 0;
-        let mut worked = 0;
-        solvers.start_round(now);
-        for port in ports.iter_mut() {
-            let local_port = port.port;
-            let mut first = true;
-            let tap = &mut port.tap;
-            let result = port.driver.recv_batch(|received| {
-                // The batch is already out of the socket, so any datagram in it was sent
-                // after the work queued so far (a receive posted before the peer was told
-                // to send, say): take that work first, as a post returning promises.
-                if std::mem::take(&mut first) {
-                    worked += take_work(core, queue);
-                }
-                if received.truncated {
-                    core.counters.truncated += 1;
-                    return;
-                }
-                let mut meta = received.meta;
-                let admit = match (meta.src.to_canonical(), meta.dst.to_canonical()) {
-                    (IpAddr::V4(src), IpAddr::V4(dst)) => admit_ipv4(
-                        (src, dst, local_port),
-                        &mut meta,
-                        received.payload,
-                        tap.as_mut(),
-                        solvers,
-                        &mut core.counters,
-                    ),
-                    _ => Admit::Check,
-                };
-                match admit {
-                    Admit::Verified => {
-                        core.engine
-                            .handle_verified_datagram(now, meta, received.payload);
-                    }
-                    Admit::Check => core.engine.handle_datagram(now, meta, received.payload),
-                    Admit::Drop => {}
-                }
-            });
-            match result {
-                Ok(n) => total += n,
-                Err(error) => {
-                    core.counters.io_errors += 1;
-                    tracing::debug!(%error, "receive failed");
-                }
-            }
-        }
-        core.counters.ident_solvers_built = solvers.built();
-        (total, worked)
-    }
-
-    fn transmit(&mut self, now: Time) -> usize {
-        let Runner {
-            core,
-            ports: kept,
-            outbox: kept_outbox,
-            ..
-        } = self;
-        // Payloads stay in registered memory for the kernel to copy from (a lending
-        // round): the datagrams queued meanwhile may carry them, so they cannot outlive
-        // the round, and the queues wait for the next one owned (see the end).
-        let mut ports: Vec<Port<'_>> = std::mem::take(kept);
-        let mut outbox: Vec<LentDatagram<'_>> = std::mem::take(kept_outbox);
-        let mut lending = core.engine.lending();
-        let mut sent = 0;
-        loop {
-            // Take datagrams while every driver has room; a driver whose kernel buffer is
-            // full keeps its backlog and so holds the engine back (it will retransmit).
-            let mut taken = 0;
-            loop {
-                let room = ports
-                    .iter()
-                    .map(|p| TRANSMIT_BATCH.saturating_sub(p.pending.len()));
-                let room = room.min().unwrap_or(0);
-                if room == 0 {
-                    break;
-                }
-                let n = lending.poll_transmit_into(now, &mut outbox, room);
-                if n == 0 {
-                    break;
-                }
-                taken += n;
-                for datagram in outbox.drain(..) {
-                    let src = datagram.meta().src.to_canonical();
-                    match ports.iter_mut().find(|p| p.ip == src) {
-                        Some(port) => port.pending.push(datagram),
-                        None => core.counters.unroutable += 1,
-                    }
-                }
-            }
-            let mut progress = false;
-            for port in &mut ports {
-                if port.pending.is_empty() {
-                    continue;
-                }
-                match port.driver.send_batch(&mut port.pending) {
-                    Ok(n) => {
-                        sent += n;
-                        progress |= n > 0;
-                    }
-                    Err(error) => {
-                        core.counters.io_errors += 1;
-                        tracing::debug!(%error, "send failed; RoCE will retransmit");
-                        port.pending.clear();
-                    }
-                }
-            }
-            if taken == 0 || !progress {
-                break;
-            }
-        }
-        // What the kernel did not take waits for the next round, by when lent bytes may
-        // be gone: it keeps copies instead (in the same allocations).
-        *kept = ports.into_iter().map(Port::own_pending).collect();
-        *kept_outbox = LentDatagram::own_all(outbox);
-        sent
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn completion(wr_id: u64) -> WorkCompletion {
-        WorkCompletion {
-            wr_id,
-            status: WcStatus::Success,
-            opcode: WcOpcode::Send,
-            byte_len: 0,
-            imm_data: None,
-            invalidated_rkey: None,
-            qp_num: Qpn::new(0x11),
-            src_qp: Qpn::new(0),
-            grh: false,
-            pkey_index: 0,
-            vendor_err: 0,
-        }
-    }
-
-    #[test]
-    fn ring_wakes_waiters_and_notifies_once_per_arming() {
-        let channel = Arc::new(EventChannel::new());
-        let ring = Arc::new(CompletionRing::new(4, Some((channel.clone(), 9))));
-        assert!(!ring.wait(Some(Duration::from_millis(10))));
-        ring.req_notify();
-        let waiter = {
-            let ring = ring.clone();
-            std::thread::spawn(move || ring.wait(Some(Duration::from_secs(10))))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        ring.deliver([completion(1), completion(2)]);
-        assert!(waiter.join().unwrap());
-        assert_eq!(channel.get_event(Some(Duration::from_secs(1))), Some(9));
-        // Not re-armed: no event for the next completion.
-        ring.deliver([completion(3)]);
-        assert_eq!(channel.get_event(Some(Duration::from_millis(10))), None);
-        assert_eq!((ring.len(), ring.room()), (3, 1));
-        let mut out = Vec::new();
-        assert_eq!(ring.poll(2, &mut out), 2);
-        assert_eq!(ring.poll(5, &mut out), 1);
-        let ids: Vec<u64> = out.iter().map(|w| w.wr_id).collect();
-        assert_eq!(ids, vec![1, 2, 3]);
-        assert!(ring.is_empty());
-    }
-
-    /// A thread with no drivers still runs calls in order and stops when dropped; calls
-    /// after the end report it.
-    #[test]
-    fn calls_run_in_order_and_the_thread_stops() {
-        let thread = EngineThread::spawn(EngineThreadConfig {
-            engine: EngineConfig::default(),
-            seed: 1,
-            addresses: Vec::new(),
-            driver: DriverKind::Socket,
-            receive_integrity: ReceiveIntegrity::default(),
-            busy_poll: Duration::from_micros(10),
-            name: "ferroce-test".into(),
-        })
-        .unwrap();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        for i in 0..100 {
-            let order = order.clone();
-            thread.submit(move |_| order.lock().unwrap().push(i));
-        }
-        let pd = thread
-            .call(|core| core.engine.alloc_pd(NamespaceId::DEFAULT))
-            .unwrap();
-        assert!(pd.is_ok());
-        assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>());
-        let shared = thread.shared.clone();
-        drop(thread);
-        assert!(!shared.alive.load(Ordering::SeqCst));
-    }
-
-    /// A call that panics ends the thread; later calls fail instead of hanging.
-    #[test]
-    fn a_dead_thread_answers_calls_with_an_error() {
-        let thread = EngineThread::spawn(EngineThreadConfig {
-            engine: EngineConfig::default(),
-            seed: 1,
-            addresses: Vec::new(),
-            driver: DriverKind::Socket,
-            receive_integrity: ReceiveIntegrity::default(),
-            busy_poll: Duration::ZERO,
-            name: "ferroce-test".into(),
-        })
-        .unwrap();
-        assert_eq!(
-            thread.call(|_| -> u8 { panic!("boom") }),
-            Err(EngineStopped)
-        );
-        assert_eq!(thread.call(|_| 1), Err(EngineStopped));
-    }
+    use crate::engine::{SendOp, SendWr, WcStatus};
+    use ferroce_wire::Qpn;
 
     fn bare_thread() -> EngineThread {
         EngineThread::spawn(EngineThreadConfig {
@@ -1388,6 +580,58 @@ mod tests {
         }
     }
 
+    fn counters(thread: &EngineThread) -> ThreadCounters {
+        let reply = thread.execute(NamespaceId::DEFAULT, Command::QueryCounters);
+        let (_, counters) = <(crate::engine::Counters, ThreadCounters)>::try_from(reply.unwrap())
+            .expect("a Counters reply");
+        counters
+    }
+
+    /// A command queued behind a busy round runs in order with the posts around it (it
+    /// sees those queued before it, not those after); a thread with no drivers stops
+    /// when dropped.
+    #[test]
+    fn commands_run_in_order_with_posts_and_the_thread_stops() {
+        let thread = bare_thread();
+        let ring = Arc::new(CompletionRing::new(16, None));
+        let seen = std::thread::scope(|scope| {
+            // This thread holds the engine, as a long round would.
+            let round = thread.shared.runner.lock().unwrap();
+            for wr_id in 0..3 {
+                thread.post(refused_send(wr_id, &ring));
+            }
+            let waiter = scope.spawn(|| counters(&thread));
+            while thread.shared.queue.len() < 4 {
+                std::thread::yield_now();
+            }
+            for wr_id in 3..5 {
+                thread.post(refused_send(wr_id, &ring));
+            }
+            drop(round);
+            waiter.join().unwrap()
+        });
+        assert_eq!(seen.refused_posts, 3);
+        assert_eq!(counters(&thread).refused_posts, 5);
+        let shared = thread.shared.clone();
+        drop(thread);
+        assert!(!shared.alive.load(Ordering::SeqCst));
+    }
+
+    /// A command that panics (an engine bug) ends the thread; later commands fail
+    /// instead of hanging.
+    #[test]
+    fn a_dead_thread_answers_calls_with_an_error() {
+        let thread = bare_thread();
+        assert_eq!(
+            thread.execute_local(NamespaceId::DEFAULT, LocalCommand::InjectPanic),
+            Err(EngineStopped)
+        );
+        assert_eq!(
+            thread.execute(NamespaceId::DEFAULT, Command::QueryDevice),
+            Err(EngineStopped)
+        );
+    }
+
     /// An application posting without polling cannot grow a CQ past its depth with the
     /// error completions of refused posts: the rest are dropped and counted.
     #[test]
@@ -1397,7 +641,7 @@ mod tests {
         for wr_id in 0..100 {
             thread.post(refused_send(wr_id, &ring));
         }
-        let counters = thread.call(|core| core.counters()).unwrap();
+        let counters = counters(&thread);
         assert_eq!(ring.len(), 4);
         assert_eq!(
             (counters.refused_posts, counters.lost_post_errors),
@@ -1420,10 +664,9 @@ mod tests {
         let longest = std::thread::scope(|scope| {
             // Another thread holds the engine for a long round.
             scope.spawn(|| {
-                thread.submit(move |_| {
-                    started.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(300));
-                })
+                let _round = thread.shared.runner.lock().unwrap();
+                started.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
             });
             running.recv().unwrap();
             let mut longest = 0;
@@ -1438,7 +681,6 @@ mod tests {
             longest >= MAX_QUEUED_WORK / 2,
             "the round was not busy: {longest} queued"
         );
-        let counters = thread.call(|core| core.counters()).unwrap();
-        assert_eq!(counters.refused_posts, 3 * MAX_QUEUED_WORK as u64);
+        assert_eq!(counters(&thread).refused_posts, 3 * MAX_QUEUED_WORK as u64);
     }
 }

@@ -503,6 +503,10 @@ impl AttrMask {
     }
 }
 
+/// The attribute names `MissingAttribute` and `AttributeNotAllowed` give.
+#[cfg(test)]
+pub(crate) const ATTRIBUTE_NAMES: [&str; 16] = AttrMask::NAMES;
+
 /// Required and optional attributes of a transition (IBA table 91 / ib_verbs.c
 /// `qp_state_table`, without alternate paths and path migration), or `None` when the
 /// transition is not allowed.
