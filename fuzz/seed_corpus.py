@@ -12,6 +12,8 @@ fuzz/corpus/<target>/. Standard library only.
 - exchange: each out-of-band TCP stream (port 18515) of the pingpong and perftest
   captures as the peer's side of a session, behind the target's two header bytes (see
   fuzz_targets/exchange.rs), for both roles.
+- control: no capture holds control messages; a few valid ones of the documented
+  encoding (transport/src/control/codec.rs) are built here, to mutate from.
 """
 
 import hashlib
@@ -164,6 +166,27 @@ def write_corpus(fuzz_dir, target, seeds):
     print(f"seed_corpus: {len(set(seeds))} seeds into fuzz/corpus/{target}/")
 
 
+def control_message(kind, body, request_id=1):
+    """A control-protocol message: length, version 1, kind, request id, body."""
+    return struct.pack("<IHHQ", 16 + len(body), 1, kind, request_id) + body
+
+
+def control_seeds():
+    """A command and a reply of each shape (empty, ids, attributes, data, errors)."""
+    no_attr = bytes(73)
+    return [
+        control_message(0x0010, b""),  # AllocPd
+        control_message(0x0042, struct.pack("<I", 0x11)),  # QueryQp
+        control_message(0x0041, struct.pack("<I", 0x11) + no_attr),  # ModifyQp
+        control_message(0x0022, struct.pack("<IQI", 1, 0x1000, 5) + b"hello"),  # MrWrite
+        control_message(0x0054, struct.pack("<IQIQII", 1, 7, 1, 0x1000, 64, 2)),  # PostSrqRecv
+        control_message(0x8000, b""),  # Done
+        control_message(0x8001, bytes([6, 9]) + b"PD in use"),  # Error: Busy
+        control_message(0x8004, struct.pack("<IB", 1, 4) + bytes([10, 0, 0, 1]) + bytes(12)),  # Gids
+        control_message(0x8005, bytes(432)),  # Counters
+    ]
+
+
 def main():
     fuzz_dir = pathlib.Path(__file__).resolve().parent
     pcap_dir = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else fuzz_dir.parent / "testdata" / "pcaps"
@@ -186,6 +209,7 @@ def main():
         write_corpus(fuzz_dir, target, payloads)
     write_corpus(fuzz_dir, "pcap", [path.read_bytes() for path in pcaps])
     write_corpus(fuzz_dir, "exchange", exchanges)
+    write_corpus(fuzz_dir, "control", control_seeds())
 
 
 if __name__ == "__main__":
