@@ -155,10 +155,19 @@ fn a_cq_overflow_shows_cq_err() {
         assert!(Instant::now() < deadline, "4 completions lost");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Raised once, not per lost completion.
-    assert_eq!(
-        a.wait_async_event(Some(Duration::from_millis(50))).unwrap(),
-        None
+    // Raised at most once per poll of the engine's CQ, not per lost completion. The
+    // engine thread moving completions into the application's ring polls it, so when
+    // the ACKs come in two batches a second loss after that move is reported again
+    // (one run in ~75 did); the ring's two entries allow no third move.
+    let mut again = 0;
+    while let Some(event) = a.wait_async_event(Some(Duration::from_millis(50))).unwrap() {
+        assert_eq!(event, AsyncEvent::CqErr(cq_a.id()));
+        again += 1;
+    }
+    assert!(
+        again <= 1,
+        "CQ_ERR raised {} times for 4 lost completions",
+        again + 1
     );
     assert_eq!(a.counters().unwrap().0.async_events_dropped, 0);
 }
