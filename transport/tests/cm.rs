@@ -7,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use ferroce_transport::engine::cm::rdma_ip_private_data;
 use ferroce_transport::engine::sim::{LinkConfig, Network};
 use ferroce_transport::engine::{
     AcceptParams, AccessFlags, CmEvent, CmState, CommId, CompletionQueueId, ConnectParams,
@@ -131,16 +132,13 @@ impl CmPair {
     fn connect(&mut self) -> (CommId, Qpn) {
         let qpn = self.qp(A);
         let now = self.now();
+        // As librdmacm sends it from port 49605.
+        let source = std::net::SocketAddr::new(addr(A), 49605);
+        let data = rdma_ip_private_data(source, addr(B), b"hi").unwrap();
+        let params = ConnectParams::default();
         let id = self
             .engine(A)
-            .cm_connect(
-                now,
-                NS,
-                qpn,
-                to(service()),
-                &ConnectParams::default(),
-                b"hi",
-            )
+            .cm_connect(now, NS, qpn, to(service()), &params, &data)
             .unwrap();
         (id, qpn)
     }
@@ -235,7 +233,7 @@ fn lossy() -> LinkConfig {
 fn connect_accept_establish_then_send_and_write() {
     let mut pair = CmPair::new(1, LinkConfig::default());
     let (a_id, a_qpn, b_id, b_qpn) = pair.establish();
-    // The request carried the RDMA CM header's absence: no IP header in "hi".
+    // The request carried librdmacm's header and the consumer's bytes after it.
     let request = pair.events[B]
         .iter()
         .find_map(|e| match e {
@@ -247,7 +245,10 @@ fn connect_accept_establish_then_send_and_write() {
         (request.id, request.remote, request.remote_qpn),
         (b_id, addr(A), a_qpn)
     );
-    assert_eq!(&request.private_data[..2], b"hi");
+    let header = request.cma.unwrap();
+    assert_eq!(header.source(), std::net::SocketAddr::new(addr(A), 49605));
+    assert_eq!(header.dst(), addr(B));
+    assert_eq!(&request.user_data()[..2], b"hi");
     assert_eq!(request.private_data.len(), wire_cm::req::PRIVATE_DATA_LEN);
     // The QPs point at each other with crossed PSNs, as cm.c sets them.
     let a = pair.engine(A).query_qp(NS, a_qpn).unwrap();
@@ -467,6 +468,17 @@ struct ByHand {
     req: Vec<Datagram>,
 }
 
+impl ByHand {
+    /// B takes A's REQ and reports the request.
+    fn request(&mut self) -> ferroce_transport::engine::ConnectRequest {
+        give(&mut self.b, Time::ZERO, &self.req);
+        let Some(CmEvent::ConnectRequest(request)) = self.b.poll_cm_event(NS) else {
+            panic!("a connection request");
+        };
+        request
+    }
+}
+
 fn by_hand() -> ByHand {
     let (mut a, a_host) = engine(A);
     let (mut b, b_host) = engine(B);
@@ -495,14 +507,12 @@ fn by_hand() -> ByHand {
 
 #[test]
 fn a_repeated_req_gets_an_mra_then_the_rep_and_never_a_second_connection() {
+    let mut hand = by_hand();
+    let request = hand.request();
     let ByHand {
         mut b, b_host, req, ..
-    } = by_hand();
+    } = hand;
     let t0 = Time::ZERO;
-    give(&mut b, t0, &req);
-    let Some(CmEvent::ConnectRequest(request)) = b.poll_cm_event(NS) else {
-        panic!("one request");
-    };
     assert_eq!(b.cm_state(NS, request.id), Some(CmState::MraReqSent));
     // Before the consumer decides, the same REQ gets an MRA.
     give(&mut b, t0, &req);
@@ -663,18 +673,16 @@ fn fifty_connect_disconnect_cycles_at_one_percent_loss_leave_nothing_stuck() {
 
 #[test]
 fn a_req_from_a_still_connected_qp_is_stale() {
+    let mut hand = by_hand();
+    let request = hand.request();
     let ByHand {
         mut a,
         mut b,
         b_host,
         req,
         ..
-    } = by_hand();
+    } = hand;
     let t0 = Time::ZERO;
-    give(&mut b, t0, &req);
-    let Some(CmEvent::ConnectRequest(request)) = b.poll_cm_event(NS) else {
-        panic!("a request");
-    };
     let b_qpn = new_qp(&mut b, &b_host, QpType::Rc);
     b.cm_accept(t0, NS, request.id, b_qpn, &AcceptParams::default(), &[])
         .unwrap();
@@ -970,4 +978,31 @@ fn cm_queues_are_bounded_and_reported() {
     assert_eq!(events.0, 2);
     assert!(events.1.is_some());
     assert_eq!(depth(QueueKind::CmOutbox), Some((0, Some(1024))));
+}
+
+#[test]
+fn an_abandoned_connect_rejects_with_timeout_and_the_ca_guid() {
+    let mut hand = by_hand();
+    let request = hand.request();
+    let ByHand {
+        mut a, mut b, id, ..
+    } = hand;
+    let t0 = Time::ZERO;
+    // A gives up before any answer: a REJ "timeout" with its CA GUID as ARI, which
+    // B matches by that GUID and A's comm ID (cm.c's cm_acquire_rejected_id).
+    a.cm_disconnect(t0, NS, id, &[]).unwrap();
+    assert_eq!(a.cm_state(NS, id), None);
+    let rej = take(&mut a, t0);
+    let (_, bytes) = cm_message(&rej[0]);
+    let Message::Rej(m) = parse_cm(&bytes) else {
+        panic!("a REJ");
+    };
+    let guid = a.cm_ca_guid(NS).unwrap().to_be_bytes();
+    assert_eq!((m.reason, m.ari), (rej::Reason::Timeout, &guid[..]));
+    give(&mut b, t0, &rej);
+    assert_eq!(b.cm_state(NS, request.id), None);
+    assert!(matches!(
+        b.poll_cm_event(NS),
+        Some(CmEvent::Rejected { id, reason: rej::Reason::Timeout, .. }) if id == request.id
+    ));
 }

@@ -966,8 +966,8 @@ fn rping_req_gets_a_rep_a_kernel_accepts() {
     let (_, req_bytes) = parse(&mads[0].payload);
     let (_, rxe_rep_bytes) = parse(&mads[1].payload);
     let req = wire_cm::Repr::parse(&mad::Packet::new_checked(&req_bytes[..]).unwrap()).unwrap();
-    let rxe_rep = wire_cm::Repr::parse(&mad::Packet::new_checked(&rxe_rep_bytes[..]).unwrap())
-        .unwrap();
+    let rxe_rep =
+        wire_cm::Repr::parse(&mad::Packet::new_checked(&rxe_rep_bytes[..]).unwrap()).unwrap();
     let (Message::Req(req_msg), Message::Rep(rxe)) = (req.message, rxe_rep.message) else {
         panic!("REQ and REP");
     };
@@ -990,9 +990,19 @@ fn rping_req_gets_a_rep_a_kernel_accepts() {
     let header = request.cma.unwrap();
     assert_eq!(header.source(), "10.77.0.11:49605".parse().unwrap());
     assert_eq!(header.dst(), IpAddr::from(SERVER));
-    assert_eq!((request.remote, request.remote_qpn), (CLIENT.into(), Qpn::new(0x11)));
+    assert_eq!(
+        (request.remote, request.remote_qpn),
+        (CLIENT.into(), Qpn::new(0x11))
+    );
     engine
-        .cm_accept(Time::ZERO, NS, request.id, qpn, &AcceptParams::default(), &[])
+        .cm_accept(
+            Time::ZERO,
+            NS,
+            request.id,
+            qpn,
+            &AcceptParams::default(),
+            &[],
+        )
         .unwrap();
     let ours = engine.poll_transmit(Time::ZERO).unwrap();
 
@@ -1003,13 +1013,20 @@ fn rping_req_gets_a_rep_a_kernel_accepts() {
     let (theirs, _) = parse(&mads[1].payload);
     assert_eq!(bth_deth.bth.opcode, theirs.bth.opcode);
     assert_eq!(
-        (bth_deth.bth.pkey, bth_deth.bth.dest_qp, bth_deth.bth.ack_req),
+        (
+            bth_deth.bth.pkey,
+            bth_deth.bth.dest_qp,
+            bth_deth.bth.ack_req
+        ),
         (theirs.bth.pkey, theirs.bth.dest_qp, theirs.bth.ack_req)
     );
     assert_eq!(bth_deth.deth, theirs.deth);
     assert_eq!(rep_bytes.len(), mad::MAD_LEN);
     let (our_header, text, _) = cm(&rep_bytes);
-    assert_eq!(our_header, rxe_rep.header, "MAD header: the REQ's transaction, {text}");
+    assert_eq!(
+        our_header, rxe_rep.header,
+        "MAD header: the REQ's transaction, {text}"
+    );
     let rep = wire_cm::Repr::parse(&mad::Packet::new_checked(&rep_bytes[..]).unwrap()).unwrap();
     let Message::Rep(ours) = rep.message else {
         panic!("a REP");
@@ -1017,14 +1034,35 @@ fn rping_req_gets_a_rep_a_kernel_accepts() {
     // Fields a kernel reads and that must agree with rxe's answer to the same REQ.
     assert_eq!(ours.remote_comm_id, req_msg.local_comm_id);
     assert_eq!(
-        (ours.local_qkey, ours.local_eecn, ours.responder_resources, ours.initiator_depth),
-        (rxe.local_qkey, rxe.local_eecn, rxe.responder_resources, rxe.initiator_depth)
+        (
+            ours.local_qkey,
+            ours.local_eecn,
+            ours.responder_resources,
+            ours.initiator_depth
+        ),
+        (
+            rxe.local_qkey,
+            rxe.local_eecn,
+            rxe.responder_resources,
+            rxe.initiator_depth
+        )
     );
     assert_eq!(
-        (ours.target_ack_delay, ours.failover_accepted, ours.end_to_end_flow_control),
-        (rxe.target_ack_delay, rxe.failover_accepted, rxe.end_to_end_flow_control)
+        (
+            ours.target_ack_delay,
+            ours.failover_accepted,
+            ours.end_to_end_flow_control
+        ),
+        (
+            rxe.target_ack_delay,
+            rxe.failover_accepted,
+            rxe.end_to_end_flow_control
+        )
     );
-    assert_eq!((ours.rnr_retry_count, ours.srq), (rxe.rnr_retry_count, rxe.srq));
+    assert_eq!(
+        (ours.rnr_retry_count, ours.srq),
+        (rxe.rnr_retry_count, rxe.srq)
+    );
     assert_eq!(ours.private_data, rxe.private_data, "zero-filled");
     // Each side's own: a 24-bit PSN, its QP, its GUID.
     assert_eq!(ours.local_qpn, qpn);

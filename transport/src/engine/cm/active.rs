@@ -133,7 +133,7 @@ impl Agent {
         id
     }
 
-    pub(super) fn handle_rep(&mut self, _now: Time, route: Route, tid: u64, rep: &rep::Repr<'_>) {
+    pub(super) fn handle_rep(&mut self, now: Time, route: Route, tid: u64, rep: &rep::Repr<'_>) {
         let id = CommId(rep.remote_comm_id);
         let waiting = self
             .connections
@@ -159,7 +159,7 @@ impl Agent {
                 rej::Reason::StaleConnection,
                 &[],
             );
-            self.disconnect_stale(old);
+            self.disconnect_stale(now, old);
             return;
         }
         let limits = self.config;

@@ -140,6 +140,9 @@ impl Engine {
         params: &ConnectParams,
         private_data: &[u8],
     ) -> Result<CommId> {
+        if private_data.len() > ferroce_wire::cm::req::PRIVATE_DATA_LEN {
+            return Err(VerbsError::InvalidArgument("REQ private data too long"));
+        }
         let route = self.cm_route(ns, to.address)?;
         let mut facts = self.qp_facts(ns, qpn)?;
         let limits = self.config.limits;

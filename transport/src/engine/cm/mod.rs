@@ -92,6 +92,34 @@ pub const MAX_OUTBOX: usize = 1024;
 /// rdma_cm's Q_Key of UD services (`RDMA_UDP_QKEY`).
 pub const RDMA_UDP_QKEY: u32 = 0x0123_4567;
 
+/// The private data librdmacm sends in a REQ (or SIDR_REQ) to an RDMA CM IP service:
+/// the RDMA CM header (the active side's address and port, the passive side's
+/// address) and the consumer's bytes after it. `None` when the addresses are of two
+/// IP versions or the consumer's bytes do not fit the REQ's 92 bytes.
+pub fn rdma_ip_private_data(
+    source: std::net::SocketAddr,
+    destination: IpAddr,
+    user: &[u8],
+) -> Option<Vec<u8>> {
+    let addresses = match (source.ip().to_canonical(), destination.to_canonical()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => cma::Addresses::V4 { src, dst },
+        (IpAddr::V6(src), IpAddr::V6(dst)) => cma::Addresses::V6 { src, dst },
+        _ => return None,
+    };
+    if cma::HEADER_LEN + user.len() > wire_cm::req::PRIVATE_DATA_LEN {
+        return None;
+    }
+    let header = cma::Repr {
+        cma_version: cma::CMA_VERSION,
+        port: source.port(),
+        addresses,
+    };
+    let mut data = vec![0u8; cma::HEADER_LEN];
+    header.emit(&mut cma::Packet::new_unchecked(&mut data[..]));
+    data.extend_from_slice(user);
+    Some(data)
+}
+
 /// What the active side asks for in its REQ (rdma_cm's `rdma_conn_param` and the
 /// timing rdma_cm fills in). The defaults are rdma_cm's over RoCE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

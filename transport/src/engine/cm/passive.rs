@@ -90,7 +90,7 @@ impl Agent {
 
     pub(super) fn handle_req(
         &mut self,
-        _now: Time,
+        now: Time,
         route: Route,
         tid: u64,
         req: &req::Repr<'_>,
@@ -117,7 +117,7 @@ impl Agent {
         // stale (the peer lost it); refuse this one and tear the old one down.
         if let Some(&old) = self.by_remote_qpn.get(&(req.local_ca_guid, req.local_qpn)) {
             reject(self, rej::Reason::StaleConnection, &[]);
-            self.disconnect_stale(old);
+            self.disconnect_stale(now, old);
             return;
         }
         let Some(&listener_id) = self.services.get(&req.service_id) else {

@@ -99,9 +99,9 @@ impl Agent {
 
     /// A newer connection showed this one stale: an established one is disconnected
     /// (cm.c sends it a DREQ).
-    pub(super) fn disconnect_stale(&mut self, id: CommId) {
+    pub(super) fn disconnect_stale(&mut self, now: Time, id: CommId) {
         if self.state(id) == Some(CmState::Established) {
-            self.send_dreq(Time::ZERO, id, &[]);
+            self.send_dreq(now, id, &[]);
         }
     }
 
