@@ -394,6 +394,9 @@ impl Engine {
         room: usize,
         emit: &mut impl FnMut(Datagram, Option<(usize, LentBytes)>),
     ) -> usize {
+        if self.cm_schedule.outbox.is_empty() {
+            return 0;
+        }
         let mut count = 0;
         let namespaces: Vec<NamespaceId> = self.cm_schedule.outbox.iter().copied().collect();
         let src_port = self.config.udp_src_port.port(qp::udp_source_port(Qpn::GSI));
