@@ -1099,3 +1099,80 @@ fn rping_req_gets_a_rep_a_kernel_accepts() {
         .unwrap();
     assert_eq!(first_read.repr().bth.psn, req_msg.starting_psn);
 }
+
+/// The CM agent as rping's client: its REQ for port 7174 agrees with the kernel's
+/// (rping's captured one) in every field but those each side picks for itself — comm
+/// ID, CA GUID, QPN, starting PSN — and the path's flow label and rate, which rdma_cm
+/// takes from the route and a passive rxe does not depend on.
+#[test]
+fn our_req_is_rpings_but_for_what_each_side_picks() {
+    use ferroce_transport::engine::cm::rdma_ip_private_data;
+    use ferroce_transport::engine::{ConnectParams, ServiceAddress};
+    use ferroce_transport::wire::cm::{self as wire_cm, req, Message};
+    use ferroce_transport::wire::cma::PortSpace;
+    use ferroce_transport::wire::{mad, ServiceId};
+    let packets = capture("rping_cm.pcap");
+    let theirs = packets
+        .iter()
+        .find(|p| p.repr().bth.dest_qp == Qpn::GSI)
+        .unwrap();
+    let config = EngineConfig {
+        default_gids: vec![CLIENT.into()],
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, 4);
+    let pd = engine.alloc_pd(NS).unwrap();
+    let cq = engine.create_cq(NS, 16).unwrap();
+    let qpn = engine.create_qp(NS, init_attr(QpType::Rc, pd, cq)).unwrap();
+    let source = std::net::SocketAddr::new(CLIENT.into(), 49605);
+    let private_data = rdma_ip_private_data(source, SERVER.into(), &[]).unwrap();
+    let to = ServiceAddress {
+        address: SERVER.into(),
+        service_id: ServiceId::rdma_ip(PortSpace::Tcp, 7174),
+    };
+    engine
+        .cm_connect(
+            Time::ZERO,
+            NS,
+            qpn,
+            to,
+            &ConnectParams::default(),
+            &private_data,
+        )
+        .unwrap();
+    let ours = engine.poll_transmit(Time::ZERO).unwrap();
+    assert_eq!(ours.meta.src_port, theirs.src_port, "QP1's source port");
+    let mad_of = |payload: &[u8]| packet::parse(payload).unwrap().payload.to_vec();
+    let (ours, theirs) = (mad_of(&ours.payload), mad_of(&theirs.payload));
+    fn parse(bytes: &[u8]) -> (mad::Repr, req::Repr<'_>) {
+        let repr = wire_cm::Repr::parse(&mad::Packet::new_checked(bytes).unwrap()).unwrap();
+        let Message::Req(m) = repr.message else {
+            panic!("a REQ");
+        };
+        (repr.header, m)
+    }
+    let ((our_header, ours), (their_header, theirs)) = (parse(&ours), parse(&theirs));
+    assert_eq!(
+        our_header,
+        mad::Repr {
+            transaction_id: our_header.transaction_id,
+            ..their_header
+        }
+    );
+    let expected = req::Repr {
+        local_comm_id: ours.local_comm_id,
+        local_ca_guid: ours.local_ca_guid,
+        local_qpn: ours.local_qpn,
+        starting_psn: ours.starting_psn,
+        primary_path: req::Path {
+            flow_label: ours.primary_path.flow_label,
+            packet_rate: ours.primary_path.packet_rate,
+            ..theirs.primary_path
+        },
+        ..theirs
+    };
+    assert_eq!(ours, expected);
+    assert_eq!(ours.local_qpn, qpn);
+    // The transaction ID is the comm ID under the agent's high half, as cm.c forms it.
+    assert_eq!(our_header.transaction_id as u32, ours.local_comm_id);
+}
