@@ -484,10 +484,14 @@ impl ByHand {
 }
 
 fn by_hand() -> ByHand {
+    by_hand_of(QpType::Rc)
+}
+
+fn by_hand_of(qp_type: QpType) -> ByHand {
     let (mut a, a_host) = engine(A);
     let (mut b, b_host) = engine(B);
     b.cm_listen(NS, service(), 4).unwrap();
-    let a_qpn = new_qp(&mut a, &a_host, QpType::Rc);
+    let a_qpn = new_qp(&mut a, &a_host, qp_type);
     let id = a
         .cm_connect(
             Time::ZERO,
@@ -1029,4 +1033,32 @@ fn an_abandoned_connect_rejects_with_timeout_and_the_ca_guid() {
         b.poll_cm_event(NS),
         Some(CmEvent::Rejected { id, reason: rej::Reason::Timeout, .. }) if id == request.id
     ));
+}
+
+#[test]
+fn a_uc_qp_connects_through_the_cm_too() {
+    let mut hand = by_hand_of(QpType::Uc);
+    let request = hand.request();
+    assert_eq!(request.qp_type, QpType::Uc);
+    let ByHand {
+        mut a,
+        mut b,
+        b_host,
+        id,
+        ..
+    } = hand;
+    let t0 = Time::ZERO;
+    // An RC QP does not take a UC request.
+    let rc = new_qp(&mut b, &b_host, QpType::Rc);
+    assert!(b
+        .cm_accept(t0, NS, request.id, rc, &AcceptParams::default(), &[])
+        .is_err());
+    let uc = new_qp(&mut b, &b_host, QpType::Uc);
+    b.cm_accept(t0, NS, request.id, uc, &AcceptParams::default(), &[])
+        .unwrap();
+    give(&mut a, t0, &take(&mut b, t0));
+    give(&mut b, t0, &take(&mut a, t0));
+    assert_eq!(a.cm_state(NS, id), Some(CmState::Established));
+    assert_eq!(b.cm_state(NS, request.id), Some(CmState::Established));
+    assert_eq!(b.query_qp(NS, uc).unwrap().state, QpState::Rts);
 }

@@ -200,8 +200,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Ends connection `id` from this side (see [`Agent::disconnect`]): an
-    /// established one sends a DREQ and its QP goes to ERR, flushing its work.
+    /// Ends connection `id` from this side. An established one: its QP goes to ERR
+    /// (its work completes with WR_FLUSH_ERR) and a DREQ goes out; the DREP, or the
+    /// DREQ's last timeout, brings [`CmEvent::Disconnected`], timewait
+    /// [`CmEvent::TimewaitExit`]. One waiting for its RTU: a REJ, then the same. A
+    /// connect not yet answered is abandoned (a timeout REJ) and a request not yet
+    /// accepted rejected, both at once and without an event. Already disconnecting:
+    /// nothing to do.
     pub fn cm_disconnect(
         &mut self,
         now: Time,
