@@ -646,3 +646,58 @@ impl Agent {
         self.connections.get(&id).map(|c| c.state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::connection::{CmState, Connection, Route};
+    use super::*;
+
+    fn agent() -> Agent {
+        let config = AgentConfig {
+            active_mtu: PathMtu::Mtu1024,
+            max_rd_atomic: 16,
+            max_dest_rd_atomic: 16,
+            event_limit: 8,
+        };
+        Agent::new(NamespaceId::DEFAULT, config, SplitMix64(7))
+    }
+
+    #[test]
+    fn comm_ids_skip_zero_and_every_id_still_held_timewait_included() {
+        let mut agent = agent();
+        let route = Route {
+            local: "10.0.0.1".parse().unwrap(),
+            remote: "10.0.0.2".parse().unwrap(),
+        };
+        let held = CommId(u32::MAX);
+        let conn = Connection::new(
+            held,
+            CmState::Timewait,
+            route,
+            0,
+            QpType::Rc,
+            PathMtu::Mtu1024,
+        );
+        agent.connections.insert(held, conn);
+        agent.next_id = u32::MAX;
+        // u32::MAX is in timewait, 0 is never an ID: the next free one is 1.
+        assert_eq!(agent.allocate_id(), CommId(1));
+        assert_eq!(agent.allocate_id(), CommId(2));
+    }
+
+    #[test]
+    fn two_agents_of_one_engine_seed_draw_different_ids() {
+        let a = Agent::new(
+            NamespaceId(0),
+            agent().config,
+            SplitMix64::for_namespace(1, NamespaceId(0)),
+        );
+        let b = Agent::new(
+            NamespaceId(1),
+            agent().config,
+            SplitMix64::for_namespace(1, NamespaceId(1)),
+        );
+        assert_ne!(a.next_id, b.next_id);
+        assert_ne!(a.ca_guid, b.ca_guid);
+    }
+}
