@@ -1062,3 +1062,83 @@ fn a_uc_qp_connects_through_the_cm_too() {
     assert_eq!(b.cm_state(NS, request.id), Some(CmState::Established));
     assert_eq!(b.query_qp(NS, uc).unwrap().state, QpState::Rts);
 }
+
+#[test]
+fn disconnects_that_cross_complete_once_on_each_side() {
+    let mut pair = CmPair::new(15, LinkConfig::default());
+    let (a_id, _, b_id, _) = pair.establish();
+    let now = pair.now();
+    pair.engine(A).cm_disconnect(now, NS, a_id, &[]).unwrap();
+    pair.engine(B).cm_disconnect(now, NS, b_id, &[]).unwrap();
+    // A second call while disconnecting changes nothing.
+    pair.engine(A).cm_disconnect(now, NS, a_id, &[]).unwrap();
+    assert!(pair.run_until(Duration::from_secs(10), |p| p
+        .saw(A, &CmEvent::TimewaitExit(a_id))
+        && p.saw(B, &CmEvent::TimewaitExit(b_id))));
+    for (index, id) in [(A, a_id), (B, b_id)] {
+        let disconnected = pair.events[index]
+            .iter()
+            .filter(|e| **e == CmEvent::Disconnected(id))
+            .count();
+        assert_eq!(disconnected, 1, "side {index}: {:?}", pair.events[index]);
+    }
+    // Neither waited for a DREQ timeout: each answered the other's DREQ.
+    assert_eq!(pair.engine(A).cm_counters(NS).unwrap().retransmits, 0);
+    assert_eq!(pair.engine(B).cm_counters(NS).unwrap().retransmits, 0);
+    assert!(pair.now() - now < Duration::from_secs(3));
+}
+
+#[test]
+fn read_depths_cross_over_as_cm_c_sets_them() {
+    let (mut a, a_host) = engine(A);
+    let (mut b, b_host) = engine(B);
+    b.cm_listen(NS, service(), 4).unwrap();
+    let a_qpn = new_qp(&mut a, &a_host, QpType::Rc);
+    let t0 = Time::ZERO;
+    let asks = ConnectParams {
+        responder_resources: 4,
+        initiator_depth: 2,
+        rnr_retry_count: 3,
+        retry_count: 5,
+        min_rnr_timer: 12,
+        ..ConnectParams::default()
+    };
+    a.cm_connect(t0, NS, a_qpn, to(service()), &asks, &[])
+        .unwrap();
+    give(&mut b, t0, &take(&mut a, t0));
+    let Some(CmEvent::ConnectRequest(request)) = b.poll_cm_event(NS) else {
+        panic!("a request");
+    };
+    // B's view: A will issue 2 READs at once and keeps 4 resources.
+    assert_eq!(
+        (request.responder_resources, request.initiator_depth),
+        (2, 4)
+    );
+    let b_qpn = new_qp(&mut b, &b_host, QpType::Rc);
+    let answers = AcceptParams {
+        responder_resources: Some(8),
+        // More than A keeps resources for: held to A's 4.
+        initiator_depth: Some(16),
+        rnr_retry_count: 6,
+        ..AcceptParams::default()
+    };
+    b.cm_accept(t0, NS, request.id, b_qpn, &answers, &[])
+        .unwrap();
+    give(&mut a, t0, &take(&mut b, t0));
+    let a_attr = a.query_qp(NS, a_qpn).unwrap().attr;
+    let b_attr = b.query_qp(NS, b_qpn).unwrap().attr;
+    assert_eq!(
+        (b_attr.max_dest_rd_atomic, b_attr.max_rd_atomic),
+        (Some(8), Some(4))
+    );
+    // The active side takes the REP's numbers, crossed: it may issue as many as B
+    // keeps, and keeps as many as B issues.
+    assert_eq!(
+        (a_attr.max_rd_atomic, a_attr.max_dest_rd_atomic),
+        (Some(8), Some(4))
+    );
+    // Retries: the REQ's for both; RNR retries: each side uses what the other asked.
+    assert_eq!((a_attr.retry_cnt, b_attr.retry_cnt), (Some(5), Some(5)));
+    assert_eq!((a_attr.rnr_retry, b_attr.rnr_retry), (Some(6), Some(3)));
+    assert_eq!(a_attr.min_rnr_timer, Some(12));
+}

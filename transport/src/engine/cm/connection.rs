@@ -89,7 +89,10 @@ pub(crate) struct Connection {
     /// This side's `max_rd_atomic`.
     pub initiator_depth: u8,
     pub retry_count: u8,
+    /// This side's QP's RNR retries (the peer asked for them in its REQ or REP).
     pub rnr_retry_count: u8,
+    /// The RNR retries this side asks the peer for in its REP.
+    pub peer_rnr_retry_count: u8,
     pub min_rnr_timer: u8,
     /// The local ACK timeout code (cm.c's `av.timeout`); timewait lasts as long.
     pub ack_timeout: u8,
@@ -134,6 +137,7 @@ impl Connection {
             initiator_depth: 0,
             retry_count: 0,
             rnr_retry_count: 0,
+            peer_rnr_retry_count: 0,
             min_rnr_timer: 0,
             ack_timeout: 0,
             ack_timeout_set: false,

@@ -292,7 +292,8 @@ impl Agent {
             .min(conn.initiator_depth);
         conn.responder_resources = responder.min(limits.max_dest_rd_atomic);
         conn.initiator_depth = initiator.min(limits.max_rd_atomic);
-        conn.rnr_retry_count = params.rnr_retry_count.min(7);
+        // The REQ's RNR retries stay this QP's (cm.c); the consumer's go to the peer.
+        conn.peer_rnr_retry_count = params.rnr_retry_count.min(7);
         conn.min_rnr_timer = params.min_rnr_timer & 0x1f;
         conn.flow_control = params.flow_control;
         if let Some(timeout) = params.ack_timeout {
@@ -339,7 +340,7 @@ impl Agent {
             target_ack_delay: CA_ACK_DELAY,
             failover_accepted: 0,
             end_to_end_flow_control: conn.flow_control,
-            rnr_retry_count: conn.rnr_retry_count,
+            rnr_retry_count: conn.peer_rnr_retry_count,
             srq: has_srq,
             local_ca_guid: ca_guid,
             private_data,
