@@ -1142,3 +1142,35 @@ fn read_depths_cross_over_as_cm_c_sets_them() {
     assert_eq!((a_attr.rnr_retry, b_attr.rnr_retry), (Some(6), Some(3)));
     assert_eq!(a_attr.min_rnr_timer, Some(12));
 }
+
+#[test]
+fn bad_connect_arguments_are_refused_before_the_qp_moves() {
+    let (mut a, host) = engine(A);
+    let qpn = new_qp(&mut a, &host, QpType::Rc);
+    let t0 = Time::ZERO;
+    let bad = ConnectParams {
+        retry_count: 8,
+        ..ConnectParams::default()
+    };
+    assert!(a.cm_connect(t0, NS, qpn, to(service()), &bad, &[]).is_err());
+    let long = [0u8; wire_cm::req::PRIVATE_DATA_LEN + 1];
+    let params = ConnectParams::default();
+    assert!(a
+        .cm_connect(t0, NS, qpn, to(service()), &params, &long)
+        .is_err());
+    let v6 = ServiceAddress {
+        address: "fe80::1".parse().unwrap(),
+        service_id: service(),
+    };
+    assert!(
+        a.cm_connect(t0, NS, qpn, v6, &params, &[]).is_err(),
+        "no IPv6 GID"
+    );
+    assert_eq!(a.query_qp(NS, qpn).unwrap().state, QpState::Reset);
+    let ud = new_qp(&mut a, &host, QpType::Ud);
+    assert!(a
+        .cm_connect(t0, NS, ud, to(service()), &params, &[])
+        .is_err());
+    assert_eq!(a.query_qp(NS, ud).unwrap().state, QpState::Reset);
+    assert!(take(&mut a, t0).is_empty());
+}

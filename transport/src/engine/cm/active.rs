@@ -44,9 +44,7 @@ impl Agent {
         if self.bound(qp.qpn).is_some() {
             return Err(VerbsError::Busy("QP already bound to a connection"));
         }
-        if params.retry_count > 7 || params.rnr_retry_count > 7 || params.max_cm_retries > 15 {
-            return Err(VerbsError::InvalidArgument("retry count out of range"));
-        }
+        params.check()?;
         let id = self.allocate_id();
         let rq_psn = self.random_psn();
         let responder = params

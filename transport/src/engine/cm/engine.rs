@@ -143,6 +143,7 @@ impl Engine {
         if private_data.len() > ferroce_wire::cm::req::PRIVATE_DATA_LEN {
             return Err(VerbsError::InvalidArgument("REQ private data too long"));
         }
+        params.check()?;
         let route = self.cm_route(ns, to.address)?;
         let mut facts = self.qp_facts(ns, qpn)?;
         let limits = self.config.limits;

@@ -147,6 +147,21 @@ pub struct ConnectParams {
     pub packet_life_time: u8,
 }
 
+impl ConnectParams {
+    /// Refuses values the REQ cannot carry.
+    pub fn check(&self) -> super::Result<()> {
+        if self.retry_count > 7 || self.rnr_retry_count > 7 || self.max_cm_retries > 15 {
+            return Err(super::VerbsError::InvalidArgument(
+                "retry count out of range",
+            ));
+        }
+        if self.cm_response_timeout > 31 || self.packet_life_time > 31 {
+            return Err(super::VerbsError::InvalidArgument("time code above 31"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ConnectParams {
     fn default() -> ConnectParams {
         ConnectParams {
