@@ -2,15 +2,15 @@
 //! of the namespace's QP1 and runs one state machine per connection, as Linux's
 //! `ib_cm` (`drivers/infiniband/core/cm.c`) does with rdma_cm (`cma.c`) on top.
 //!
-//! - [`Agent`] (here): the namespace's tables — connections by local communication
+//! - `Agent` (here): the namespace's tables — connections by local communication
 //!   ID, listeners by service ID, the remote-ID and remote-QPN indexes that find
 //!   duplicates and stale connections — its timers, its bounded outbox of MADs and its
-//!   bounded queue of [`CmEvent`]s; [`Agent::handle_mad`] demultiplexes a received MAD.
-//! - [`connection`]: one connection's state, attributes and messages.
-//! - [`passive`]: listen, REQ, accept, reject, RTU, SIDR_REQ.
-//! - [`active`]: connect, REP, MRA, REJ, SIDR_REQ/REP of a resolution.
-//! - [`teardown`]: disconnect, DREQ, DREP, the retransmit and timewait timers.
-//! - [`engine`]: the [`Engine`](super::Engine) methods consumers call, and the hooks
+//!   bounded queue of [`CmEvent`]s; `Agent::handle_mad` demultiplexes a received MAD.
+//! - `connection`: one connection's state, attributes and messages.
+//! - `passive`: listen, REQ, accept, reject, RTU, SIDR_REQ.
+//! - `active`: connect, REP, MRA, REJ, SIDR_REQ/REP of a resolution.
+//! - `teardown`: disconnect, DREQ, DREP, the retransmit and timewait timers.
+//! - `engine`: the [`Engine`](super::Engine) methods consumers call, and the hooks
 //!   that feed the agent datagrams and time and send what it queued.
 //!
 //! The CM drives the QPs it connects itself (INIT → RTR → RTS with the negotiated
