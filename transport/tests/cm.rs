@@ -1174,3 +1174,58 @@ fn bad_connect_arguments_are_refused_before_the_qp_moves() {
     assert_eq!(a.query_qp(NS, ud).unwrap().state, QpState::Reset);
     assert!(take(&mut a, t0).is_empty());
 }
+
+#[test]
+fn an_ipv6_pair_connects_with_its_own_gids_in_the_req() {
+    let v6 =
+        |n: u16| -> IpAddr { IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n)) };
+    let make = |index: usize| {
+        let config = EngineConfig {
+            default_gids: vec![v6(1 + index as u16)],
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(config, 0x66 + index as u64);
+        let pd = engine.alloc_pd(NS).unwrap();
+        let cq = engine.create_cq(NS, 64).unwrap();
+        let mr = engine.reg_mr(NS, pd, 4096, all_access()).unwrap();
+        let host = Host { pd, cq, mr };
+        let qpn = new_qp(&mut engine, &host, QpType::Rc);
+        (engine, qpn)
+    };
+    let (mut a, a_qpn) = make(A);
+    let (mut b, b_qpn) = make(B);
+    b.cm_listen(NS, service(), 1).unwrap();
+    let t0 = Time::ZERO;
+    let to_b = ServiceAddress {
+        address: v6(2),
+        service_id: service(),
+    };
+    let source = std::net::SocketAddr::new(v6(1), 40000);
+    let data = rdma_ip_private_data(source, v6(2), &[]).unwrap();
+    let id = a
+        .cm_connect(t0, NS, a_qpn, to_b, &ConnectParams::default(), &data)
+        .unwrap();
+    let req = take(&mut a, t0);
+    let (_, bytes) = cm_message(&req[0]);
+    let Message::Req(m) = parse_cm(&bytes) else {
+        panic!("a REQ");
+    };
+    assert_eq!(
+        (
+            m.primary_path.local_gid.ip(),
+            m.primary_path.remote_gid.ip()
+        ),
+        (v6(1), v6(2))
+    );
+    give(&mut b, t0, &req);
+    let Some(CmEvent::ConnectRequest(request)) = b.poll_cm_event(NS) else {
+        panic!("a request");
+    };
+    assert_eq!(request.cma.unwrap().source(), source);
+    b.cm_accept(t0, NS, request.id, b_qpn, &AcceptParams::default(), &[])
+        .unwrap();
+    give(&mut a, t0, &take(&mut b, t0));
+    give(&mut b, t0, &take(&mut a, t0));
+    assert_eq!(a.cm_state(NS, id), Some(CmState::Established));
+    assert_eq!(b.cm_state(NS, request.id), Some(CmState::Established));
+}
