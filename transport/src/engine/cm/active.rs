@@ -7,7 +7,7 @@ use ferroce_wire::cm::{
 };
 use ferroce_wire::{mad, Gid};
 
-use super::connection::{emit, mtu_code, CmState, Connection, Route};
+use super::connection::{emit, CmState, Connection, Route};
 use super::passive::QpFacts;
 use super::timer::{ack_timeout, cm_duration};
 use super::{Agent, CmEvent, CommId, ConnectParams, QpCommand, CA_ACK_DELAY};
@@ -72,7 +72,7 @@ impl Agent {
             local_cm_response_timeout: params.cm_response_timeout.min(31),
             retry_count: params.retry_count,
             pkey: ferroce_wire::bth::DEFAULT_PKEY,
-            path_mtu: mtu_code(path_mtu),
+            path_mtu: path_mtu.ibv_code(),
             rdc_exists: false,
             rnr_retry_count: params.rnr_retry_count,
             max_cm_retries: params.max_cm_retries,

@@ -268,26 +268,3 @@ pub(crate) fn emit(tid: u64, message: Message<'_>) -> Option<Box<[u8; mad::MAD_L
         .ok()?;
     Some(bytes)
 }
-
-/// The IB encoding of a path MTU (1 = 256 … 5 = 4096).
-pub(crate) fn mtu_code(mtu: PathMtu) -> u8 {
-    match mtu {
-        PathMtu::Mtu256 => 1,
-        PathMtu::Mtu512 => 2,
-        PathMtu::Mtu1024 => 3,
-        PathMtu::Mtu2048 => 4,
-        PathMtu::Mtu4096 => 5,
-    }
-}
-
-/// The path MTU of an IB encoding.
-pub(crate) fn mtu_of_code(code: u8) -> Option<PathMtu> {
-    Some(match code {
-        1 => PathMtu::Mtu256,
-        2 => PathMtu::Mtu512,
-        3 => PathMtu::Mtu1024,
-        4 => PathMtu::Mtu2048,
-        5 => PathMtu::Mtu4096,
-        _ => return None,
-    })
-}

@@ -8,14 +8,14 @@ use ferroce_wire::cm::{
 };
 use ferroce_wire::{cma, Gid, Qpn};
 
-use super::connection::{mtu_of_code, CmState, Connection, Route};
+use super::connection::{CmState, Connection, Route};
 use super::timer::cm_duration;
 use super::{
     AcceptParams, Agent, CmEvent, CommId, ConnectRequest, Listener, ListenerId, CA_ACK_DELAY,
     MRA_SERVICE_TIMEOUT,
 };
 use crate::engine::error::{Result, VerbsError};
-use crate::engine::qp::{QpAttr, QpState, QpType};
+use crate::engine::qp::{PathMtu, QpAttr, QpState, QpType};
 use crate::engine::Time;
 
 /// What the agent needs to know of a QP it is given.
@@ -150,7 +150,8 @@ impl Agent {
             reject(self, rej::Reason::InvalidGid, &ours.0);
             return;
         }
-        let path_mtu = match mtu_of_code(req.path_mtu) {
+        // The REQ's MTU code is IBA's, which is also ibverbs'.
+        let path_mtu = match PathMtu::from_ibv_code(req.path_mtu) {
             Some(mtu) if mtu <= self.config.active_mtu => mtu,
             _ => {
                 reject(self, rej::Reason::InvalidMtu, &[]);
