@@ -31,7 +31,9 @@ impl Agent {
         private_data: &[u8],
     ) -> Result<CommId> {
         if private_data.len() > req::PRIVATE_DATA_LEN {
-            return Err(VerbsError::InvalidArgument("REQ private data too long"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         }
         let transport = match qp.qp_type {
             QpType::Rc => req::TransportServiceType::Rc,
@@ -97,7 +99,9 @@ impl Agent {
             private_data,
         };
         let Some(mad) = emit(tid, Message::Req(request)) else {
-            return Err(VerbsError::InvalidArgument("REQ does not encode"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         };
         let conn = Connection {
             qpn: Some(qp.qpn),
@@ -336,7 +340,7 @@ impl Agent {
     ) -> Result<CommId> {
         if private_data.len() > wire_cm::sidr_req::PRIVATE_DATA_LEN {
             return Err(VerbsError::InvalidArgument(
-                "SIDR_REQ private data too long",
+                "private data too long for the message",
             ));
         }
         let id = self.allocate_id();
@@ -348,7 +352,9 @@ impl Agent {
             private_data,
         });
         let Some(mad) = emit(tid, message) else {
-            return Err(VerbsError::InvalidArgument("SIDR_REQ does not encode"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         };
         let mtu = self.config.active_mtu;
         let conn = Connection {

@@ -141,7 +141,9 @@ impl Engine {
         private_data: &[u8],
     ) -> Result<CommId> {
         if private_data.len() > ferroce_wire::cm::req::PRIVATE_DATA_LEN {
-            return Err(VerbsError::InvalidArgument("REQ private data too long"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         }
         params.check()?;
         let route = self.cm_route(ns, to.address)?;

@@ -156,7 +156,7 @@ impl ConnectParams {
             ));
         }
         if self.cm_response_timeout > 31 || self.packet_life_time > 31 {
-            return Err(super::VerbsError::InvalidArgument("time code above 31"));
+            return Err(super::VerbsError::InvalidArgument("timer codes are 5 bits"));
         }
         Ok(())
     }

@@ -260,7 +260,9 @@ impl Agent {
         private_data_len: usize,
     ) -> Result<Vec<QpAttr>> {
         if private_data_len > wire_cm::rep::PRIVATE_DATA_LEN {
-            return Err(VerbsError::InvalidArgument("REP private data too long"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         }
         if self.bound(qp.qpn).is_some_and(|other| other != id) {
             return Err(VerbsError::Busy("QP already bound to a connection"));
@@ -363,7 +365,9 @@ impl Agent {
     /// data); the connection ends.
     pub fn reject(&mut self, id: CommId, private_data: &[u8]) -> Result<()> {
         if private_data.len() > rej::PRIVATE_DATA_LEN {
-            return Err(VerbsError::InvalidArgument("REJ private data too long"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         }
         let conn = self
             .connections

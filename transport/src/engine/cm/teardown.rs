@@ -18,7 +18,9 @@ impl Agent {
     /// disconnecting: nothing to do.
     pub fn disconnect(&mut self, now: Time, id: CommId, private_data: &[u8]) -> Result<()> {
         if private_data.len() > dreq::PRIVATE_DATA_LEN {
-            return Err(VerbsError::InvalidArgument("DREQ private data too long"));
+            return Err(VerbsError::InvalidArgument(
+                "private data too long for the message",
+            ));
         }
         let conn = self
             .connections
