@@ -937,3 +937,242 @@ fn rping_cm_gsi_mads_and_labelled_rc_match_rxe() {
         .iter()
         .any(|w| w.opcode == ferroce_transport::engine::WcOpcode::RdmaRead));
 }
+
+/// The CM agent as rping's server: the client's captured REQ reaches a listener on
+/// port 7174, the request is accepted, and the REP it sends carries what rxe's did
+/// wherever the two must agree. Comm IDs, QPNs, PSNs and the CA GUID are each side's
+/// own; the REP must answer the REQ's comm ID and transaction, and the QP must take
+/// the REQ's PSN, QPN, MTU and retries as cm.c gives them.
+#[test]
+fn rping_req_gets_a_rep_a_kernel_accepts() {
+    use ferroce_transport::engine::{AcceptParams, CmEvent};
+    use ferroce_transport::wire::cm::{self as wire_cm, Message};
+    use ferroce_transport::wire::cma::PortSpace;
+    use ferroce_transport::wire::{mad, ServiceId};
+    let packets = capture("rping_cm.pcap");
+    let mads: Vec<&Captured> = packets
+        .iter()
+        .filter(|p| p.repr().bth.dest_qp == Qpn::GSI)
+        .collect();
+    let parse = |payload: &[u8]| {
+        let parsed = packet::parse(payload).unwrap();
+        let bytes = parsed.payload.to_vec();
+        (parsed.repr, bytes)
+    };
+    let cm = |bytes: &[u8]| {
+        let repr = wire_cm::Repr::parse(&mad::Packet::new_checked(bytes).unwrap()).unwrap();
+        (repr.header, repr.message.to_string(), bytes.to_vec())
+    };
+    let (_, req_bytes) = parse(&mads[0].payload);
+    let (_, rxe_rep_bytes) = parse(&mads[1].payload);
+    let req = wire_cm::Repr::parse(&mad::Packet::new_checked(&req_bytes[..]).unwrap()).unwrap();
+    let rxe_rep =
+        wire_cm::Repr::parse(&mad::Packet::new_checked(&rxe_rep_bytes[..]).unwrap()).unwrap();
+    let (Message::Req(req_msg), Message::Rep(rxe)) = (req.message, rxe_rep.message) else {
+        panic!("REQ and REP");
+    };
+
+    let config = EngineConfig {
+        default_gids: vec![SERVER.into()],
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, 3);
+    let pd = engine.alloc_pd(NS).unwrap();
+    let cq = engine.create_cq(NS, 16).unwrap();
+    let qpn = engine.create_qp(NS, init_attr(QpType::Rc, pd, cq)).unwrap();
+    engine
+        .cm_listen(NS, ServiceId::rdma_ip(PortSpace::Tcp, 7174), 1)
+        .unwrap();
+    engine.handle_datagram(Time::ZERO, mads[0].meta(), &mads[0].payload);
+    let Some(CmEvent::ConnectRequest(request)) = engine.poll_cm_event(NS) else {
+        panic!("a connection request");
+    };
+    let header = request.cma.unwrap();
+    assert_eq!(header.source(), "10.77.0.11:49605".parse().unwrap());
+    assert_eq!(header.dst(), IpAddr::from(SERVER));
+    assert_eq!(
+        (request.remote, request.remote_qpn),
+        (CLIENT.into(), Qpn::new(0x11))
+    );
+    engine
+        .cm_accept(
+            Time::ZERO,
+            NS,
+            request.id,
+            qpn,
+            &AcceptParams::default(),
+            &[],
+        )
+        .unwrap();
+    let ours = engine.poll_transmit(Time::ZERO).unwrap();
+
+    // The datagram: QP1 to QP1 as rxe sends it, from rxe's QP1 source port.
+    assert_eq!(ours.meta.src_port, mads[1].src_port);
+    assert_eq!(ours.meta.dst, IpAddr::from(CLIENT));
+    let (bth_deth, rep_bytes) = parse(&ours.payload);
+    let (theirs, _) = parse(&mads[1].payload);
+    assert_eq!(bth_deth.bth.opcode, theirs.bth.opcode);
+    assert_eq!(
+        (
+            bth_deth.bth.pkey,
+            bth_deth.bth.dest_qp,
+            bth_deth.bth.ack_req
+        ),
+        (theirs.bth.pkey, theirs.bth.dest_qp, theirs.bth.ack_req)
+    );
+    assert_eq!(bth_deth.deth, theirs.deth);
+    assert_eq!(rep_bytes.len(), mad::MAD_LEN);
+    let (our_header, text, _) = cm(&rep_bytes);
+    assert_eq!(
+        our_header, rxe_rep.header,
+        "MAD header: the REQ's transaction, {text}"
+    );
+    let rep = wire_cm::Repr::parse(&mad::Packet::new_checked(&rep_bytes[..]).unwrap()).unwrap();
+    let Message::Rep(ours) = rep.message else {
+        panic!("a REP");
+    };
+    // Fields a kernel reads and that must agree with rxe's answer to the same REQ.
+    assert_eq!(ours.remote_comm_id, req_msg.local_comm_id);
+    assert_eq!(
+        (
+            ours.local_qkey,
+            ours.local_eecn,
+            ours.responder_resources,
+            ours.initiator_depth
+        ),
+        (
+            rxe.local_qkey,
+            rxe.local_eecn,
+            rxe.responder_resources,
+            rxe.initiator_depth
+        )
+    );
+    assert_eq!(
+        (
+            ours.target_ack_delay,
+            ours.failover_accepted,
+            ours.end_to_end_flow_control
+        ),
+        (
+            rxe.target_ack_delay,
+            rxe.failover_accepted,
+            rxe.end_to_end_flow_control
+        )
+    );
+    assert_eq!(
+        (ours.rnr_retry_count, ours.srq),
+        (rxe.rnr_retry_count, rxe.srq)
+    );
+    assert_eq!(ours.private_data, rxe.private_data, "zero-filled");
+    // Each side's own: a 24-bit PSN, its QP, its GUID.
+    assert_eq!(ours.local_qpn, qpn);
+    assert!(ours.starting_psn.value() <= 0xff_ffff);
+    assert_ne!(ours.local_comm_id, 0);
+    assert_ne!(ours.local_ca_guid, 0);
+
+    // The QP as cm.c sets it from the REQ: it sends from the REQ's PSN, expects the
+    // REP's, talks to the client's QP 0x11 at 1024 bytes, retries as asked.
+    let info = engine.query_qp(NS, qpn).unwrap();
+    assert_eq!(info.state, QpState::Rts);
+    assert_eq!(info.attr.sq_psn, Some(req_msg.starting_psn));
+    assert_eq!(info.attr.rq_psn, Some(ours.starting_psn));
+    assert_eq!(info.attr.dest_qpn, Some(req_msg.local_qpn));
+    assert_eq!(info.attr.path_mtu, Some(PathMtu::Mtu1024));
+    assert_eq!(
+        (info.attr.retry_cnt, info.attr.rnr_retry, info.attr.timeout),
+        (Some(7), Some(7), Some(19))
+    );
+    assert_eq!(
+        (info.attr.max_rd_atomic, info.attr.max_dest_rd_atomic),
+        (Some(1), Some(1))
+    );
+    // rxe's own QP took the same PSNs the other way round: the client sent its first
+    // SEND with the REP's PSN and the server its first READ with the REQ's.
+    let first_send = packets
+        .iter()
+        .find(|p| p.src == CLIENT && p.repr().bth.opcode == OpCode::RcSendOnly)
+        .unwrap();
+    assert_eq!(first_send.repr().bth.psn, rxe.starting_psn);
+    let first_read = packets
+        .iter()
+        .find(|p| p.src == SERVER && p.repr().bth.opcode == OpCode::RcReadRequest)
+        .unwrap();
+    assert_eq!(first_read.repr().bth.psn, req_msg.starting_psn);
+}
+
+/// The CM agent as rping's client: its REQ for port 7174 agrees with the kernel's
+/// (rping's captured one) in every field but those each side picks for itself — comm
+/// ID, CA GUID, QPN, starting PSN — and the path's flow label and rate, which rdma_cm
+/// takes from the route and a passive rxe does not depend on.
+#[test]
+fn our_req_is_rpings_but_for_what_each_side_picks() {
+    use ferroce_transport::engine::cm::rdma_ip_private_data;
+    use ferroce_transport::engine::{ConnectParams, ServiceAddress};
+    use ferroce_transport::wire::cm::{self as wire_cm, req, Message};
+    use ferroce_transport::wire::cma::PortSpace;
+    use ferroce_transport::wire::{mad, ServiceId};
+    let packets = capture("rping_cm.pcap");
+    let theirs = packets
+        .iter()
+        .find(|p| p.repr().bth.dest_qp == Qpn::GSI)
+        .unwrap();
+    let config = EngineConfig {
+        default_gids: vec![CLIENT.into()],
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, 4);
+    let pd = engine.alloc_pd(NS).unwrap();
+    let cq = engine.create_cq(NS, 16).unwrap();
+    let qpn = engine.create_qp(NS, init_attr(QpType::Rc, pd, cq)).unwrap();
+    let source = std::net::SocketAddr::new(CLIENT.into(), 49605);
+    let private_data = rdma_ip_private_data(source, SERVER.into(), &[]).unwrap();
+    let to = ServiceAddress {
+        address: SERVER.into(),
+        service_id: ServiceId::rdma_ip(PortSpace::Tcp, 7174),
+    };
+    engine
+        .cm_connect(
+            Time::ZERO,
+            NS,
+            qpn,
+            to,
+            &ConnectParams::default(),
+            &private_data,
+        )
+        .unwrap();
+    let ours = engine.poll_transmit(Time::ZERO).unwrap();
+    assert_eq!(ours.meta.src_port, theirs.src_port, "QP1's source port");
+    let mad_of = |payload: &[u8]| packet::parse(payload).unwrap().payload.to_vec();
+    let (ours, theirs) = (mad_of(&ours.payload), mad_of(&theirs.payload));
+    fn parse(bytes: &[u8]) -> (mad::Repr, req::Repr<'_>) {
+        let repr = wire_cm::Repr::parse(&mad::Packet::new_checked(bytes).unwrap()).unwrap();
+        let Message::Req(m) = repr.message else {
+            panic!("a REQ");
+        };
+        (repr.header, m)
+    }
+    let ((our_header, ours), (their_header, theirs)) = (parse(&ours), parse(&theirs));
+    assert_eq!(
+        our_header,
+        mad::Repr {
+            transaction_id: our_header.transaction_id,
+            ..their_header
+        }
+    );
+    let expected = req::Repr {
+        local_comm_id: ours.local_comm_id,
+        local_ca_guid: ours.local_ca_guid,
+        local_qpn: ours.local_qpn,
+        starting_psn: ours.starting_psn,
+        primary_path: req::Path {
+            flow_label: ours.primary_path.flow_label,
+            packet_rate: ours.primary_path.packet_rate,
+            ..theirs.primary_path
+        },
+        ..theirs
+    };
+    assert_eq!(ours, expected);
+    assert_eq!(ours.local_qpn, qpn);
+    // The transaction ID is the comm ID under the agent's high half, as cm.c forms it.
+    assert_eq!(our_header.transaction_id as u32, ours.local_comm_id);
+}

@@ -23,6 +23,9 @@ pub const HEADER_LEN: usize = 24;
 pub const MAD_LEN: usize = 256;
 /// The MAD base version of InfiniBand (and RoCE) management.
 pub const BASE_VERSION: u8 = 1;
+/// Status of a response to a method or attribute the receiver does not support (IBA
+/// table 120; Linux `IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB`).
+pub const STATUS_UNSUPPORTED_METHOD_ATTRIBUTE: u16 = 0x000c;
 
 mod fields {
     use super::Field;

@@ -189,7 +189,8 @@ pub struct Incoming {
     pub bytes: Vec<u8>,
 }
 
-fn source(from: SourcePick, to_ns: usize, world: &impl Lookup) -> IpAddr {
+/// The address a datagram from `from` to namespace `to_ns` claims.
+pub fn source(from: SourcePick, to_ns: usize, world: &impl Lookup) -> IpAddr {
     match from {
         SourcePick::Peer => world.peer(),
         SourcePick::Stranger => world.stranger(),
@@ -216,7 +217,8 @@ pub fn envelope_of(meta: &DatagramMeta) -> Option<Envelope> {
     Some(envelope)
 }
 
-fn meta(src: IpAddr, dst: IpAddr, src_port: u16, ident: Option<(u16, bool)>) -> DatagramMeta {
+/// The meta of a datagram between these addresses.
+pub fn meta(src: IpAddr, dst: IpAddr, src_port: u16, ident: Option<(u16, bool)>) -> DatagramMeta {
     DatagramMeta {
         src,
         dst,

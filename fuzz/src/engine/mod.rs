@@ -4,6 +4,7 @@
 //! (verbs calls, crafted or raw datagrams, sends, clock steps); after each one
 //! [`World::check`] holds the engine to the invariants of issue 12 item 9.
 
+pub mod cm;
 pub mod craft;
 pub mod invariants;
 pub mod model;
@@ -22,7 +23,7 @@ use ferroce_transport::engine::{
 };
 use ferroce_transport::wire::opcode::Operation;
 use ferroce_transport::wire::packet::Parsed;
-use ferroce_transport::wire::{Psn, Qpn, Rkey};
+use ferroce_transport::wire::{Psn, Qpn, Rkey, ServiceId};
 
 use craft::{host, AddrPick, Crafted, Incoming, KeyPick, Lookup, Raw};
 use model::{pattern, sanitize, Forged, Region};
@@ -35,6 +36,8 @@ const MAX_BURST: usize = 100_000;
 pub const REGION_LEN: u64 = 2048;
 /// Largest region the input may register.
 const MAX_REGION_LEN: u64 = 16 * 1024;
+/// QPs per namespace at most (CM accepts add some).
+const MAX_QPS: usize = 16;
 /// Regions per namespace at most (setup's included).
 const MAX_REGIONS: usize = 8;
 /// The Q_Key of every UD QP.
@@ -203,6 +206,19 @@ pub enum Action {
     PollEvent {
         ns: u8,
     },
+    /// A MAD to a namespace's QP1.
+    Mad(cm::MadPick),
+    /// The consumer takes a namespace's next CM event; a connection request is
+    /// accepted on a new QP or rejected.
+    CmAnswer {
+        ns: u8,
+        accept: bool,
+    },
+    /// The consumer disconnects one of the connections the agent reported.
+    CmDisconnect {
+        ns: u8,
+        index: u8,
+    },
 }
 
 /// The engine and everything the world knows about it.
@@ -218,6 +234,8 @@ pub struct World {
     /// Where [`World::check`] reads regions into (one allocation per input, not per
     /// region and step).
     scratch: Vec<u8>,
+    /// Comm IDs the CM agents reported, per namespace.
+    cm_ids: [Vec<ferroce_transport::engine::CommId>; 2],
 }
 
 fn ns_index(ns: u8) -> usize {
@@ -247,7 +265,14 @@ impl World {
             peer_psn: BTreeMap::new(),
             sent_psn: BTreeMap::new(),
             scratch: vec![0; MAX_REGION_LEN as usize],
+            cm_ids: [Vec::new(), Vec::new()],
         };
+        for space in &world.spaces {
+            world
+                .engine
+                .cm_listen(space.id, ServiceId(cm::SERVICE), 4)
+                .expect("a listener");
+        }
         for ns in 0..2 {
             for qp in world.spaces[ns].qps.clone() {
                 world.connect(ns, qp);
@@ -486,6 +511,22 @@ impl World {
                 self.receive(incoming);
             }
             Action::Transmit { max } => self.transmit(usize::from(*max)),
+            Action::Mad(pick) => {
+                let ns = usize::from(pick.to_ns % 2);
+                let incoming = pick.build(self, &self.cm_ids[ns]);
+                self.receive(incoming);
+            }
+            Action::CmAnswer { ns, accept } => self.cm_answer(ns_index(*ns), *accept),
+            Action::CmDisconnect { ns, index } => {
+                let ns = ns_index(*ns);
+                let ids = &self.cm_ids[ns];
+                if !ids.is_empty() {
+                    let id = ids[usize::from(*index) % ids.len()];
+                    let _ = self
+                        .engine
+                        .cm_disconnect(self.now, self.spaces[ns].id, id, &[]);
+                }
+            }
             Action::Advance { mantissa, shift } => {
                 let nanos = u64::from(*mantissa) << (shift % 24);
                 self.now = self.now + Duration::from_nanos(nanos);
@@ -493,6 +534,52 @@ impl World {
             }
         }
         self.check();
+    }
+
+    /// Takes one CM event of namespace `ns`; a request is accepted on a new RC QP of
+    /// the first PD (which the model then knows, so WRITEs to it are permitted as to
+    /// the others) or rejected.
+    fn cm_answer(&mut self, ns: usize, accept: bool) {
+        use ferroce_transport::engine::{AcceptParams, CmEvent};
+        let space = &mut self.spaces[ns];
+        let Some(event) = self.engine.poll_cm_event(space.id) else {
+            return;
+        };
+        let CmEvent::ConnectRequest(request) = event else {
+            return;
+        };
+        self.cm_ids[ns].push(request.id);
+        if !accept || space.qps.len() >= MAX_QPS {
+            let _ = self.engine.cm_reject(space.id, request.id, b"no");
+            return;
+        }
+        let init = QpInitAttr {
+            qp_type: QpType::Rc,
+            pd: space.pds[0],
+            send_cq: space.cqs[1],
+            recv_cq: space.cqs[1],
+            srq: None,
+            cap: QpCap {
+                max_send_wr: 8,
+                max_recv_wr: 8,
+                max_send_sge: 4,
+                max_recv_sge: 4,
+                max_inline_data: 64,
+            },
+            sq_sig_all: false,
+        };
+        let Ok(qpn) = self.engine.create_qp(space.id, init) else {
+            return;
+        };
+        space.qps.push(QpModel {
+            qpn,
+            qp_type: QpType::Rc,
+            pd: space.pds[0],
+        });
+        let params = AcceptParams::default();
+        let _ = self
+            .engine
+            .cm_accept(self.now, space.id, request.id, qpn, &params, &[]);
     }
 
     fn qp(&self, ns: usize, index: u8) -> QpModel {

@@ -62,3 +62,70 @@ fn a_foreign_pkey_writes_nothing() {
     let half = REGION_LEN as usize / 2;
     assert_eq!(region.seen[half..half + 256], [0x11; 256]);
 }
+
+/// Issue 15 item 2 (the CM agent): REQs past the listener's backlog, repeated and
+/// stale ones, accepts, RTUs and DREQs naming the agent's comm IDs, and MADs of other
+/// classes keep every CM queue within its bound and every answer well formed.
+#[test]
+fn cm_requests_and_answers_stay_bounded() {
+    use super::cm::{CommPick, MadPick};
+    use super::craft::SourcePick;
+    let mut world = World::new();
+    let mad = |attribute: u8, local: u32, remote: CommPick, class_method| MadPick {
+        to_ns: 0,
+        from: SourcePick::Peer,
+        attribute,
+        class_method,
+        tid: 7,
+        local_comm_id: local,
+        remote_comm_id: remote,
+        sane_req: true,
+        body: vec![0x11; 40],
+    };
+    for id in 0..40u32 {
+        // A new QP (REQ offset 32, body offset 24) for most, repeats for the rest.
+        let mut req = mad(0x10, id % 12, CommPick::Any(0), None);
+        req.body[24..28].copy_from_slice(&((id % 12) << 8).to_be_bytes());
+        world.step(&Action::Mad(req));
+    }
+    for _ in 0..6 {
+        world.step(&Action::CmAnswer {
+            ns: 0,
+            accept: true,
+        });
+        world.step(&Action::CmAnswer {
+            ns: 0,
+            accept: false,
+        });
+    }
+    world.step(&Action::Transmit { max: 0 });
+    let ns = ferroce_transport::engine::NamespaceId::DEFAULT;
+    let counters = world.engine().cm_counters(ns).unwrap();
+    assert!(
+        counters.backlog_full > 0 && counters.duplicates > 0,
+        "{counters:?}"
+    );
+    for attribute in 0x10..=0x1b {
+        for index in 0..4 {
+            world.step(&Action::Mad(mad(
+                attribute,
+                index,
+                CommPick::Known(index as u8),
+                None,
+            )));
+        }
+    }
+    world.step(&Action::Mad(mad(
+        0x12,
+        1,
+        CommPick::Any(2),
+        Some((0x04, 1, 0x01)),
+    )));
+    world.step(&Action::CmDisconnect { ns: 0, index: 0 });
+    world.step(&Action::Transmit { max: 0 });
+    world.step(&Action::Advance {
+        mantissa: 0xffff,
+        shift: 20,
+    });
+    world.step(&Action::Transmit { max: 0 });
+}

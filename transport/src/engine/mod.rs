@@ -60,6 +60,7 @@
 //! ```
 
 mod buffers;
+pub mod cm;
 pub mod cq;
 pub mod error;
 pub mod event;
@@ -73,6 +74,10 @@ pub mod srq;
 pub mod timer;
 mod trace;
 
+pub use cm::{
+    AcceptParams, CmCounters, CmEvent, CmState, CommId, ConnectParams, ConnectRequest, ListenerId,
+    ServiceAddress,
+};
 pub use cq::{CompletionQueueId, WcOpcode, WcStatus, WorkCompletion};
 pub use error::{Result, VerbsError};
 pub use event::{AsyncEvent, DEFAULT_MAX_ASYNC_EVENTS, PORT_NUM};
@@ -449,6 +454,9 @@ impl SplitMix64 {
     }
 }
 
+/// Mixed into the engine's seed for the CM agents' random streams.
+const CM_SEED: u64 = 0x436f_6d6d_4d67_7200;
+
 /// IPv4-mapped IPv6 addresses are the IPv4 address (RoCEv2 GIDs for IPv4 are mapped).
 fn canonical(addr: IpAddr) -> IpAddr {
     addr.to_canonical()
@@ -555,6 +563,8 @@ pub struct Engine {
     /// The port's state as the I/O layer last reported it ([`Engine::handle_port_event`]);
     /// down until it reports (an engine without I/O has no link).
     port_active: bool,
+    /// Namespaces whose CM agents have timers or MADs to send.
+    cm_schedule: cm::CmSchedule,
 }
 
 /// The datagram of a packet a QP built: headers emitted and the ICRC filled in; its
@@ -621,6 +631,7 @@ impl Engine {
             timer_of: BTreeMap::new(),
             buffers: BufferPool::default(),
             port_active: false,
+            cm_schedule: cm::CmSchedule::default(),
             config,
         };
         let gids = engine.config.default_gids.clone();
@@ -669,8 +680,19 @@ impl Engine {
         }
         let rng = SplitMix64::for_namespace(self.seed, id);
         let event_limit = self.config.limits.max_async_events;
+        let agent = cm::Agent::new(
+            id,
+            cm::AgentConfig {
+                active_mtu: self.config.active_mtu,
+                max_rd_atomic: self.config.limits.max_qp_init_rd_atom,
+                max_dest_rd_atomic: self.config.limits.max_qp_rd_atom,
+                event_limit: event_limit as usize,
+            },
+            // Its own stream, so the CM's draws leave key and address draws unchanged.
+            SplitMix64::for_namespace(self.seed ^ CM_SEED, id),
+        );
         self.namespaces
-            .insert(id, Namespace::new(id, gids, rng, event_limit));
+            .insert(id, Namespace::new(id, gids, rng, event_limit, agent));
         Ok(())
     }
 
@@ -751,6 +773,7 @@ impl Engine {
         self.active.retain(|(n, _)| *n != ns);
         self.timers.retain(|(_, n, _)| *n != ns);
         self.timer_of.retain(|(n, _), _| *n != ns);
+        self.cm_schedule.forget(ns);
         Ok(())
     }
 
@@ -1159,6 +1182,9 @@ impl Engine {
         if space.qps.contains_key(&Qpn::GSI) {
             return Err(VerbsError::AlreadyExists("QP1"));
         }
+        if space.cm.in_use() {
+            return Err(VerbsError::Busy("QP1 is the CM agent's"));
+        }
         if !space.pds.contains(&init.pd) {
             return Err(VerbsError::NotFound("PD"));
         }
@@ -1324,6 +1350,10 @@ impl Engine {
             return;
         };
         let qpn = parsed.repr.bth.dest_qp;
+        if qpn == Qpn::GSI && !space.qps.contains_key(&Qpn::GSI) {
+            self.handle_gsi_datagram(now, ns, &meta, &parsed);
+            return;
+        }
         let Some(qp) = space.qps.get_mut(&qpn) else {
             count_drop!(self.counters, unknown_qp, %ns, qpn = %qpn, src = %meta.src);
             return;
@@ -1414,6 +1444,9 @@ impl Engine {
             emit(datagram, None);
             count += 1;
         }
+        if count < max {
+            count += self.transmit_cm(max - count, &mut emit);
+        }
         for _ in 0..self.active.len() {
             if count >= max {
                 break;
@@ -1467,7 +1500,11 @@ impl Engine {
 
     /// When the engine next wants `handle_timeout`, if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.first().map(|&(t, _, _)| t)
+        let qp = self.timers.first().map(|&(t, _, _)| t);
+        match (qp, self.cm_schedule.next_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs every timer due at `now`.
@@ -1488,6 +1525,7 @@ impl Engine {
             self.refresh_timer(ns, qpn);
             self.schedule(ns, qpn);
         }
+        self.handle_cm_timeouts(now);
     }
 }
 

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ferroce_wire::Qpn;
 
+use super::cm::Agent;
 use super::cq::{CompletionQueue, CompletionQueueId};
 use super::error::{Result, VerbsError};
 use super::event::Events;
@@ -47,6 +48,8 @@ pub(crate) struct Namespace {
     pub srqs: BTreeMap<SharedReceiveQueueId, SharedReceiveQueue>,
     pub qps: BTreeMap<Qpn, QueuePair>,
     pub events: Events,
+    /// The CM agent that owns QP1's MADs (unless QP1 is a raw GSI QP).
+    pub cm: Agent,
     pub quotas: Quotas,
     /// Work-queue entries of its QPs and SRQs (what [`Quotas::work_requests`] bounds).
     pub work_requests: u64,
@@ -59,11 +62,18 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(id: NamespaceId, gids: Vec<IpAddr>, rng: SplitMix64, event_limit: u32) -> Namespace {
+    pub fn new(
+        id: NamespaceId,
+        gids: Vec<IpAddr>,
+        rng: SplitMix64,
+        event_limit: u32,
+        cm: Agent,
+    ) -> Namespace {
         Namespace {
             id,
             gids,
             rng,
+            cm,
             pds: BTreeSet::new(),
             memory: MemoryTable::default(),
             cqs: BTreeMap::new(),

@@ -4,6 +4,7 @@
 
 use ferroce_wire::Qpn;
 
+use super::cm::{ListenerId, MAX_OUTBOX};
 use super::cq::CompletionQueueId;
 use super::srq::SharedReceiveQueueId;
 use super::{Engine, NamespaceId, Result};
@@ -27,6 +28,12 @@ pub enum QueueKind {
     AsyncEvents,
     /// CQs whose armed completion notification fired (same bound).
     CompletionEvents,
+    /// The CM's events (same bound).
+    CmEvents,
+    /// Connection requests of a listener waiting for its consumer (bound: backlog).
+    ListenBacklog(ListenerId),
+    /// MADs the CM agent has queued for QP1 (bound: [`MAX_OUTBOX`]).
+    CmOutbox,
 }
 
 /// How full one queue is.
@@ -97,6 +104,24 @@ impl Engine {
             queue: QueueKind::CompletionEvents,
             len: events.completion_events.len(),
             bound: Some(events.completion_events.limit()),
+        });
+        let cm = &space.cm;
+        depths.push(QueueDepth {
+            queue: QueueKind::CmEvents,
+            len: cm.events.len(),
+            bound: Some(cm.events.limit()),
+        });
+        for (&id, listener) in &cm.listeners {
+            depths.push(QueueDepth {
+                queue: QueueKind::ListenBacklog(id),
+                len: listener.pending,
+                bound: Some(listener.backlog),
+            });
+        }
+        depths.push(QueueDepth {
+            queue: QueueKind::CmOutbox,
+            len: cm.outbox.len(),
+            bound: Some(MAX_OUTBOX),
         });
         Ok(depths)
     }
